@@ -6,12 +6,51 @@ Completions of one prompt are contiguous (``x.view(B, G, ...)`` holds).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+from PIL import Image
 from torch import Tensor
+from transformers import GenerationConfig
 
-from srmcr.parsing import Parsed
+from srmcr import prompts
+from srmcr.parsing import Parsed, parse
+
+# Special tokens the policy may emit: only the end of its turn. A weak model that samples
+# <|image_pad|> breaks the next forward ("Image features and image tokens do not match").
+END_TOKENS = ("<|im_end|>", "<|endoftext|>")
+
+
+@dataclass
+class SamplingArgs:
+    """How completions are sampled."""
+
+    group_size: int = 4
+    """G: completions per prompt (the group GRPO normalizes over)."""
+    max_new_tokens: int = 64
+    """Completion length cap; longer completions are truncated (and flagged)."""
+    temperature: float = 1.0
+    """Initial sampling temperature; the ConfidenceCooling callback steers it after each step."""
+    top_p: float = 1.0
+    """Nucleus sampling (1 = off)."""
+    top_k: int = 0
+    """Top-k sampling (0 = off)."""
+    generation_batch_size: int = 64
+    """Sequences per generate call; lower it if generation runs out of memory."""
+    system_prompt: str = prompts.SYSTEM_PROMPT
+    """System prompt asking for the <think>/<answer> format."""
+
+    def __post_init__(self) -> None:
+        if self.group_size < 2:
+            raise ValueError(f"sampling.group_size must be >= 2 for group-relative advantages "
+                             f"(got {self.group_size})")
+        if self.max_new_tokens < 1 or self.generation_batch_size < 1:
+            raise ValueError("sampling.max_new_tokens and sampling.generation_batch_size "
+                             "must be >= 1")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError(f"sampling needs temperature > 0, 0 < top_p <= 1, top_k >= 0 (got "
+                             f"{self.temperature}, {self.top_p}, {self.top_k})")
 
 
 @dataclass
@@ -24,19 +63,22 @@ class Rollout:
     parsed: list[Parsed]  # (N,) parsing.parse(text)
     prompt_ids: Tensor  # (N, P) left-padded
     prompt_mask: Tensor  # (N, P)
-    completion_ids: Tensor  # (N, T) right-padded with pad_token_id
-    completion_mask: Tensor  # (N, T) 1 on sampled tokens up to and including <|im_end|>
-    truncated: Tensor  # (N,) bool: hit max_new_tokens without <|im_end|>
+    mm_token_type_ids: Tensor  # (N, P) 1 on image tokens
+    completion_ids: Tensor  # (N, T) right-padded
+    completion_mask: Tensor  # (N, T) 1 on sampled tokens up to and including the end token
+    truncated: Tensor  # (N,) bool: hit max_new_tokens without an end token
     temperature: float  # the sampling temperature of this step
+    images: list[Image.Image]  # (B,) the prompts' images
+    pixel_values: Tensor  # (patches of the B images, D)
+    image_grid_thw: Tensor  # (B, 3)
     ids: list[str] = field(default_factory=list)  # (N,) record ids, for error messages
-    # Vision inputs for the N rows (pixel_values stacked per row's image, grid per row).
-    pixel_values: Tensor | None = None  # (sum of patches over N, D)
-    image_grid_thw: Tensor | None = None  # (N, 3)
-    mm_token_type_ids: Tensor | None = None  # (N, P) 1 on image tokens
-    # Filled by the module's log-prob passes (no grad), at T = 1:
+    # Filled by the module's no-grad log-prob passes, at T = 1:
     logp: Tensor | None = None  # (N, T) log pi(token | image)
     blank_logp: Tensor | None = None  # (N, T) log pi(token | blank image); only if a cue needs it
     max_prob: Tensor | None = None  # (N, T) max softmax probability (confidence)
+
+    def __len__(self) -> int:
+        return len(self.texts)
 
     @property
     def num_groups(self) -> int:
@@ -45,3 +87,72 @@ class Rollout:
     @property
     def well_formed(self) -> Tensor:  # (N,) float
         return torch.tensor([p.well_formed for p in self.parsed], dtype=torch.float32)
+
+
+def select_images(pixel_values: Tensor, grid: Tensor, images: Tensor) -> tuple[Tensor, Tensor]:
+    """Patches and grids of the given image indices (any order, repeats allowed)."""
+    counts = grid.prod(-1)  # (B,) patches per image
+    starts = torch.cumsum(counts, 0) - counts
+    parts = [pixel_values[s:s + c] for s, c in zip(starts[images].tolist(), counts[images].tolist())]
+    return torch.cat(parts), grid[images]
+
+
+def end_token_ids(tokenizer) -> list[int]:
+    return [tokenizer.convert_tokens_to_ids(t) for t in END_TOKENS]
+
+
+def completion_mask(ids: Tensor, end_ids: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """(N, T) mask up to and including the first end token, and (N,) truncation flags."""
+    is_end = torch.isin(ids, torch.tensor(list(end_ids), device=ids.device))
+    seen_before = (torch.cumsum(is_end.long(), dim=1) - is_end.long()) > 0
+    return (~seen_before).long(), ~is_end.any(dim=1)
+
+
+def _generation_config(args: SamplingArgs, temperature: float, tokenizer) -> GenerationConfig:
+    end = end_token_ids(tokenizer)
+    suppress = [i for i in tokenizer.all_special_ids if i not in end]
+    # Everything explicit: a hub model's own generation config (top_k=1, repetition_penalty=1.05
+    # for Qwen2.5-VL) would make the sampled distribution differ from the one the loss assumes.
+    return GenerationConfig(do_sample=True, temperature=temperature, top_p=args.top_p,
+                            top_k=args.top_k or None, max_new_tokens=args.max_new_tokens,
+                            repetition_penalty=1.0, eos_token_id=end, pad_token_id=end[-1],
+                            suppress_tokens=suppress, use_cache=True)
+
+
+@torch.no_grad()
+def sample(model, processor, images: Sequence[Image.Image], questions: Sequence[str],
+           args: SamplingArgs, temperature: float, ids: Sequence[str] | None = None) -> Rollout:
+    """Sample ``args.group_size`` completions for each (image, question) pair."""
+    G, B = args.group_size, len(questions)
+    device = next(model.parameters()).device
+    enc = processor(text=prompts.render(processor, questions, args.system_prompt),
+                    images=list(images), return_tensors="pt", padding=True).to(device)
+    rows = torch.arange(B, device=device).repeat_interleave(G)  # (N,) prompt of each row
+    prompt_ids, prompt_mask = enc["input_ids"][rows], enc["attention_mask"][rows]
+    mm_types = enc["mm_token_type_ids"][rows]
+    config = _generation_config(args, temperature, processor.tokenizer)
+    pieces = []
+    was_training = model.training
+    model.eval()  # no dropout while sampling
+    for start in range(0, B * G, args.generation_batch_size):
+        part = slice(start, start + args.generation_batch_size)
+        pixels, grid = select_images(enc["pixel_values"], enc["image_grid_thw"], rows[part])
+        out = model.generate(input_ids=prompt_ids[part], attention_mask=prompt_mask[part],
+                             mm_token_type_ids=mm_types[part], pixel_values=pixels,
+                             image_grid_thw=grid, generation_config=config)
+        pieces.append(out[:, prompt_ids.shape[1]:])
+    model.train(was_training)
+    pad = config.pad_token_id
+    width = max(p.shape[1] for p in pieces)
+    completion_ids = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1]), value=pad)
+                                for p in pieces])
+    mask, truncated = completion_mask(completion_ids, config.eos_token_id)
+    texts = processor.batch_decode(completion_ids * mask + pad * (1 - mask),
+                                   skip_special_tokens=True)
+    return Rollout(
+        group_size=G, questions=[q for q in questions for _ in range(G)], texts=texts,
+        parsed=[parse(t) for t in texts], prompt_ids=prompt_ids, prompt_mask=prompt_mask,
+        mm_token_type_ids=mm_types, completion_ids=completion_ids, completion_mask=mask,
+        truncated=truncated, temperature=temperature, images=list(images),
+        pixel_values=enc["pixel_values"], image_grid_thw=enc["image_grid_thw"],
+        ids=[i for i in (ids or [str(b) for b in range(B)]) for _ in range(G)])

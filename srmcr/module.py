@@ -1,0 +1,182 @@
+"""SRMCRModule: orchestration of one SR-MCR step. The maths lives in grpo.py, reward.py, cues/.
+
+rollout -> log-prob passes -> reward -> advantages -> clipped GRPO loss (micro-batched) -> log
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor
+
+from srmcr import grpo
+from srmcr.logprobs import blank_pixel_values, completion_logits, rollout_logprobs, token_logprobs
+from srmcr.policy import PolicyArgs, load_policy
+from srmcr.reward import RewardOutput, SelfReward
+from srmcr.rollout import Rollout, SamplingArgs, sample
+
+
+@dataclass
+class GRPOArgs:
+    """The critic-free GRPO update."""
+
+    beta: float = 0.01
+    """KL weight towards the adapter-disabled base model (0 skips the reference pass)."""
+    clip_low: float = 0.2
+    """Lower clip range: ratio >= 1 - clip_low."""
+    clip_high: float = 0.2
+    """Upper clip range: ratio <= 1 + clip_high (DAPO's clip-higher uses 0.28)."""
+    aggregation: Literal["grpo", "token", "dr_grpo"] = "grpo"
+    """How token losses are averaged: per sequence (grpo), per token (token), or Dr. GRPO."""
+    advantage_scale: Literal["group", "batch", "none"] = "group"
+    """Advantages divided by the group std, the batch std, or only centred."""
+    num_iterations: int = 1
+    """mu: optimizer steps per rollout (>1 reuses the rollout with importance ratios)."""
+    micro_batch_size: int = 8
+    """Sequences per forward/backward in the loss and log-prob passes."""
+    max_grad_norm: float | None = 1.0
+    """Gradient clipping by global norm (None: off)."""
+
+    def __post_init__(self) -> None:
+        if self.clip_low <= 0 or self.clip_high <= 0:
+            raise ValueError(f"grpo.clip_low and grpo.clip_high must be > 0 (got "
+                             f"{self.clip_low}, {self.clip_high})")
+        if self.beta < 0 or self.num_iterations < 1 or self.micro_batch_size < 1:
+            raise ValueError("grpo needs beta >= 0, num_iterations >= 1, micro_batch_size >= 1")
+
+
+def _adamw(params) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
+
+
+class SRMCRModule(L.LightningModule):
+    """Self-rewarding GRPO on a LoRA-adapted Qwen2.5-VL.
+
+    Args:
+        policy: Model, precision and LoRA settings.
+        sampling: Group size, lengths and sampling settings.
+        grpo: Loss and update settings.
+        reward: The self-referential reward (cues, priors, reliability weighting).
+        optimizer: Optimizer over the LoRA parameters.
+    """
+
+    def __init__(self, policy: PolicyArgs = PolicyArgs(), sampling: SamplingArgs = SamplingArgs(),
+                 grpo: GRPOArgs = GRPOArgs(), reward: SelfReward | None = None,
+                 optimizer: OptimizerCallable = _adamw) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["reward", "optimizer"])
+        self.policy_args, self.sampling, self.grpo_args = policy, sampling, grpo
+        self.reward = reward if reward is not None else SelfReward()
+        self.optimizer_factory = optimizer
+        self.automatic_optimization = False
+        self.strict_loading = False  # checkpoints hold only the adapter and reward state
+        self.temperature = sampling.temperature  # owned by the ConfidenceCooling callback
+        self.last_confidence = float("nan")
+        self.last_collapse = float("nan")
+        self.model: torch.nn.Module | None = None
+        self.processor = None
+
+    def configure_model(self) -> None:
+        if self.model is None:
+            self.model, self.processor = load_policy(self.policy_args)
+
+    def configure_optimizers(self):
+        return self.optimizer_factory([p for p in self.model.parameters() if p.requires_grad])
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Never write the frozen base model: keep the adapter and the reward's state.
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                    if k in trainable or k.startswith("reward.")}
+
+    # ---- one step --------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        rollout = sample(self.model, self.processor, batch.images, batch.questions, self.sampling,
+                         self.temperature, ids=batch.ids)
+        old_logp = self.score_passes(rollout)
+        ref_logp = self.reference_logp(rollout) if self.grpo_args.beta > 0 else None
+        out = self.reward(rollout)
+        advantages = grpo.group_advantages(out.rewards.to(self.device), rollout.group_size,
+                                           scale=self.grpo_args.advantage_scale)
+        stats = self.optimize(rollout, advantages, old_logp, ref_logp)
+        self.log_step(rollout, out, advantages, stats)
+        return stats["loss"]
+
+    def score_passes(self, rollout: Rollout) -> Tensor:
+        """Fill the rollout's T=1 log-probs and confidence (and blank-image log-probs if a cue
+        needs them); return the log-probs at the sampling temperature (old policy)."""
+        mb = self.grpo_args.micro_batch_size
+        passes = rollout_logprobs(self.model, rollout, mb)
+        rollout.logp, rollout.max_prob = passes.logp_t1, passes.max_prob
+        if self.reward.needs_blank_logprobs:
+            blank = blank_pixel_values(self.processor, rollout)
+            rollout.blank_logp = rollout_logprobs(self.model, rollout, mb, blank).logp_t1
+        return passes.logp
+
+    def reference_logp(self, rollout: Rollout) -> Tensor:
+        with self.model.disable_adapter():
+            return rollout_logprobs(self.model, rollout, self.grpo_args.micro_batch_size).logp
+
+    def optimize(self, rollout: Rollout, advantages: Tensor, old_logp: Tensor,
+                 ref_logp: Tensor | None) -> dict[str, Tensor]:
+        """num_iterations optimizer steps, each accumulating micro-batch gradients."""
+        args, opt = self.grpo_args, self.optimizers()
+        mask = rollout.completion_mask
+        norm = grpo.loss_normalizer(mask, args.aggregation)
+        totals: dict[str, Tensor] = {}
+        for _ in range(args.num_iterations):
+            totals = {}
+            for start in range(0, len(rollout), args.micro_batch_size):
+                rows = slice(start, start + args.micro_batch_size)
+                logits = completion_logits(self.model, rollout, rows)
+                logp = token_logprobs(logits, rollout.completion_ids[rows], rollout.temperature)
+                old = logp.detach() if args.num_iterations == 1 else old_logp[rows]
+                loss, stats = grpo.policy_loss(
+                    logp, old, None if ref_logp is None else ref_logp[rows], advantages[rows],
+                    mask[rows], clip_low=args.clip_low, clip_high=args.clip_high, beta=args.beta,
+                    aggregation=args.aggregation, normalizer=norm)
+                self.manual_backward(loss)
+                share = mask[rows].sum() / mask.sum().clamp(min=1)  # token share of this part
+                for key, value in {"loss": loss.detach(), **{k: v * share for k, v in
+                                                             stats.items()}}.items():
+                    totals[key] = totals.get(key, 0) + value
+            if args.max_grad_norm is not None:
+                self.clip_gradients(opt, gradient_clip_val=args.max_grad_norm,
+                                    gradient_clip_algorithm="norm")
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return totals
+
+    # ---- logging ---------------------------------------------------------------------------
+    def log_step(self, rollout: Rollout, out: RewardOutput, advantages: Tensor,
+                 stats: dict[str, Tensor]) -> None:
+        G, mask = rollout.group_size, rollout.completion_mask
+        confidence = (rollout.max_prob * mask).sum() / mask.sum().clamp(min=1)
+        ids = rollout.completion_ids.view(-1, G, mask.shape[1])
+        collapse = (ids == ids[:, :1]).all(-1).all(-1).float().mean()
+        rewards = out.rewards.view(-1, G)
+        sync = self.trainer.strategy.reduce
+        self.last_confidence = float(sync(confidence, reduce_op="mean"))
+        self.last_collapse = float(sync(collapse, reduce_op="mean"))
+        metrics = {
+            **{k: float(v) for k, v in stats.items()},
+            **{k: float(v) for k, v in out.stats.items()},
+            "frac_zero_std_groups": float((rewards.std(dim=1) < 1e-6).float().mean()),
+            "completion_len": float(mask.sum(1).float().mean()),
+            "truncated": float(rollout.truncated.float().mean()),
+            "temperature": rollout.temperature,
+            "confidence": self.last_confidence,
+            "collapse": self.last_collapse,
+        }
+        datamodule = getattr(self.trainer, "datamodule", None)
+        for reason, count in getattr(datamodule, "skipped", {}).items():
+            metrics[f"data/skipped/{reason}"] = float(count)
+        B = rollout.num_groups
+        self.log_dict({k if k.startswith("data/") else f"train/{k}": v
+                       for k, v in metrics.items()}, on_step=True, batch_size=B)
+        self.log_dict({"reward": metrics["reward_raw"], "T": rollout.temperature},
+                      prog_bar=True, logger=False, on_step=True, batch_size=B)

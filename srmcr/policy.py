@@ -1,0 +1,141 @@
+"""Load the policy (Qwen2.5-VL + LoRA, optionally 4-/8-bit) and its processor.
+
+A model spec is a hub id (``Qwen/Qwen2.5-VL-7B-Instruct``), a local folder, or ``tiny:<size>``
+(built locally by ``srmcr.tiny``). The reference policy for the KL term is the same model with the
+LoRA adapter disabled, so no second copy of the weights is ever loaded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from transformers import BitsAndBytesConfig, Qwen2_5_VLForConditionalGeneration
+
+from srmcr import tiny
+from srmcr.tiny import ImageOnlyQwenProcessor
+
+DType = Literal["float32", "bfloat16", "float16"]
+LANGUAGE_MODEL = r"model\.language_model\.layers\.\d+\.(?:self_attn|mlp)\."
+
+
+@dataclass
+class LoraArgs:
+    """LoRA adapter on the language model only (the vision tower stays frozen)."""
+
+    r: int = 16
+    """Rank of the LoRA update."""
+    alpha: int = 32
+    """Scaling numerator: the update is scaled by alpha / r."""
+    dropout: float = 0.0
+    """Dropout on the LoRA input (0 keeps the rollout and the loss pass on the same function)."""
+    target_modules: list[str] = field(default_factory=lambda: [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    """Projection names inside the language model's attention and MLP blocks."""
+
+    def __post_init__(self) -> None:
+        if self.r < 1 or self.alpha <= 0:
+            raise ValueError(f"lora.r must be >= 1 and lora.alpha > 0 (got r={self.r}, "
+                             f"alpha={self.alpha})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"lora.dropout must be in [0, 1) (got {self.dropout})")
+        if not self.target_modules:
+            raise ValueError("lora.target_modules is empty: name at least one projection")
+
+    def config(self) -> LoraConfig:
+        # A regex, so the vision tower's own gate/up/down projections are never adapted.
+        names = "|".join(sorted(set(self.target_modules)))
+        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+                          target_modules=rf"{LANGUAGE_MODEL}(?:{names})", task_type="CAUSAL_LM")
+
+
+@dataclass
+class PolicyArgs:
+    """Which model to load, at which precision, and how to adapt it."""
+
+    model: str = "tiny:small"
+    """Hub id, local folder, or ``tiny:<tiny|small>`` (built locally, no download)."""
+    quantization: Literal["none", "4bit", "8bit"] = "none"
+    """Load the frozen base in 4-bit nf4 (QLoRA, double quantization) or 8-bit."""
+    dtype: DType = "float32"
+    """Weight / compute dtype (bfloat16 on GPUs that support it)."""
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"
+    """Attention kernel."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward: less memory, about 30% more compute."""
+    min_pixels: int | None = None
+    """Processor's lower bound on image area (None keeps the model's own)."""
+    max_pixels: int | None = None
+    """Processor's upper bound on image area; image tokens = pixels / 784."""
+    lora: LoraArgs = field(default_factory=LoraArgs)
+
+    def __post_init__(self) -> None:
+        if self.min_pixels is not None and self.max_pixels is not None \
+                and self.max_pixels < self.min_pixels:
+            raise ValueError(f"policy.max_pixels ({self.max_pixels}) is below policy.min_pixels "
+                             f"({self.min_pixels}): raise max_pixels or lower min_pixels")
+
+
+def resolve_model(spec: str, cache_dir: Path = tiny.DEFAULT_CACHE) -> str:
+    """Turn a model spec into something ``from_pretrained`` accepts, or fail with what to fix."""
+    if spec.startswith("tiny:"):
+        return str(tiny.cached(spec.removeprefix("tiny:"), cache_dir))  # type: ignore[arg-type]
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return str(path)
+    looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") != 1
+    if looks_like_path:
+        raise FileNotFoundError(f"policy.model {spec!r} is neither an existing folder nor a hub id "
+                                "('org/name') nor tiny:<tiny|small>")
+    return spec
+
+
+def bitsandbytes_available() -> bool:
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+def _quantization_config(args: PolicyArgs) -> BitsAndBytesConfig | None:
+    if args.quantization == "none":
+        return None
+    if not bitsandbytes_available():
+        raise RuntimeError(f"policy.quantization={args.quantization} needs bitsandbytes: "
+                           "pip install bitsandbytes, or set policy.quantization=none")
+    # Full module-name prefixes: transformers 5 matches llm_int8_skip_modules by prefix.
+    skip = ["model.visual", "lm_head"]
+    if args.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=getattr(torch, args.dtype),
+                              llm_int8_skip_modules=skip)
+
+
+def load_processor(args: PolicyArgs, path: str) -> ImageOnlyQwenProcessor:
+    processor = ImageOnlyQwenProcessor.from_pretrained(path)
+    processor.tokenizer.padding_side = "left"  # not saved with the tokenizer (NOTES.md)
+    ip = processor.image_processor  # Qwen's image processor keeps the pixel caps in `size`
+    ip.size = {"shortest_edge": args.min_pixels or ip.size["shortest_edge"],
+               "longest_edge": args.max_pixels or ip.size["longest_edge"]}
+    return processor
+
+
+def load_policy(args: PolicyArgs) -> tuple[PeftModel, ImageOnlyQwenProcessor]:
+    """The LoRA-wrapped model (trainable adapter only) and its processor."""
+    path = resolve_model(args.model)
+    quant = _quantization_config(args)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        path, dtype=getattr(torch, args.dtype), attn_implementation=args.attn_implementation,
+        quantization_config=quant)
+    if quant is not None:
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=args.gradient_checkpointing)
+    elif args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()  # PEFT: frozen embeddings must still pass gradients
+    model.config.use_cache = True  # generation wants the KV cache; training passes use_cache=False
+    peft_model = get_peft_model(model, args.lora.config())
+    return peft_model, load_processor(args, path)

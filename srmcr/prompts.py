@@ -1,0 +1,25 @@
+"""The system prompt and chat messages that ask for ``<think>Step k: ...</think><answer>...</answer>``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+SYSTEM_PROMPT = (
+    "Look at the image and answer the question. First reason step by step inside "
+    "<think></think>, one step per line written as 'Step 1: ...', 'Step 2: ...'; then give the "
+    "final answer, a word or a number, inside <answer></answer>."
+)
+
+
+def messages(question: str, system_prompt: str = SYSTEM_PROMPT) -> list[dict]:
+    """Chat messages for one image-question pair (the image comes first, as Qwen2.5-VL expects)."""
+    return [
+        {"role": "system", "content": [{"type": "text", "text": system_prompt}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]},
+    ]
+
+
+def render(processor, questions: Sequence[str], system_prompt: str = SYSTEM_PROMPT) -> list[str]:
+    """Prompt strings ending with the assistant header, one image placeholder each."""
+    return [processor.apply_chat_template(messages(q, system_prompt), tokenize=False,
+                                          add_generation_prompt=True) for q in questions]
