@@ -83,6 +83,7 @@ class SRMCRModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is None:
             self.model, self.processor = load_policy(self.policy_args)
+            self.model.train()  # from_pretrained returns eval mode; sampling switches per call
 
     def configure_optimizers(self):
         return self.optimizer_factory([p for p in self.model.parameters() if p.requires_grad])

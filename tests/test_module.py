@@ -1,0 +1,68 @@
+"""SRMCRModule: one real step on the tiny model changes every LoRA weight and nothing frozen."""
+
+import lightning as L
+import pytest
+import torch
+
+from datamodules.image_question import ImageQuestionDataModule
+from srmcr.module import GRPOArgs, SRMCRModule
+from srmcr.policy import LoraArgs, PolicyArgs
+from srmcr.reward import SelfReward
+from srmcr.rollout import SamplingArgs
+
+
+def _module(**grpo) -> SRMCRModule:
+    return SRMCRModule(
+        policy=PolicyArgs(model="tiny:tiny", max_pixels=56 * 56, lora=LoraArgs(r=4, alpha=8)),
+        sampling=SamplingArgs(group_size=4, max_new_tokens=12),
+        grpo=GRPOArgs(micro_batch_size=3, **grpo),
+        reward=SelfReward(cues=["lexical_fidelity", "non_redundancy", "visual_grounding"]),
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
+
+
+def _fit(module: SRMCRModule, steps: int, tmp_path) -> L.Trainer:
+    data = ImageQuestionDataModule(train="shapes:train?n=32&size=56", batch_size=2,
+                                   min_pixels=28 * 28, max_pixels=56 * 56)
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=data)
+    return trainer
+
+
+@pytest.mark.parametrize("grpo", [dict(beta=0.04), dict(beta=0.0, num_iterations=2,
+                                                        aggregation="dr_grpo")])
+def test_one_step_changes_every_lora_weight_and_nothing_frozen(tmp_path, grpo):
+    module = _module(**grpo)
+    module.configure_model()
+    # LoRA B starts at zero, so A gets no gradient in the first step: start B non-zero.
+    with torch.no_grad():
+        for name, p in module.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
+    _fit(module, grpo.get("num_iterations", 1), tmp_path)
+    changed = {n for n, p in module.model.named_parameters() if not torch.equal(p, before[n])}
+    trainable = {n for n, p in module.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert changed == trainable
+    assert module.last_confidence == module.last_confidence  # not NaN
+    assert 0.0 <= module.last_collapse <= 1.0
+
+
+def test_checkpoint_holds_adapter_and_reward_state_only(tmp_path):
+    module = _module()
+    trainer = _fit(module, 1, tmp_path)
+    path = tmp_path / "step.ckpt"
+    trainer.save_checkpoint(path)
+    state = torch.load(path, weights_only=False)["state_dict"]
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    assert trainable <= set(state)
+    assert set(state) - trainable == {k for k in state if k.startswith("reward.")}
+    assert any("reliability_ema" in k for k in state)
+    assert "optimizer_states" in torch.load(path, weights_only=False)
+
+
+def test_invalid_grpo_args_name_the_field():
+    with pytest.raises(ValueError, match="clip_low"):
+        GRPOArgs(clip_low=0.0)
