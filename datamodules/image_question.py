@@ -1,0 +1,237 @@
+"""``ImageQuestionDataModule``: streamed (image, question[, answer]) records for SR-MCR.
+
+See DESIGN.md, "Data". The train stream is infinite (passes reshuffled each time, so DDP ranks
+never run out at different steps; ``max_steps`` sets the length); val/test/predict are one
+finite pass in file order. Workers report skip counts and stream positions through the batches;
+the main process folds them in ``on_after_batch_transfer``, which makes ``skipped`` and
+``state_dict()`` describe what the model has actually consumed, not what workers prefetched.
+"""
+
+from __future__ import annotations
+
+import warnings
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from datamodules.batch import BatchProgress, ImageQuestionBatch, Stage, collate
+from datamodules.records import REASONS, SHAPES_PREFIX, DecodeArgs, Source, parse_shapes, resolve
+from datamodules.stream import RecordStream, StreamStart
+
+__all__ = ["BatchProgress", "ImageQuestionBatch", "ImageQuestionDataModule", "collate"]
+STAGES: tuple[Stage, ...] = ("train", "val", "test", "predict")
+# Lightning's stage names -> the sources it needs.
+_NEEDS: dict[str | None, tuple[Stage, ...]] = {
+    "fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",),
+    None: STAGES,
+}
+
+
+def _validate(batch_size: int, num_workers: int, shuffle_buffer: int, min_pixels: int,
+              max_pixels: int, max_question_chars: int, max_bad_fraction: float) -> None:
+    rules = [
+        (batch_size >= 1, f"batch_size={batch_size}: set it to 1 or more (prompts per step)"),
+        (num_workers >= 0, f"num_workers={num_workers}: set it to 0 or more"),
+        (shuffle_buffer >= 0, f"shuffle_buffer={shuffle_buffer}: set it to 0 (no shuffle) or more"),
+        (min_pixels >= 1, f"min_pixels={min_pixels}: set it to 1 or more"),
+        (max_pixels >= min_pixels, f"max_pixels={max_pixels} < min_pixels={min_pixels}: raise "
+                                   "max_pixels or lower min_pixels"),
+        (max_question_chars >= 1, f"max_question_chars={max_question_chars}: set it to 1 or more"),
+        (0.0 <= max_bad_fraction <= 1.0,
+         f"max_bad_fraction={max_bad_fraction}: set it within [0, 1]"),
+    ]
+    for ok, message in rules:
+        if not ok:
+            raise ValueError(message)
+
+
+def _specs(name: str, value: str | list[str] | None) -> list[str]:
+    specs = [value] if isinstance(value, str) else list(value or [])
+    for spec in specs:
+        if not spec:
+            raise ValueError(f"{name}: an empty source string; give a JSONL path, glob or shapes:")
+        if spec.startswith(SHAPES_PREFIX):
+            parse_shapes(spec)  # a typo in the query fails now, not at setup
+    return specs
+
+
+def _gather(obj: Any) -> list[Any]:
+    """``obj`` from every rank (all ranks call state_dict when Lightning saves a checkpoint)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [obj]
+    out: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+class ImageQuestionDataModule(L.LightningDataModule):
+    """Streams JSONL records ``{"image", "question", "answer"?, "id"?}`` or the shapes world.
+
+    Args:
+        train: Training source(s): a JSONL path, a glob, or ``shapes:<split>`` with optional
+            ``?n=512&size=112&seed=0``; several are concatenated (globs in sorted order). The
+            stream is infinite: the trainer's ``max_steps`` sets the length.
+        val: Validation source(s), same syntax; one pass in file order.
+        test: Test source(s), same syntax; one pass in file order.
+        predict: Prediction source(s), same syntax; one pass in file order.
+        batch_size: Prompts per step (B); each gets G completions.
+        num_workers: DataLoader worker processes per rank (0: load in the main process).
+        shuffle_buffer: Records held for the streaming shuffle of the train stream (0: no shuffle).
+        seed: Seed of the train shuffle, varied per pass and shard.
+        image_root: Folder that image paths are relative to; default: each JSONL's folder.
+        min_pixels: Smaller images are scaled up to this area, keeping the aspect ratio.
+        max_pixels: Larger images are scaled down to this area, keeping the aspect ratio.
+        max_question_chars: Longer questions are skipped as bad records.
+        max_bad_fraction: Stop with an error once more than this share of the records read are
+            bad (checked per rank x worker shard, from its 100th record read on).
+    """
+
+    def __init__(self, train: str | list[str] | None = None, val: str | list[str] | None = None,
+                 test: str | list[str] | None = None, predict: str | list[str] | None = None,
+                 batch_size: int = 4, num_workers: int = 0, shuffle_buffer: int = 256,
+                 seed: int = 0, image_root: Path | None = None, min_pixels: int = 56 * 56,
+                 max_pixels: int = 448 * 448, max_question_chars: int = 2000,
+                 max_bad_fraction: float = 0.1):
+        super().__init__()
+        _validate(batch_size, num_workers, shuffle_buffer, min_pixels, max_pixels,
+                  max_question_chars, max_bad_fraction)
+        self.specs: dict[Stage, list[str]] = {
+            name: _specs(name, value)
+            for name, value in zip(STAGES, (train, val, test, predict), strict=True)}
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.shuffle_buffer, self.seed = shuffle_buffer, seed
+        self.max_bad_fraction = max_bad_fraction
+        self.decode_args = DecodeArgs(min_pixels, max_pixels, max_question_chars,
+                                      None if image_root is None else Path(image_root))
+        self.rank, self.world_size = 0, 1
+        self._sources: dict[Stage, list[Source]] = {}
+        self._counts: dict[int, dict[str, int]] = {}  # rank -> {"read", *REASONS}
+        self._positions: dict[int, tuple[int, int]] = {}  # shard -> (pass, position), train
+        self._next_role: dict[int, int] = {}  # rank -> worker role of its next train batch
+        self._saved_shards: int | None = None  # shard count of a loaded state
+        self._first_pass = 0  # pass of shards without a position
+
+    @property
+    def shards(self) -> int:
+        return self.world_size * max(self.num_workers, 1)
+
+    def setup(self, stage: str | None = None, *, rank: int | None = None,
+              world_size: int | None = None) -> None:
+        """Resolve the stage's sources. ``rank``/``world_size`` override the trainer's (tests)."""
+        if self.trainer is not None:
+            self.rank, self.world_size = self.trainer.global_rank, self.trainer.world_size
+        self.rank = self.rank if rank is None else rank
+        self.world_size = self.world_size if world_size is None else world_size
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank={self.rank} must lie in [0, world_size={self.world_size})")
+        if stage == "fit" and not self.specs["train"]:
+            raise ValueError("fitting needs data.train (a JSONL path, glob or shapes:train)")
+        for name in _NEEDS[stage]:
+            self._resolve(name)
+
+    def _resolve(self, name: Stage) -> list[Source]:
+        if name not in self._sources:
+            try:
+                self._sources[name] = [src for spec in self.specs[name] for src in resolve(spec)]
+            except FileNotFoundError as error:
+                raise FileNotFoundError(f"data.{name}: {error}") from error
+        return self._sources[name]
+
+    def _loader(self, stage: Stage) -> DataLoader:
+        if not self.specs[stage]:
+            raise ValueError(f"no {stage} data: set data.{stage} (a JSONL path, glob or shapes:)")
+        stream = RecordStream(
+            self._resolve(stage), self.decode_args, rank=self.rank, world_size=self.world_size,
+            num_workers=self.num_workers, infinite=stage == "train",
+            shuffle_buffer=self.shuffle_buffer, seed=self.seed,
+            max_bad_fraction=self.max_bad_fraction,
+            start=self._train_start() if stage == "train" else None)
+        return DataLoader(stream, batch_size=self.batch_size, num_workers=self.num_workers,
+                          collate_fn=partial(collate, stage=stage))
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader("val") if self.specs["val"] else []  # []: Lightning skips val
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict")
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device,
+                                 dataloader_idx: int) -> Any:
+        return batch  # PIL images stay on the CPU; the processor makes tensors in the module
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, ImageQuestionBatch):
+            self.observe(batch)
+        return batch
+
+    def observe(self, batch: ImageQuestionBatch) -> None:
+        """Fold one consumed batch into the counters and the train position. Lightning calls it
+        (via ``on_after_batch_transfer``); without a trainer, call it once per batch."""
+        p = batch.progress
+        counts = self._counts.setdefault(self.rank, dict.fromkeys(("read", *REASONS), 0))
+        counts["read"] += p.read
+        for reason, n in p.skipped.items():
+            counts[reason] += n
+        if p.stage == "train":
+            self._positions[p.shard] = (p.pass_index, p.position)
+            workers = max(self.num_workers, 1)
+            self._next_role[self.rank] = (p.shard - self.rank * workers + 1) % workers
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        """Bad records skipped by this rank so far, per reason (log as data/skipped/<reason>)."""
+        counts = self._counts.get(self.rank, {})
+        return {reason: counts.get(reason, 0) for reason in REASONS}
+
+    @property
+    def read(self) -> int:
+        """Records decoded by this rank so far, good and bad."""
+        return self._counts.get(self.rank, {}).get("read", 0)
+
+    def _match_layout(self) -> None:
+        """Positions saved under another shard count cannot be mapped: start a fresh pass."""
+        if self._saved_shards in (None, self.shards):
+            return
+        warnings.warn(f"the data position was saved with {self._saved_shards} shards (ranks x "
+                      f"workers), now {self.shards}: the train stream restarts at a new pass")
+        self._first_pass = 1 + max((p for p, _ in self._positions.values()),
+                                   default=self._first_pass - 1)
+        self._positions, self._next_role, self._saved_shards = {}, {}, self.shards
+
+    def _train_start(self) -> StreamStart:
+        self._match_layout()
+        return StreamStart(dict(self._positions), self._next_role.get(self.rank, 0),
+                           self._first_pass)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Train position per shard, next worker role and counts per rank, gathered from every
+        rank (a collective under DDP: Lightning calls it on all ranks when it checkpoints)."""
+        self._match_layout()
+        workers = max(self.num_workers, 1)
+        mine = range(self.rank * workers, (self.rank + 1) * workers)
+        parts = _gather({"positions": {s: p for s, p in self._positions.items() if s in mine},
+                         "next_role": {self.rank: self._next_role.get(self.rank, 0)},
+                         "counts": {self.rank: dict(self._counts.get(self.rank, {}))}})
+        state: dict[str, Any] = {"shards": self.shards, "first_pass": self._first_pass,
+                                 "positions": {}, "next_role": {}, "counts": {}}
+        for part in parts:
+            for key in ("positions", "next_role", "counts"):
+                state[key].update(part[key])
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._saved_shards, self._first_pass = state_dict["shards"], state_dict["first_pass"]
+        self._positions = {int(s): (int(p[0]), int(p[1]))
+                           for s, p in state_dict["positions"].items()}
+        self._next_role = {int(r): int(role) for r, role in state_dict["next_role"].items()}
+        self._counts = {int(r): dict(c) for r, c in state_dict["counts"].items()}
