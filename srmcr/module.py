@@ -14,6 +14,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
 from srmcr import grpo
+from srmcr.guards import CollapseMonitor, UpdateGuard
 from srmcr.logprobs import blank_pixel_values, completion_logits, rollout_logprobs, token_logprobs
 from srmcr.policy import PolicyArgs, load_policy
 from srmcr.reward import RewardOutput, SelfReward
@@ -40,6 +41,11 @@ class GRPOArgs:
     """Sequences per forward/backward in the loss and log-prob passes."""
     max_grad_norm: float | None = 1.0
     """Gradient clipping by global norm (None: off)."""
+    max_consecutive_skips: int = 3
+    """Updates with a non-finite reward, advantage, loss or gradient are skipped; this many in a
+    row stop the run with an error."""
+    collapse_patience: int = 20
+    """Warn when every group has had identical rewards for this many steps in a row."""
 
     def __post_init__(self) -> None:
         if self.clip_low <= 0 or self.clip_high <= 0:
@@ -79,6 +85,8 @@ class SRMCRModule(L.LightningModule):
         self.last_collapse = float("nan")
         self.model: torch.nn.Module | None = None
         self.processor = None
+        self.guard = UpdateGuard(grpo.max_consecutive_skips)
+        self.collapse = CollapseMonitor(grpo.collapse_patience)
 
     def configure_model(self) -> None:
         if self.model is None:
@@ -93,6 +101,13 @@ class SRMCRModule(L.LightningModule):
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
                                     if k in trainable or k.startswith("reward.")}
+        checkpoint["srmcr"] = {"guard": self.guard.state_dict(), "temperature": self.temperature}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("srmcr")
+        if state is not None:
+            self.guard.load_state_dict(state["guard"])
+            self.temperature = state["temperature"]
 
     # ---- one step --------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> Tensor:
@@ -124,13 +139,18 @@ class SRMCRModule(L.LightningModule):
 
     def optimize(self, rollout: Rollout, advantages: Tensor, old_logp: Tensor,
                  ref_logp: Tensor | None) -> dict[str, Tensor]:
-        """num_iterations optimizer steps, each accumulating micro-batch gradients."""
+        """num_iterations optimizer steps, each accumulating micro-batch gradients.
+
+        A non-finite advantage, loss or gradient skips the update (weights untouched).
+        """
+        if self.on_any_rank(not self.guard.finite(advantages)):
+            return self.skip_update("reward or advantage", rollout)
         args, opt = self.grpo_args, self.optimizers()
         mask = rollout.completion_mask
         norm = grpo.loss_normalizer(mask, args.aggregation)
         totals: dict[str, Tensor] = {}
         for _ in range(args.num_iterations):
-            totals = {}
+            totals, bad_loss = {}, False
             for start in range(0, len(rollout), args.micro_batch_size):
                 rows = slice(start, start + args.micro_batch_size)
                 logits = completion_logits(self.model, rollout, rows)
@@ -140,17 +160,39 @@ class SRMCRModule(L.LightningModule):
                     logp, old, None if ref_logp is None else ref_logp[rows], advantages[rows],
                     mask[rows], clip_low=args.clip_low, clip_high=args.clip_high, beta=args.beta,
                     aggregation=args.aggregation, normalizer=norm)
+                bad_loss |= not self.guard.finite(loss)
                 self.manual_backward(loss)
                 share = mask[rows].sum() / mask.sum().clamp(min=1)  # token share of this part
                 for key, value in {"loss": loss.detach(), **{k: v * share for k, v in
                                                              stats.items()}}.items():
                     totals[key] = totals.get(key, 0) + value
+            # Decided on every rank together: a rank that skipped alone would hang the others.
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            bad_grad = not all(self.guard.finite(g) for g in grads)
+            if self.on_any_rank(bad_loss or bad_grad):
+                return self.skip_update("loss" if bad_loss else "gradient", rollout)
             if args.max_grad_norm is not None:
                 self.clip_gradients(opt, gradient_clip_val=args.max_grad_norm,
                                     gradient_clip_algorithm="norm")
             opt.step()
             opt.zero_grad(set_to_none=True)
+        self.guard.ok()
         return totals
+
+    def on_any_rank(self, flag: bool) -> bool:
+        flags = self.trainer.strategy.reduce(torch.tensor(float(flag), device=self.device),
+                                             reduce_op="sum")
+        return bool(flags > 0)
+
+    def skip_update(self, what: str, rollout: Rollout) -> dict[str, Tensor]:
+        opt = self.optimizers()
+        opt.zero_grad(set_to_none=True)
+        # A step with no gradients leaves every weight and its Adam state alone but still counts
+        # as a step, so max_steps, logging and checkpoints stay aligned with the batches.
+        opt.step()
+        self.guard.skip(what, rollout.ids, self.global_step)
+        nan = torch.tensor(float("nan"))
+        return {"loss": nan, "kl": nan, "clip_frac": nan}
 
     # ---- logging ---------------------------------------------------------------------------
     def log_step(self, rollout: Rollout, out: RewardOutput, advantages: Tensor,
@@ -172,7 +214,10 @@ class SRMCRModule(L.LightningModule):
             "temperature": rollout.temperature,
             "confidence": self.last_confidence,
             "collapse": self.last_collapse,
+            "skipped_updates": float(self.guard.skipped),
         }
+        self.collapse.update(metrics["frac_zero_std_groups"], rollout.temperature,
+                             self.global_step)
         datamodule = getattr(self.trainer, "datamodule", None)
         for reason, count in getattr(datamodule, "skipped", {}).items():
             metrics[f"data/skipped/{reason}"] = float(count)

@@ -1,0 +1,78 @@
+"""Lexical fidelity: does the reasoning use the question's terms and contain the answer's?
+
+C(x) = content tokens: lower-cased words of >= 3 letters minus ``STOP_WORDS``, plus numbers
+(``12``, ``3.5``), as a set. score = ½·|C(q)∩C(r)|/|C(q)| + ½·|C(a)∩C(r)|/|C(a)|; a term whose
+denominator is 0 drops out and the other counts alone; if both drop, the cue abstains (NaN).
+Empty reasoning scores 0. No encoder: the ``encoder`` argument exists for the shared signature.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import re
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from srmcr.cues.base import Cue, run_text_cue
+from srmcr.encoder import TextEncoder
+from srmcr.parsing import Parsed
+
+if TYPE_CHECKING:  # the rollout module imports transformers: seconds
+    from srmcr.rollout import Rollout
+
+# English function words of >= 3 letters (shorter words never count): the NLTK list, with its
+# contraction stems ("don", "isn"), plus quantifiers and connectives that questions and
+# reasoning share without sharing content ("how many ...", "therefore ...").
+STOP_WORDS = frozenset("""
+about above after again against ain all and any are aren because been before being below
+between both but can could couldn did didn does doesn doing don down during each few for from
+further had hadn has hasn have haven having hence her here hers herself him himself his how
+however into isn its itself just many might mightn more most much must mustn myself needn nor
+not now off once only other our ours ourselves out over own same shall shan she should shouldn
+some such than that the their theirs them themselves then there therefore these they this those
+through thus too under until very was wasn were weren what when where which while who whom why
+will with won would wouldn you your yours yourself yourselves also
+""".split())
+
+# Numbers first so that "3.5" stays one token; words are runs of letters (any script).
+_TOKEN = re.compile(r"\d+(?:\.\d+)?|[^\W\d_]+")
+
+
+def content_tokens(text: str) -> set[str]:
+    """C(text): the content-token set of DESIGN.md's lexical fidelity."""
+    return {t for t in _TOKEN.findall(text.lower())
+            if t[0].isdigit() or (len(t) >= 3 and t not in STOP_WORDS)}
+
+
+def lexical_fidelity(questions: Sequence[str], completions: Sequence[str],
+                     encoder: TextEncoder | None = None) -> Tensor:  # (N,)
+    """Lexical fidelity of each completion to its question and its own answer."""
+    return run_text_cue(_score, questions, completions, encoder)
+
+
+def _one(question: str, parsed: Parsed) -> float:
+    if not parsed.steps:
+        return 0.0
+    reasoning = content_tokens(parsed.reasoning)
+    terms = [len(c & reasoning) / len(c)
+             for c in (content_tokens(question), content_tokens(parsed.answer or "")) if c]
+    return sum(terms) / len(terms) if terms else float("nan")
+
+
+def _score(questions: Sequence[str], parsed: Sequence[Parsed],
+           encoder: TextEncoder | None = None) -> Tensor:  # (N,)
+    device = encoder.device if encoder is not None else None
+    return torch.tensor([_one(q, p) for q, p in zip(questions, parsed)],
+                        dtype=torch.float32, device=device)
+
+
+class LexicalFidelity(Cue):
+    """Running mean of :func:`lexical_fidelity` over rollouts; forward returns (N,) scores."""
+
+    name = "lexical_fidelity"
+
+    def score(self, rollout: Rollout) -> Tensor:  # (N,)
+        return _score(rollout.questions, rollout.parsed)

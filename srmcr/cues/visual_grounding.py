@@ -1,0 +1,52 @@
+"""Visual grounding: does the image make the reasoning more likely? Self-referential, no CLIP.
+
+Δ = mean over completion tokens of [log π(t | image) − log π(t | blank image)], the blank being
+the same image filled with its mean colour; score = sigmoid(Δ / κ), κ = 0.5.
+
+"Reasoning tokens" are all completion tokens (``completion_mask``): the think span cannot be
+cut out of the mask alone, and the answer tokens are exactly the ones that should depend on the
+image most. A completion without tokens abstains (NaN).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from srmcr.cues.base import Cue
+
+if TYPE_CHECKING:  # the rollout module imports transformers: seconds
+    from srmcr.rollout import Rollout
+
+
+def visual_grounding(logp: Tensor, blank_logp: Tensor, mask: Tensor,
+                     kappa: float = 0.5) -> Tensor:  # (N, T), (N, T), (N, T) -> (N,)
+    """sigmoid(Δ / κ) per completion, Δ the masked mean log-prob gain from seeing the image."""
+    if kappa <= 0:
+        raise ValueError(f"kappa must be > 0, got {kappa}")
+    keep = mask.bool()
+    # where(), not a product with the mask: padded positions may hold -inf or NaN log-probs.
+    gain = torch.where(keep, logp.float() - blank_logp.float(), 0.0).sum(-1)  # (N,)
+    tokens = keep.sum(-1)  # (N,)
+    delta = gain / tokens.clamp(min=1)
+    return torch.sigmoid(delta / kappa).masked_fill(tokens == 0, float("nan"))
+
+
+class VisualGrounding(Cue):
+    """Running mean of :func:`visual_grounding`; needs ``rollout.logp`` and ``blank_logp``."""
+
+    name = "visual_grounding"
+    needs_blank_logprobs = True
+
+    def __init__(self, kappa: float = 0.5, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.kappa = kappa
+
+    def score(self, rollout: Rollout) -> Tensor:  # (N,)
+        if rollout.logp is None or rollout.blank_logp is None:
+            raise ValueError("visual_grounding needs rollout.logp and rollout.blank_logp: fill "
+                             "them before scoring (reward.needs_blank_logprobs is True)")
+        return visual_grounding(rollout.logp, rollout.blank_logp, rollout.completion_mask,
+                                self.kappa)

