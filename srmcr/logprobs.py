@@ -69,7 +69,7 @@ def rollout_logprobs(model, rollout: Rollout, micro_batch_size: int,
 
 def blank_pixel_values(processor, rollout: Rollout) -> Tensor:
     """Pixel values of blank images: same size as each prompt's image, filled with its mean colour."""
-    blanks = [Image.new("RGB", im.size, tuple(int(c) for c in ImageStat.Stat(im.convert("RGB")).mean))
+    blanks = [Image.new("RGB", im.size, tuple(round(c) for c in ImageStat.Stat(im.convert("RGB")).mean))
               for im in rollout.images]
     out = processor.image_processor(images=blanks, return_tensors="pt")
     if not torch.equal(out["image_grid_thw"].to(rollout.image_grid_thw.device),

@@ -5,15 +5,17 @@ rollout -> log-prob passes -> reward -> advantages -> clipped GRPO loss (micro-b
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import random
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
-from srmcr import grpo
+from srmcr import evaluation, grpo
 from srmcr.guards import CollapseMonitor, UpdateGuard
 from srmcr.logprobs import blank_pixel_values, completion_logits, rollout_logprobs, token_logprobs
 from srmcr.policy import PolicyArgs, load_policy
@@ -55,8 +57,36 @@ class GRPOArgs:
             raise ValueError("grpo needs beta >= 0, num_iterations >= 1, micro_batch_size >= 1")
 
 
+def _rng_state() -> dict:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    # Only tensors and builtins, so the checkpoint loads with weights_only=True.
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": (kind, torch.from_numpy(keys.copy()), pos, has_gauss, gauss)}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def _adamw(params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
+
+
+@dataclass
+class StepRecord:
+    """The latest training step, for callbacks that show it (``CompletionTables``)."""
+
+    rollout: Rollout
+    reward: RewardOutput
+    advantages: Tensor  # (N,)
 
 
 class SRMCRModule(L.LightningModule):
@@ -74,7 +104,9 @@ class SRMCRModule(L.LightningModule):
                  grpo: GRPOArgs = GRPOArgs(), reward: SelfReward | None = None,
                  optimizer: OptimizerCallable = _adamw) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["reward", "optimizer"])
+        # Plain dicts: checkpoints must load with torch.load(weights_only=True).
+        self.save_hyperparameters({"policy": asdict(policy), "sampling": asdict(sampling),
+                                   "grpo": asdict(grpo)})
         self.policy_args, self.sampling, self.grpo_args = policy, sampling, grpo
         self.reward = reward if reward is not None else SelfReward()
         self.optimizer_factory = optimizer
@@ -85,6 +117,7 @@ class SRMCRModule(L.LightningModule):
         self.last_collapse = float("nan")
         self.model: torch.nn.Module | None = None
         self.processor = None
+        self._resumed_rng: dict | None = None
         self.guard = UpdateGuard(grpo.max_consecutive_skips)
         self.collapse = CollapseMonitor(grpo.collapse_patience)
 
@@ -101,13 +134,23 @@ class SRMCRModule(L.LightningModule):
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
                                     if k in trainable or k.startswith("reward.")}
-        checkpoint["srmcr"] = {"guard": self.guard.state_dict(), "temperature": self.temperature}
+        # RNG states too: sampling draws from them, and exact resume needs the same draws.
+        checkpoint["srmcr"] = {"guard": self.guard.state_dict(), "temperature": self.temperature,
+                               "rng": _rng_state()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("srmcr")
         if state is not None:
             self.guard.load_state_dict(state["guard"])
             self.temperature = state["temperature"]
+            self._resumed_rng = state["rng"]
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # Restored here, not at load: creating the resumed dataloader iterator draws from the
+        # torch RNG, which the uninterrupted run did only once, before its first step.
+        if self._resumed_rng is not None:
+            _set_rng_state(self._resumed_rng)
+            self._resumed_rng = None
 
     # ---- one step --------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> Tensor:
@@ -120,6 +163,7 @@ class SRMCRModule(L.LightningModule):
                                            scale=self.grpo_args.advantage_scale)
         stats = self.optimize(rollout, advantages, old_logp, ref_logp)
         self.log_step(rollout, out, advantages, stats)
+        self.last_step = StepRecord(rollout, out, advantages)
         return stats["loss"]
 
     def score_passes(self, rollout: Rollout) -> Tensor:
@@ -226,3 +270,56 @@ class SRMCRModule(L.LightningModule):
                        for k, v in metrics.items()}, on_step=True, batch_size=B)
         self.log_dict({"reward": metrics["reward_raw"], "T": rollout.temperature},
                       prog_bar=True, logger=False, on_step=True, batch_size=B)
+
+    # ---- evaluation: validate / test / predict, one greedy completion per prompt -----------
+    last_step: StepRecord | None = None  # set by training_step
+
+    def setup(self, stage: str) -> None:
+        self.eval_metrics = evaluation.EvalMetrics()
+
+    def evaluate_batch(self, batch) -> tuple[Rollout, Tensor]:
+        """Greedy completions, their log-prob passes (blank image included) and raw cue scores
+        (N, K); the cues' running means accumulate them."""
+        rollout = evaluation.generate_greedy(self.model, self.processor, batch.images,
+                                             batch.questions, self.sampling, ids=batch.ids)
+        self.score_passes(rollout)
+        return rollout, self.reward.score(rollout)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        rollout, _ = self.evaluate_batch(batch)
+        self.eval_metrics.update(rollout, batch.answers)
+
+    test_step = validation_step
+
+    def on_validation_epoch_start(self) -> None:
+        self.reset_eval_metrics()
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_eval("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_eval("test")
+
+    def reset_eval_metrics(self) -> None:
+        # Outside inference mode: reset makes new state tensors, and the training step updates
+        # the cues' states in place afterwards (not allowed on inference tensors).
+        with torch.inference_mode(False):
+            self.eval_metrics.reset()
+            for cue in self.reward.cues.values():
+                cue.reset()
+
+    def log_eval(self, prefix: str) -> None:
+        """``<prefix>/accuracy``, ``format_rate``, ``completion_len``, ``truncated``, counts, and
+        ``reward/<cue>``: epoch means, already summed across ranks by torchmetrics."""
+        cue_means = {name: cue.compute() for name, cue in self.reward.cues.items()}
+        metrics = evaluation.eval_log_dict(prefix, self.eval_metrics.compute(), cue_means)
+        self.reset_eval_metrics()
+        self.log_dict(metrics, batch_size=1, sync_dist=True)  # equal on every rank: no-op mean
+
+    def predict_step(self, batch, batch_idx: int) -> list[dict]:
+        """Rows of ``predictions.jsonl`` (see ``evaluation.prediction_records``)."""
+        rollout, scores = self.evaluate_batch(batch)
+        return evaluation.prediction_records(rollout, scores, self.reward.names, batch.answers,
+                                             batch.sources)

@@ -17,7 +17,7 @@ _THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _WELL_FORMED = re.compile(r"\s*<think>(?:(?!</?think>|</?answer>).)*</think>\s*"
                           r"<answer>(?:(?!</?think>|</?answer>).)*</answer>\s*", re.DOTALL)
-_STEP_MARKER = re.compile(r"(?:^|\s)Step\s*\d+\s*[:.)]\s*", re.IGNORECASE)
+_STEP_MARKER = re.compile(r"(?<!\S)Step\s*\d+\s*[:.)]\s*", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _TAG = re.compile(r"</?(?:think|answer)>")
 

@@ -131,8 +131,15 @@ def load_policy(args: PolicyArgs) -> tuple[PeftModel, ImageOnlyQwenProcessor]:
         path, dtype=getattr(torch, args.dtype), attn_implementation=args.attn_implementation,
         quantization_config=quant)
     if quant is not None:
+        # On CPUs with AVX512-BF16, bitsandbytes repacks a Linear4bit into an inference-only
+        # layout on its first eval forward (sampling); later training forwards then bypass
+        # autograd and fail ("a view of a leaf Variable ... in-place"). Keep the trainable layout.
+        for module in model.modules():
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=args.gradient_checkpointing)
+            model, use_gradient_checkpointing=args.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
     elif args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()  # PEFT: frozen embeddings must still pass gradients

@@ -108,9 +108,12 @@ def completion_mask(ids: Tensor, end_ids: Sequence[int]) -> tuple[Tensor, Tensor
     return (~seen_before).long(), ~is_end.any(dim=1)
 
 
-def _generation_config(args: SamplingArgs, temperature: float, tokenizer) -> GenerationConfig:
+def _generation_config(args: SamplingArgs, temperature: float, tokenizer,
+                       vocab_size: int) -> GenerationConfig:
     end = end_token_ids(tokenizer)
+    # Also the padding rows of the embedding (vocab rounded up): they decode to nothing.
     suppress = [i for i in tokenizer.all_special_ids if i not in end]
+    suppress += list(range(len(tokenizer), vocab_size))
     # Everything explicit: a hub model's own generation config (top_k=1, repetition_penalty=1.05
     # for Qwen2.5-VL) would make the sampled distribution differ from the one the loss assumes.
     return GenerationConfig(do_sample=True, temperature=temperature, top_p=args.top_p,
@@ -130,7 +133,8 @@ def sample(model, processor, images: Sequence[Image.Image], questions: Sequence[
     rows = torch.arange(B, device=device).repeat_interleave(G)  # (N,) prompt of each row
     prompt_ids, prompt_mask = enc["input_ids"][rows], enc["attention_mask"][rows]
     mm_types = enc["mm_token_type_ids"][rows]
-    config = _generation_config(args, temperature, processor.tokenizer)
+    vocab_size = model.get_output_embeddings().weight.shape[0]
+    config = _generation_config(args, temperature, processor.tokenizer, vocab_size)
     pieces = []
     was_training = model.training
     model.eval()  # no dropout while sampling

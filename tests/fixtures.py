@@ -1,0 +1,99 @@
+"""Helpers shared by the model tests: the tiny policy, two images of different sizes, a rollout.
+
+Plain functions, so each test module builds its own module-scoped copies (a test that changes
+the adapter's weights never leaks into another module).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from PIL import Image
+
+from srmcr.policy import PolicyArgs, load_policy
+from srmcr.rollout import Rollout, SamplingArgs, sample
+
+QUESTIONS = ["How many red circles are there?", "What colour is the big square?"]
+# 112x112 -> 8x8 patches -> 16 image tokens; 168x112 (w x h) -> 8x12 patches -> 24 image tokens.
+GRIDS = [[1, 8, 8], [1, 8, 12]]
+IMAGE_TOKENS = [16, 24]
+# Integral mean colours, so the blank image's colour is exact: (100, 0, 50) and (0, 100, 100).
+MEAN_COLOURS = [(100, 0, 50), (0, 100, 100)]
+
+
+def two_images() -> list[Image.Image]:
+    """Half/half images of different sizes (so prompts differ in length and need left padding)."""
+    a = Image.new("RGB", (112, 112), (200, 0, 0))
+    a.paste((0, 0, 100), (56, 0, 112, 112))
+    b = Image.new("RGB", (168, 112), (0, 200, 0))
+    b.paste((0, 0, 200), (0, 56, 168, 112))
+    return [a, b]
+
+
+def tiny_policy(**kwargs):
+    """``load_policy`` on ``tiny:tiny`` (cached under ~/.cache/srmcr after the first build)."""
+    return load_policy(PolicyArgs(model="tiny:tiny", **kwargs))
+
+
+@torch.no_grad()
+def randomize_lora(model, seed: int = 0, scale: float = 0.1) -> None:
+    """Non-zero lora_B, so the adapter changes the outputs (PEFT initialises it to zero)."""
+    gen = torch.Generator().manual_seed(seed)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            param.copy_(torch.randn(param.shape, generator=gen) * scale)
+
+
+class _EndBonus:
+    """Logits processor that makes <|im_end|> likelier, so some completions end early."""
+
+    def __init__(self, end_id: int, bonus: float):
+        self.end_id, self.bonus = end_id, bonus
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.clone()
+        scores[:, self.end_id] += self.bonus
+        return scores
+
+
+def sample_with_logits(model, processor, args: SamplingArgs, temperature: float,
+                       seed: int = 0, end_bonus: float = 0.0) -> tuple[Rollout, torch.Tensor]:
+    """``rollout.sample`` on ``two_images()``, also returning generate's raw logits (N, T, V).
+
+    The raw logits are those of the sampler's own forward (KV cache, decode-time positions), before
+    any logits processor, temperature or token suppression: the reference the training forward
+    must reproduce. ``end_bonus`` only changes which tokens get sampled, not the raw logits.
+    """
+    chunks: list[torch.Tensor] = []
+    generate = model.generate
+    end_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+    def recording_generate(**kwargs):
+        if end_bonus:
+            kwargs["logits_processor"] = [_EndBonus(end_id, end_bonus)]
+        out = generate(**kwargs, output_logits=True, return_dict_in_generate=True)
+        chunks.append(torch.stack(out.logits, dim=1))  # (n, steps, V)
+        return out.sequences
+
+    model.generate = recording_generate
+    try:
+        torch.manual_seed(seed)
+        rollout = sample(model, processor, two_images(), QUESTIONS, args, temperature)
+    finally:
+        del model.generate  # back to the class's method
+    width = rollout.completion_ids.shape[1]
+    logits = torch.cat([torch.nn.functional.pad(c, (0, 0, 0, width - c.shape[1])) for c in chunks])
+    return rollout, logits.float()
+
+
+@contextlib.contextmanager
+def single_thread():
+    """One intra-op thread for the tiny model: its 64-wide matmuls gain nothing from a second
+    thread, and on shared cores OpenMP's spin-waiting made generation 10-100x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,129 @@
+"""Per-token log-probs: hand-computed maths, micro-batching, and agreement with the sampler."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from srmcr.logprobs import blank_pixel_values, completion_logits, rollout_logprobs, token_logprobs
+from srmcr.rollout import SamplingArgs
+from tests.fixtures import (GRIDS, MEAN_COLOURS, randomize_lora, sample_with_logits, single_thread,
+                            tiny_policy)
+
+TEMPERATURE = 1.5
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    with single_thread():
+        yield
+
+
+def test_token_logprobs_by_hand():
+    # Row 0: logits ln[1, 2, 5] -> p = [1, 2, 5] / 8. Row 1: logits [0, ln 3, 0] -> [1, 3, 1] / 5.
+    logits = torch.log(torch.tensor([[[1.0, 2.0, 5.0], [1.0, 3.0, 1.0]]]))  # (1, 2, 3)
+    ids = torch.tensor([[2, 0]])
+    expected = torch.tensor([[math.log(5 / 8), math.log(1 / 5)]])
+    torch.testing.assert_close(token_logprobs(logits, ids), expected)
+    # T = 0.5 doubles the logits: ln[1, 4, 25] -> p = [1, 4, 25] / 30;
+    # ln[1, 9, 1] -> p = [1, 9, 1] / 11.
+    expected_cold = torch.tensor([[math.log(25 / 30), math.log(1 / 11)]])
+    torch.testing.assert_close(token_logprobs(logits, ids, temperature=0.5), expected_cold)
+    # T = 2 halves them: sqrt -> [1, √2, √5] / (1 + √2 + √5).
+    hot = token_logprobs(logits, torch.tensor([[1, 1]]), temperature=2.0)
+    torch.testing.assert_close(hot[0, 0],
+                               torch.tensor(math.log(2**0.5 / (1 + 2**0.5 + 5**0.5))))
+    torch.testing.assert_close(hot[0, 1], torch.tensor(math.log(math.sqrt(3) / (2 + 3**0.5))))
+
+
+@pytest.fixture(scope="module")
+def policy():
+    model, processor = tiny_policy()
+    randomize_lora(model)  # the adapter must take part in both the sampler and the loss forward
+    return model, processor
+
+
+@pytest.fixture(scope="module")
+def sampled(policy):
+    """2 prompts x 3 (images of different sizes, chunks of 4 + 2), with generate's raw logits."""
+    model, processor = policy
+    args = SamplingArgs(group_size=3, max_new_tokens=24, generation_batch_size=4)
+    # A bonus on <|im_end|> so that some rows end early (lengths 5, 24, 24, 12, 1, 22 here).
+    return sample_with_logits(model, processor, args, TEMPERATURE, end_bonus=1.0)
+
+
+@pytest.fixture(scope="module")
+def logprobs(policy, sampled):
+    return rollout_logprobs(policy[0], sampled[0], micro_batch_size=6)
+
+
+def test_training_forward_reproduces_the_sampler(sampled, logprobs):
+    # The training forward (whole sequence, left padding, mm_token_type_ids, logits_to_keep) must
+    # give the sampler's own log-probs (KV cache, decode-time rope positions) on every kept token.
+    rollout, raw = sampled
+    mask = rollout.completion_mask.bool()
+    ids = rollout.completion_ids.unsqueeze(-1)
+    sampler_t1 = torch.log_softmax(raw, -1).gather(-1, ids).squeeze(-1)
+    sampler_t = torch.log_softmax(raw / TEMPERATURE, -1).gather(-1, ids).squeeze(-1)
+    assert mask.sum() >= 40 and rollout.truncated.any() and not rollout.truncated.all()
+    torch.testing.assert_close(logprobs.logp_t1[mask], sampler_t1[mask], atol=1e-4, rtol=0)
+    torch.testing.assert_close(logprobs.logp[mask], sampler_t[mask], atol=1e-4, rtol=0)
+    assert (logprobs.logp - logprobs.logp_t1)[mask].abs().max() > 1e-2  # T = 1.5 does matter
+
+
+def test_micro_batches_give_the_same_logprobs(policy, sampled, logprobs):
+    # Micro-batches of 1 and of 4 (not dividing N = 6) must pick each row's own image patches.
+    for micro in (1, 4):
+        other = rollout_logprobs(policy[0], sampled[0], micro_batch_size=micro)
+        for a, b in ((other.logp, logprobs.logp), (other.logp_t1, logprobs.logp_t1),
+                     (other.max_prob, logprobs.max_prob)):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_logp_at_temperature_one_equals_logp_t1(policy, sampled):
+    rollout = dataclasses.replace(sampled[0], temperature=1.0)
+    out = rollout_logprobs(policy[0], rollout, micro_batch_size=6)
+    torch.testing.assert_close(out.logp, out.logp_t1, atol=0, rtol=0)
+
+
+def test_max_prob_bounds_the_token_prob(logprobs):
+    chosen = logprobs.logp_t1.exp()
+    assert logprobs.max_prob.shape == chosen.shape == (6, logprobs.logp.shape[1])
+    assert (logprobs.max_prob >= chosen - 1e-6).all()
+    assert (logprobs.max_prob <= 1 + 1e-6).all() and (logprobs.max_prob >= 1 / 640).all()
+
+
+def test_completion_logits_shape_and_gradient(policy, sampled):
+    model, rollout = policy[0], sampled[0]
+    logits = completion_logits(model, rollout, slice(1, 4))
+    assert logits.shape == (3, rollout.completion_ids.shape[1], 640)
+    assert logits.dtype == torch.float32
+    logits.logsumexp(-1).mean().backward()
+    lora = [p for n, p in model.named_parameters() if "lora_" in n]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in lora)
+    model.zero_grad(set_to_none=True)
+
+
+def test_blank_pixel_values_keep_grid_and_are_uniform(policy, sampled):
+    processor, rollout = policy[1], sampled[0]
+    blank = blank_pixel_values(processor, rollout)
+    assert blank.shape == rollout.pixel_values.shape == (64 + 96, 1176)
+    assert rollout.image_grid_thw.tolist() == GRIDS
+    ip = processor.image_processor
+    for rows, colour in zip(blank.split([64, 96]), MEAN_COLOURS):
+        assert (rows == rows[0]).all()  # one uniform image: every patch row is equal
+        # A row is channel-major (3 x 2 frames x 14 x 14): each channel is one normalized value.
+        expected = [(c / 255 - m) / s for c, m, s in zip(colour, ip.image_mean, ip.image_std)]
+        channels = rows[0].view(3, 392)
+        assert (channels == channels[:, :1]).all()
+        torch.testing.assert_close(channels[:, 0], torch.tensor(expected), atol=1e-5, rtol=0)
+    assert not torch.equal(blank, rollout.pixel_values)  # the originals are two-coloured
+
+
+def test_blank_image_changes_the_logprobs(policy, sampled, logprobs):
+    model, processor = policy
+    rollout = sampled[0]
+    blank = rollout_logprobs(model, rollout, 6, blank_pixel_values(processor, rollout))
+    mask = rollout.completion_mask.bool()
+    assert (blank.logp_t1 - logprobs.logp_t1)[mask].abs().max() > 1e-3
