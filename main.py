@@ -1,24 +1,54 @@
 """srmcr command line: ``python main.py fit --config configs/tiny.yaml`` (LightningCLI)."""
 
 import logging
+from pathlib import Path
 
 # bitsandbytes warns at import on CPUs with AVX512-BF16 that an optional hub kernel is missing;
 # its own CPU kernels are used instead, so the warning only confuses.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
-from jsonargparse import set_parsing_settings
-from lightning.pytorch.cli import LightningCLI
-from transformers.utils import logging as hf_logging
+from jsonargparse import set_parsing_settings  # noqa: E402
+from lightning.pytorch.cli import LightningCLI  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
 
-from datamodules.image_question import ImageQuestionDataModule
-from srmcr.module import SRMCRModule
+from datamodules.image_question import ImageQuestionDataModule  # noqa: E402
+from srmcr.module import SRMCRModule  # noqa: E402
+
+
+def latest_run(runs: Path) -> Path:
+    """The newest ``version_*`` folder under ``runs`` that has ``checkpoints/last.ckpt``."""
+    found = sorted((p.parent.parent for p in runs.glob("version_*/checkpoints/last.ckpt")),
+                   key=lambda p: int(p.name.removeprefix("version_")) if
+                   p.name.removeprefix("version_").isdigit() else -1)
+    if not found:
+        raise FileNotFoundError(f"--ckpt_path last: no {runs}/version_*/checkpoints/last.ckpt "
+                                "to resume from; pass a checkpoint path instead")
+    return found[-1]
+
+
+class SRMCRCLI(LightningCLI):
+    def before_instantiate_classes(self) -> None:
+        """``--ckpt_path last`` resumes the newest run and keeps logging into its folder."""
+        config = self.config.get(self.subcommand) if self.subcommand else None
+        if config is None or config.get("ckpt_path") != "last":
+            return
+        trainer = config["trainer"]
+        logger = trainer.get("logger")
+        if getattr(logger, "init_args", None) is not None and "save_dir" in logger.init_args:
+            args = logger.init_args
+            runs = Path(args.save_dir) / (args.get("name") or "lightning_logs")
+            run = latest_run(runs)
+            args.version = run.name  # TensorBoard continues the same curves
+        else:
+            run = latest_run(Path(trainer.get("default_root_dir") or ".") / "lightning_logs")
+        config["ckpt_path"] = str(run / "checkpoints" / "last.ckpt")
 
 
 def main(args: list[str] | None = None) -> LightningCLI:
     set_parsing_settings(docstring_parse_attribute_docstrings=True)  # config docs in --help
     hf_logging.disable_progress_bar()  # per-shard bars of a few-MB model are noise
-    return LightningCLI(SRMCRModule, ImageQuestionDataModule, args=args,
-                        save_config_kwargs={"overwrite": True})
+    return SRMCRCLI(SRMCRModule, ImageQuestionDataModule, args=args,
+                    save_config_kwargs={"overwrite": True})
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from srmcr import evaluation, grpo
 from srmcr.guards import CollapseMonitor, UpdateGuard
 from srmcr.logprobs import blank_pixel_values, completion_logits, rollout_logprobs, token_logprobs
 from srmcr.policy import PolicyArgs, load_policy
+from srmcr.policy_view import PolicyView
 from srmcr.reward import RewardOutput, SelfReward
 from srmcr.rollout import Rollout, SamplingArgs, sample
 
@@ -121,6 +122,20 @@ class SRMCRModule(L.LightningModule):
         self.guard = UpdateGuard(grpo.max_consecutive_skips)
         self.collapse = CollapseMonitor(grpo.collapse_patience)
 
+    def setup(self, stage: str) -> None:
+        self.eval_metrics = evaluation.EvalMetrics()
+        # Cross-object checks, before configure_model loads any weights.
+        batch_size = getattr(self.trainer.datamodule, "batch_size", None)
+        if stage == "fit" and batch_size is not None:
+            rows = batch_size * self.sampling.group_size
+            micro = self.grpo_args.micro_batch_size
+            if micro < rows and rows % micro:
+                fits = [d for d in range(1, rows + 1) if rows % d == 0]
+                raise ValueError(
+                    f"grpo.micro_batch_size={micro} does not divide the "
+                    f"{rows} completions of a step (data.batch_size={batch_size} x "
+                    f"sampling.group_size={self.sampling.group_size}); use one of {fits}")
+
     def configure_model(self) -> None:
         if self.model is None:
             self.model, self.processor = load_policy(self.policy_args)
@@ -167,14 +182,16 @@ class SRMCRModule(L.LightningModule):
         return stats["loss"]
 
     def score_passes(self, rollout: Rollout) -> Tensor:
-        """Fill the rollout's T=1 log-probs and confidence (and blank-image log-probs if a cue
-        needs them); return the log-probs at the sampling temperature (old policy)."""
+        """Fill the rollout's T=1 log-probs and confidence (and blank-image log-probs, and the
+        policy view, if a cue needs them); return the log-probs at the sampling temperature."""
         mb = self.grpo_args.micro_batch_size
         passes = rollout_logprobs(self.model, rollout, mb)
         rollout.logp, rollout.max_prob = passes.logp_t1, passes.max_prob
         if self.reward.needs_blank_logprobs:
             blank = blank_pixel_values(self.processor, rollout)
             rollout.blank_logp = rollout_logprobs(self.model, rollout, mb, blank).logp_t1
+        if self.reward.needs_policy:  # cues that ask the policy itself call it through this
+            rollout.policy = PolicyView(self.model, self.processor, self.sampling, mb)
         return passes.logp
 
     def reference_logp(self, rollout: Rollout) -> Tensor:
@@ -273,9 +290,6 @@ class SRMCRModule(L.LightningModule):
 
     # ---- evaluation: validate / test / predict, one greedy completion per prompt -----------
     last_step: StepRecord | None = None  # set by training_step
-
-    def setup(self, stage: str) -> None:
-        self.eval_metrics = evaluation.EvalMetrics()
 
     def evaluate_batch(self, batch) -> tuple[Rollout, Tensor]:
         """Greedy completions, their log-prob passes (blank image included) and raw cue scores

@@ -7,7 +7,6 @@ LoRA adapter disabled, so no second copy of the weights is ever loaded.
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -78,32 +77,54 @@ class PolicyArgs:
                 and self.max_pixels < self.min_pixels:
             raise ValueError(f"policy.max_pixels ({self.max_pixels}) is below policy.min_pixels "
                              f"({self.min_pixels}): raise max_pixels or lower min_pixels")
+        check_model_spec(self.model)
+        if self.quantization != "none":
+            check_bitsandbytes(self.quantization)
+
+
+def check_model_spec(spec: str) -> None:
+    """Fail fast, before anything loads, on a spec that cannot name a model."""
+    if spec.startswith("tiny:"):
+        if spec.removeprefix("tiny:") not in tiny.SPECS:
+            raise ValueError(f"policy.model {spec!r}: unknown tiny size; use one of "
+                             f"{', '.join('tiny:' + s for s in sorted(tiny.SPECS))}")
+        return
+    if Path(spec).expanduser().is_dir():
+        return
+    if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+        raise FileNotFoundError(f"policy.model {spec!r} is neither an existing folder nor a hub id "
+                                "('org/name') nor tiny:<tiny|small>")
 
 
 def resolve_model(spec: str, cache_dir: Path = tiny.DEFAULT_CACHE) -> str:
-    """Turn a model spec into something ``from_pretrained`` accepts, or fail with what to fix."""
+    """Turn a model spec into something ``from_pretrained`` accepts (building tiny:<size>)."""
+    check_model_spec(spec)
     if spec.startswith("tiny:"):
         return str(tiny.cached(spec.removeprefix("tiny:"), cache_dir))  # type: ignore[arg-type]
     path = Path(spec).expanduser()
-    if path.is_dir():
-        return str(path)
-    looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") != 1
-    if looks_like_path:
-        raise FileNotFoundError(f"policy.model {spec!r} is neither an existing folder nor a hub id "
-                                "('org/name') nor tiny:<tiny|small>")
-    return spec
+    return str(path) if path.is_dir() else spec
 
 
-def bitsandbytes_available() -> bool:
-    return importlib.util.find_spec("bitsandbytes") is not None
+def check_bitsandbytes(quantization: str) -> None:
+    """Quantize a small tensor where training will run; fail with what to change if it can't."""
+    try:
+        import bitsandbytes.functional as bnbf
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        weights = torch.randn(64, 64, device=device, dtype=torch.bfloat16)
+        if quantization == "4bit":
+            bnbf.quantize_4bit(weights, quant_type="nf4")
+        else:
+            bnbf.int8_vectorwise_quant(weights.half())
+    except (ImportError, RuntimeError, NotImplementedError, AttributeError) as error:
+        raise RuntimeError(f"policy.quantization={quantization} needs bitsandbytes, which cannot "
+                           f"run here ({type(error).__name__}: {error}); set "
+                           "policy.quantization=none") from error
 
 
 def _quantization_config(args: PolicyArgs) -> BitsAndBytesConfig | None:
     if args.quantization == "none":
         return None
-    if not bitsandbytes_available():
-        raise RuntimeError(f"policy.quantization={args.quantization} needs bitsandbytes: "
-                           "pip install bitsandbytes, or set policy.quantization=none")
     # Full module-name prefixes: transformers 5 matches llm_int8_skip_modules by prefix.
     skip = ["model.visual", "lm_head"]
     if args.quantization == "8bit":

@@ -102,7 +102,9 @@ class SelfReward(nn.Module):
     buffers); the encoder is not a submodule and the cues' running means are not persistent.
 
     Args:
-        cues: the enabled cues, by name (any of ``CUE_NAMES``). Ablate one by leaving it out,
+        cues: the enabled cues, by name: any of ``CUE_NAMES`` (the five SR-MCR cues, the
+            default) or of ``RecipeCueName`` (answer_agreement, perception_sufficiency,
+            self_verification; see configs/recipes/). Ablate one by leaving it out,
             e.g. ``--model.reward.cues='[semantic_alignment,lexical_fidelity,non_redundancy,
             step_consistency]'`` (one flag, no spaces).
         priors: prior weight per cue name (> 0; default 1.0 each). Priors of cues not enabled
@@ -149,6 +151,11 @@ class SelfReward(nn.Module):
     def needs_blank_logprobs(self) -> bool:
         """Whether the caller must fill ``rollout.blank_logp`` (and ``logp``) before ``forward``."""
         return any(cue.needs_blank_logprobs for cue in self.cues.values())
+
+    @property
+    def needs_policy(self) -> bool:
+        """Whether the caller must set ``rollout.policy`` (a ``PolicyView``) before ``forward``."""
+        return any(cue.needs_policy for cue in self.cues.values())
 
     def weights(self) -> Tensor:  # (K,)
         if not self.use_reliability:
@@ -224,14 +231,14 @@ def _build(name: str, encoder: TextEncoder) -> Cue:
 def _check(names: list[str], priors: dict[str, float], momentum: float, tau: float,
            floor: float, format_weight: float) -> tuple[list[str], list[float]]:
     """Cross-field validation with errors that say how to fix the config."""
-    valid = ", ".join(CUE_NAMES)
+    valid = ", ".join(CUES)
     for name in [*names, *priors]:
         if name not in CUES:
             raise ValueError(f"unknown cue {name!r}; valid cues: {valid}")
     if len(set(names)) != len(names):
         raise ValueError(f"cue listed twice in {names}")
-    if not names and format_weight == 0:
-        raise ValueError("no cue enabled and format_weight == 0: the reward would be constant")
+    if not names:
+        raise ValueError(f"model.reward.cues is empty: enable at least one cue ({valid})")
     bad = {k: v for k, v in priors.items() if not (v > 0 and math.isfinite(v))}
     if bad:
         raise ValueError(f"priors must be finite and > 0, got {bad}; to disable a cue, leave it "

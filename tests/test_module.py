@@ -15,7 +15,7 @@ def _module(**grpo) -> SRMCRModule:
     return SRMCRModule(
         policy=PolicyArgs(model="tiny:tiny", max_pixels=56 * 56, lora=LoraArgs(r=4, alpha=8)),
         sampling=SamplingArgs(group_size=4, max_new_tokens=12),
-        grpo=GRPOArgs(micro_batch_size=3, **grpo),
+        grpo=GRPOArgs(**{"micro_batch_size": 2, **grpo}),
         reward=SelfReward(cues=["lexical_fidelity", "non_redundancy", "visual_grounding"]),
         optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
 
@@ -66,3 +66,11 @@ def test_checkpoint_holds_adapter_and_reward_state_only(tmp_path):
 def test_invalid_grpo_args_name_the_field():
     with pytest.raises(ValueError, match="clip_low"):
         GRPOArgs(clip_low=0.0)
+
+
+def test_micro_batch_that_does_not_divide_the_step_is_rejected_before_loading(tmp_path):
+    module = _module(micro_batch_size=3)
+    with pytest.raises(ValueError, match=r"micro_batch_size=3 does not divide the 8 completions"
+                                         r".*use one of \[1, 2, 4, 8\]"):
+        _fit(module, 1, tmp_path)
+    assert module.model is None  # nothing was loaded

@@ -140,17 +140,12 @@ def test_cues_are_disabled_by_leaving_them_out_and_names_are_checked():
         SelfReward(cues=["semantic_alignment", "grounding"])
     with pytest.raises(ValueError, match="unknown cue 'novelty'"):
         SelfReward(priors={"novelty": 1.0})
-    with pytest.raises(ValueError, match="constant"):
-        SelfReward(cues=[], format_weight=0.0)
+    with pytest.raises(ValueError, match="cues is empty: enable at least one"):
+        SelfReward(cues=[])
     with pytest.raises(ValueError, match="leave it out"):
         SelfReward(priors={"lexical_fidelity": 0.0})
     with pytest.raises(ValueError, match="floor"):
         SelfReward(floor=0.3)
-
-
-def test_format_only_reward():
-    out = SelfReward(cues=[]).combine(torch.zeros(2, 0), torch.tensor([1.0, 0.0]), 2)
-    assert out.rewards.tolist() == [0.5, 0.0] and out.scores.shape == (2, 0)
 
 
 def test_one_flag_ablation_from_the_command_line():
