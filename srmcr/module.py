@@ -181,24 +181,31 @@ class SRMCRModule(L.LightningModule):
         self.last_step = StepRecord(rollout, out, advantages)
         return stats["loss"]
 
-    def score_passes(self, rollout: Rollout) -> Tensor:
-        """Fill the rollout's T=1 log-probs and confidence (and blank-image log-probs, and the
-        policy view, if a cue needs them); return the log-probs at the sampling temperature."""
+    def score_passes(self, rollout: Rollout) -> Tensor | None:
+        """No-grad passes the reward or the update need before the loss pass.
+
+        Fills the rollout's T=1 log-probs and confidence, and the blank-image log-probs, when
+        visual grounding is on; returns the log-probs at the sampling temperature when
+        num_iterations > 1 needs them as the old policy. Otherwise there is no pass at all: the
+        loss pass measures the confidence (one log-prob pass per model state).
+        """
         mb = self.grpo_args.micro_batch_size
+        if self.reward.needs_policy:  # cues that ask the policy itself call it through this
+            rollout.policy = PolicyView(self.model, self.processor, self.sampling, mb)
+        if not (self.reward.needs_blank_logprobs or self.grpo_args.num_iterations > 1):
+            return None
         passes = rollout_logprobs(self.model, rollout, mb)
         rollout.logp, rollout.max_prob = passes.logp_t1, passes.max_prob
         if self.reward.needs_blank_logprobs:
             blank = blank_pixel_values(self.processor, rollout)
             rollout.blank_logp = rollout_logprobs(self.model, rollout, mb, blank).logp_t1
-        if self.reward.needs_policy:  # cues that ask the policy itself call it through this
-            rollout.policy = PolicyView(self.model, self.processor, self.sampling, mb)
         return passes.logp
 
     def reference_logp(self, rollout: Rollout) -> Tensor:
         with self.model.disable_adapter():
             return rollout_logprobs(self.model, rollout, self.grpo_args.micro_batch_size).logp
 
-    def optimize(self, rollout: Rollout, advantages: Tensor, old_logp: Tensor,
+    def optimize(self, rollout: Rollout, advantages: Tensor, old_logp: Tensor | None,
                  ref_logp: Tensor | None) -> dict[str, Tensor]:
         """num_iterations optimizer steps, each accumulating micro-batch gradients.
 
@@ -210,11 +217,14 @@ class SRMCRModule(L.LightningModule):
         mask = rollout.completion_mask
         norm = grpo.loss_normalizer(mask, args.aggregation)
         totals: dict[str, Tensor] = {}
+        max_probs: list[Tensor] = []
         for _ in range(args.num_iterations):
             totals, bad_loss = {}, False
             for start in range(0, len(rollout), args.micro_batch_size):
                 rows = slice(start, start + args.micro_batch_size)
                 logits = completion_logits(self.model, rollout, rows)
+                if rollout.max_prob is None:  # confidence at T = 1 from this same forward
+                    max_probs.append(torch.softmax(logits.detach(), -1).amax(-1))
                 logp = token_logprobs(logits, rollout.completion_ids[rows], rollout.temperature)
                 old = logp.detach() if args.num_iterations == 1 else old_logp[rows]
                 loss, stats = grpo.policy_loss(
@@ -230,6 +240,8 @@ class SRMCRModule(L.LightningModule):
             # Decided on every rank together: a rank that skipped alone would hang the others.
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
             bad_grad = not all(self.guard.finite(g) for g in grads)
+            if max_probs:
+                rollout.max_prob = torch.cat(max_probs)
             if self.on_any_rank(bad_loss or bad_grad):
                 return self.skip_update("loss" if bad_loss else "gradient", rollout)
             if args.max_grad_norm is not None:
@@ -259,7 +271,8 @@ class SRMCRModule(L.LightningModule):
     def log_step(self, rollout: Rollout, out: RewardOutput, advantages: Tensor,
                  stats: dict[str, Tensor]) -> None:
         G, mask = rollout.group_size, rollout.completion_mask
-        confidence = (rollout.max_prob * mask).sum() / mask.sum().clamp(min=1)
+        confidence = torch.tensor(float("nan"), device=mask.device) if rollout.max_prob is None \
+            else (rollout.max_prob * mask).sum() / mask.sum().clamp(min=1)
         ids = rollout.completion_ids.view(-1, G, mask.shape[1])
         collapse = (ids == ids[:, :1]).all(-1).all(-1).float().mean()
         rewards = out.rewards.view(-1, G)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
@@ -16,6 +17,9 @@ from transformers import GenerationConfig
 
 from srmcr import prompts
 from srmcr.parsing import Parsed, parse
+
+if TYPE_CHECKING:  # policy_view imports this module
+    from srmcr.policy_view import PolicyView
 
 # Special tokens the policy may emit: only the end of its turn. A weak model that samples
 # <|image_pad|> breaks the next forward ("Image features and image tokens do not match").
@@ -76,6 +80,8 @@ class Rollout:
     logp: Tensor | None = None  # (N, T) log pi(token | image)
     blank_logp: Tensor | None = None  # (N, T) log pi(token | blank image); only if a cue needs it
     max_prob: Tensor | None = None  # (N, T) max softmax probability (confidence)
+    # Set by the module when a cue asks the policy itself (reward.needs_policy):
+    policy: PolicyView | None = None
 
     def __len__(self) -> int:
         return len(self.texts)

@@ -11,12 +11,12 @@ from srmcr.reward import SelfReward
 from srmcr.rollout import SamplingArgs
 
 
-def _module(**grpo) -> SRMCRModule:
+def _module(cues=("lexical_fidelity", "non_redundancy", "visual_grounding"), **grpo) -> SRMCRModule:
     return SRMCRModule(
         policy=PolicyArgs(model="tiny:tiny", max_pixels=56 * 56, lora=LoraArgs(r=4, alpha=8)),
         sampling=SamplingArgs(group_size=4, max_new_tokens=12),
         grpo=GRPOArgs(**{"micro_batch_size": 2, **grpo}),
-        reward=SelfReward(cues=["lexical_fidelity", "non_redundancy", "visual_grounding"]),
+        reward=SelfReward(cues=list(cues)),
         optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
 
 
@@ -74,3 +74,17 @@ def test_micro_batch_that_does_not_divide_the_step_is_rejected_before_loading(tm
                                          r".*use one of \[1, 2, 4, 8\]"):
         _fit(module, 1, tmp_path)
     assert module.model is None  # nothing was loaded
+
+
+def test_without_grounding_there_is_no_extra_pass_and_confidence_comes_from_the_loss_pass(
+        tmp_path, monkeypatch):
+    import srmcr.module as module_lib
+
+    calls = []
+    inner = module_lib.rollout_logprobs
+    monkeypatch.setattr(module_lib, "rollout_logprobs",
+                        lambda *a, **k: calls.append(1) or inner(*a, **k))
+    module = _module(cues=("lexical_fidelity", "non_redundancy"), beta=0.0)
+    _fit(module, 1, tmp_path)
+    assert calls == []  # beta = 0, no grounding, mu = 1: generate + loss pass only
+    assert 0.0 < module.last_confidence <= 1.0

@@ -1,27 +1,41 @@
-"""The five SR-MCR cues (DESIGN.md, "The five cues"): a pure function and a Metric each."""
+"""The cues: a pure function and a Metric each.
+
+The five SR-MCR cues (DESIGN.md, "The five cues") are the default; the cues of neighbouring
+label-free methods (``RecipeCueName``, see configs/recipes/) are enabled only when configured.
+"""
 
 from __future__ import annotations
 
 from typing import Literal, get_args
 
+from srmcr.cues.answer_agreement import AnswerAgreement, answer_agreement
 from srmcr.cues.base import Cue, TextCue
 from srmcr.cues.lexical_fidelity import LexicalFidelity, lexical_fidelity
 from srmcr.cues.non_redundancy import NonRedundancy, non_redundancy
+from srmcr.cues.perception_sufficiency import PerceptionSufficiency, perception_sufficiency
+from srmcr.cues.self_verification import SelfVerification, self_verification
 from srmcr.cues.semantic_alignment import SemanticAlignment, semantic_alignment
 from srmcr.cues.step_consistency import StepConsistency, step_consistency
 from srmcr.cues.visual_grounding import VisualGrounding, visual_grounding
 
-CueName = Literal["semantic_alignment", "lexical_fidelity", "non_redundancy",
-                  "visual_grounding", "step_consistency"]
+SRMCRCueName = Literal["semantic_alignment", "lexical_fidelity", "non_redundancy",
+                       "visual_grounding", "step_consistency"]
+# MM-UPT's majority vote, Vision-SR1's blind re-answer, LaSeR's self-verification (label-free).
+RecipeCueName = Literal["answer_agreement", "perception_sufficiency", "self_verification"]
+CueName = Literal[SRMCRCueName, RecipeCueName]  # every cue the reward accepts
 
-CUE_NAMES: tuple[CueName, ...] = get_args(CueName)  # DESIGN.md's order
+CUE_NAMES: tuple[SRMCRCueName, ...] = get_args(SRMCRCueName)  # the default, DESIGN.md's order
+ALL_CUE_NAMES: tuple[CueName, ...] = get_args(CueName)
 # name -> class; the reward builds its cues from these names.
 CUES: dict[str, type[Cue]] = {cls.name: cls for cls in (
-    SemanticAlignment, LexicalFidelity, NonRedundancy, VisualGrounding, StepConsistency)}
-assert set(CUES) == set(CUE_NAMES), "every CueName needs exactly one cue class"
+    SemanticAlignment, LexicalFidelity, NonRedundancy, VisualGrounding, StepConsistency,
+    AnswerAgreement, PerceptionSufficiency, SelfVerification)}
+assert list(CUES) == list(ALL_CUE_NAMES), "every CueName needs exactly one cue class"
 
 __all__ = [
-    "CUES", "CUE_NAMES", "Cue", "CueName", "LexicalFidelity", "NonRedundancy",
-    "SemanticAlignment", "StepConsistency", "TextCue", "VisualGrounding", "lexical_fidelity",
-    "non_redundancy", "semantic_alignment", "step_consistency", "visual_grounding",
+    "ALL_CUE_NAMES", "AnswerAgreement", "CUES", "CUE_NAMES", "Cue", "CueName", "LexicalFidelity",
+    "NonRedundancy", "PerceptionSufficiency", "RecipeCueName", "SRMCRCueName", "SelfVerification",
+    "SemanticAlignment", "StepConsistency", "TextCue", "VisualGrounding", "answer_agreement",
+    "lexical_fidelity", "non_redundancy", "perception_sufficiency", "self_verification",
+    "semantic_alignment", "step_consistency", "visual_grounding",
 ]

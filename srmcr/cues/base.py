@@ -61,6 +61,7 @@ class Cue(Metric):
 
     name: ClassVar[str]
     needs_blank_logprobs: ClassVar[bool] = False
+    needs_policy: ClassVar[bool] = False  # score() calls rollout.policy (a PolicyView)
     uses_encoder: ClassVar[bool] = False  # the reward passes its shared encoder to these
     is_differentiable = False
     higher_is_better = True

@@ -1,0 +1,133 @@
+"""Median time of each phase of an SR-MCR step, and peak memory, for a config.
+
+    python benchmarks/step_time.py --config configs/tiny.yaml --steps 12
+    python benchmarks/step_time.py --config configs/tiny.yaml --steps 12 -- --model.sampling.group_size=8
+
+The phases are timed around the module's own calls (no copy of the training step): generate,
+the policy log-prob pass, the blank-image pass (visual grounding), the reference pass (KL),
+the reward, and the update (loss forward + backward + optimizer step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+from lightning.pytorch.cli import LightningCLI  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+import srmcr.module as module_lib  # noqa: E402
+from datamodules.image_question import ImageQuestionDataModule  # noqa: E402
+from srmcr.module import SRMCRModule  # noqa: E402
+
+
+class PhaseTimer:
+    """Wraps the module's step phases; ``times[phase]`` holds one duration per step."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, list[float]] = defaultdict(list)
+        self.phase = "other"
+
+    def wrap(self, owner, name: str, phase: str) -> None:
+        inner = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            outer, self.phase = self.phase, phase
+            start = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.times[phase].append(time.perf_counter() - start)
+                self.phase = outer
+        setattr(owner, name, timed)
+
+    def wrap_logprobs(self) -> None:
+        inner = module_lib.rollout_logprobs
+
+        def timed(model, rollout, micro_batch_size, pixel_values=None):
+            phase = "log-probs (blank image)" if pixel_values is not None else \
+                "log-probs (reference)" if self.phase == "reference" else "log-probs (policy)"
+            start = time.perf_counter()
+            try:
+                return inner(model, rollout, micro_batch_size, pixel_values)
+            finally:
+                self.times[phase].append(time.perf_counter() - start)
+        module_lib.rollout_logprobs = timed
+
+
+def build(config: str, overrides: list[str]) -> tuple[SRMCRModule, ImageQuestionDataModule]:
+    cli = LightningCLI(SRMCRModule, ImageQuestionDataModule, run=False,
+                       args=["-c", config, *overrides, "--trainer.logger=false",
+                             "--trainer.callbacks=[]", "--trainer.enable_checkpointing=false"])
+    return cli.model, cli.datamodule
+
+
+def measure(config: str, steps: int, warmup: int, overrides: list[str]) -> dict:
+    """Per-phase medians (seconds) over ``steps`` steps after ``warmup`` steps, plus memory."""
+    module, data = build(config, overrides)
+    timer = PhaseTimer()
+    timer.wrap(module_lib, "sample", "generate")
+    timer.wrap_logprobs()
+    timer.wrap(module, "reference_logp", "reference")
+    timer.wrap(module, "optimize", "update")
+    timer.wrap(module, "training_step", "step")
+    module.configure_model()
+    timer.wrap(module.reward, "forward", "reward")
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    trainer = L.Trainer(max_steps=warmup + steps, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        accelerator="auto", devices=1, num_sanity_val_steps=0,
+                        limit_val_batches=0)
+    trainer.fit(module, datamodule=data)
+    medians = {phase: statistics.median(v[warmup * len(v) // (warmup + steps):])
+               for phase, v in timer.times.items() if phase != "reference"}
+    return {
+        "phases": medians,
+        "tokens": module.sampling.group_size * data.batch_size * module.sampling.max_new_tokens,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20
+        if torch.cuda.is_available() else None,
+    }
+
+
+def report(result: dict) -> None:
+    phases = result["phases"]
+    step = phases.pop("step")
+    print(f"{'phase':<26}{'median s':>10}{'share':>8}")
+    for phase, seconds in sorted(phases.items(), key=lambda kv: -kv[1]):
+        print(f"{phase:<26}{seconds:>10.3f}{seconds / step:>8.1%}")
+    print(f"{'whole step':<26}{step:>10.3f}{1:>8.0%}")
+    print(f"peak RSS {result['peak_rss_mb']:.0f} MB"
+          + (f", peak CUDA {result['peak_cuda_mb']:.0f} MB" if result["peak_cuda_mb"] else ""))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/tiny.yaml")
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("overrides", nargs="*", help="LightningCLI overrides, after --")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    hf_logging.disable_progress_bar()
+    result = measure(args.config, args.steps, args.warmup, args.overrides)
+    print(f"config {args.config} {' '.join(args.overrides)}; {args.steps} steps after "
+          f"{args.warmup} warm-up, torch threads {args.threads}")
+    report(result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Answer agreement (MM-UPT, Wei et al., 2025): does the answer agree with its group's majority?
+
+score = 1 when the completion's normalized answer equals the most frequent normalized answer of
+its group, 0 otherwise; NaN (abstain) without an answer. Answers are compared after
+``srmcr.answers.normalize`` (lower case, no punctuation or articles, number words as digits,
+plurals folded), so "Three circles." and "3 circle" agree. Completions without an answer neither
+vote nor score. Ties: among the most frequent answers, the one that appears first in the group
+wins (deterministic, independent of the order of other groups). A group where every completion
+gives the same answer scores 1 everywhere: agreement alone cannot tell them apart, and the
+group-normalized reward gives them z = 0.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from srmcr.answers import normalize
+from srmcr.cues.base import Cue
+from srmcr.parsing import parse
+
+if TYPE_CHECKING:  # the rollout module imports transformers: seconds
+    from srmcr.rollout import Rollout
+
+
+def answer_key(answer: str | None) -> str | None:
+    """The form answers are compared in; None when there is no answer (or nothing survives
+    normalization, e.g. "?")."""
+    if answer is None:
+        return None
+    return normalize(answer) or None
+
+
+def majority_agreement(keys: Sequence[str | None], group_size: int) -> Tensor:  # (N,)
+    """1 where a key equals its group's most frequent key (first in the group on ties), 0
+    elsewhere, NaN where the key is None."""
+    n = len(keys)
+    if group_size < 1 or n % group_size:
+        raise ValueError(f"{n} answers do not split into groups of {group_size}")
+    index: dict[str, int] = {}
+    ids = torch.tensor([-1 if k is None else index.setdefault(k, len(index)) for k in keys],
+                       dtype=torch.long).view(-1, group_size)  # (B, G), -1 = no answer
+    valid = ids >= 0
+    same = (ids[:, :, None] == ids[:, None, :]) & valid[:, None, :]  # (B, G, G)
+    votes = same.sum(-1).masked_fill(~valid, -1)  # (B, G): count of each completion's answer
+    first_top = votes.argmax(-1, keepdim=True)  # torch returns the FIRST maximal index
+    agree = (ids == ids.gather(1, first_top)).float()
+    return agree.masked_fill(~valid, float("nan")).view(n)
+
+
+def answer_agreement(completions: Sequence[str], group_size: int) -> Tensor:  # (N,)
+    """Answer agreement of each completion with its group's majority; groups are ``group_size``
+    consecutive completions."""
+    return majority_agreement([answer_key(parse(c).answer) for c in completions], group_size)
+
+
+class AnswerAgreement(Cue):
+    """Running mean of :func:`answer_agreement` over rollouts; forward returns (N,) scores."""
+
+    name = "answer_agreement"
+
+    def score(self, rollout: Rollout) -> Tensor:  # (N,)
+        keys = [answer_key(p.answer) for p in rollout.parsed]
+        return majority_agreement(keys, rollout.group_size)
