@@ -2,10 +2,18 @@
 
     python benchmarks/step_time.py --config configs/tiny.yaml --steps 12
     python benchmarks/step_time.py --config configs/tiny.yaml --steps 12 -- --model.sampling.group_size=8
+    python benchmarks/step_time.py --config configs/tiny.yaml --steps 8 --recipes
 
 The phases are timed around the module's own calls (no copy of the training step): generate,
 the policy log-prob pass, the blank-image pass (visual grounding), the reference pass (KL),
-the reward, and the update (loss forward + backward + optimizer step).
+the reward, the passes of the cues that ask the policy itself (inside the reward: the text-only
+answers of perception_sufficiency, the verification forward of self_verification), and the
+update (loss forward + backward + optimizer step).
+
+``--recipes`` measures each overlay of configs/recipes/ (or the ones named) on top of ``--config``
+and prints a table of step time and the extra passes' time. There every completion is given an
+``<answer>`` (a trained model's format rate is close to 1; a random tiny model never writes one),
+so the cues that skip answer-less completions pay their full cost.
 """
 
 from __future__ import annotations
@@ -30,6 +38,13 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 import srmcr.module as module_lib  # noqa: E402
 from datamodules.image_question import ImageQuestionDataModule  # noqa: E402
 from srmcr.module import SRMCRModule  # noqa: E402
+from srmcr.parsing import parse  # noqa: E402
+from srmcr.policy_view import PolicyView  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+# PolicyView method -> phase: the extra passes of the cues that ask the policy itself.
+EXTRA_PASSES = {"generate_without_image": "text-only answers",
+                "next_token_logits": "verification forward"}
 
 
 class PhaseTimer:
@@ -38,6 +53,17 @@ class PhaseTimer:
     def __init__(self) -> None:
         self.times: dict[str, list[float]] = defaultdict(list)
         self.phase = "other"
+        self._patched: list[tuple[object, str, object]] = []
+
+    def patch(self, owner, name: str, replacement) -> None:
+        """``setattr`` that ``restore`` undoes (measure runs several configs in one process)."""
+        self._patched.append((owner, name, getattr(owner, name)))
+        setattr(owner, name, replacement)
+
+    def restore(self) -> None:
+        for owner, name, original in reversed(self._patched):
+            setattr(owner, name, original)
+        self._patched.clear()
 
     def wrap(self, owner, name: str, phase: str) -> None:
         inner = getattr(owner, name)
@@ -50,7 +76,7 @@ class PhaseTimer:
             finally:
                 self.times[phase].append(time.perf_counter() - start)
                 self.phase = outer
-        setattr(owner, name, timed)
+        self.patch(owner, name, timed)
 
     def wrap_logprobs(self) -> None:
         inner = module_lib.rollout_logprobs
@@ -63,7 +89,17 @@ class PhaseTimer:
                 return inner(model, rollout, micro_batch_size, pixel_values)
             finally:
                 self.times[phase].append(time.perf_counter() - start)
-        module_lib.rollout_logprobs = timed
+        self.patch(module_lib, "rollout_logprobs", timed)
+
+
+def with_answers(sample):
+    """``sample`` whose completions all end with an ``<answer>`` ("0", "1", "2" in turn)."""
+    def answering(*args, **kwargs):
+        rollout = sample(*args, **kwargs)
+        rollout.texts = [f"{t}<answer>{i % 3}</answer>" for i, t in enumerate(rollout.texts)]
+        rollout.parsed = [parse(t) for t in rollout.texts]
+        return rollout
+    return answering
 
 
 def build(config: str, overrides: list[str]) -> tuple[SRMCRModule, ImageQuestionDataModule]:
@@ -73,11 +109,25 @@ def build(config: str, overrides: list[str]) -> tuple[SRMCRModule, ImageQuestion
     return cli.model, cli.datamodule
 
 
-def measure(config: str, steps: int, warmup: int, overrides: list[str]) -> dict:
-    """Per-phase medians (seconds) over ``steps`` steps after ``warmup`` steps, plus memory."""
+def measure(config: str, steps: int, warmup: int, overrides: list[str],
+            answers: bool = False) -> dict:
+    """Per-phase medians (seconds) over ``steps`` steps after ``warmup`` steps, plus memory.
+    ``answers``: give every completion an answer (``with_answers``)."""
     module, data = build(config, overrides)
     timer = PhaseTimer()
+    try:
+        return _measure(module, data, timer, steps, warmup, answers)
+    finally:
+        timer.restore()
+
+
+def _measure(module: SRMCRModule, data: ImageQuestionDataModule, timer: PhaseTimer, steps: int,
+             warmup: int, answers: bool) -> dict:
+    if answers:
+        timer.patch(module_lib, "sample", with_answers(module_lib.sample))
     timer.wrap(module_lib, "sample", "generate")
+    for method, phase in EXTRA_PASSES.items():
+        timer.wrap(PolicyView, method, phase)
     timer.wrap_logprobs()
     timer.wrap(module, "reference_logp", "reference")
     timer.wrap(module, "optimize", "update")
@@ -95,6 +145,7 @@ def measure(config: str, steps: int, warmup: int, overrides: list[str]) -> dict:
                for phase, v in timer.times.items() if phase != "reference"}
     return {
         "phases": medians,
+        "cues": list(module.reward.names),
         "tokens": module.sampling.group_size * data.batch_size * module.sampling.max_new_tokens,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20
@@ -113,16 +164,39 @@ def report(result: dict) -> None:
           + (f", peak CUDA {result['peak_cuda_mb']:.0f} MB" if result["peak_cuda_mb"] else ""))
 
 
+def report_recipes(results: dict[str, dict]) -> None:
+    """One row per recipe: step time, the blank-image pass (visual grounding) and the extra
+    passes of the policy-asking cues (medians per step; the latter are part of the reward)."""
+    print(f"{'recipe':<28}{'step s':>8}{'blank s':>9}{'extra s':>9}{'extra':>7}  cues")
+    for recipe, result in results.items():
+        phases = result["phases"]
+        step, blank = phases["step"], phases.get("log-probs (blank image)", 0.0)
+        extra = sum(phases.get(phase, 0.0) for phase in EXTRA_PASSES.values())
+        print(f"{recipe:<28}{step:>8.3f}{blank:>9.3f}{extra:>9.3f}{extra / step:>7.1%}  "
+              + ", ".join(result["cues"]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/tiny.yaml")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--recipes", nargs="*", metavar="OVERLAY",
+                        help="measure these recipe overlays (none named: all of configs/recipes)")
     parser.add_argument("overrides", nargs="*", help="LightningCLI overrides, after --")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     hf_logging.disable_progress_bar()
+    if args.recipes is not None:
+        recipes = args.recipes or sorted(str(p) for p in (ROOT / "configs/recipes").glob("*.yaml"))
+        results = {Path(r).stem: measure(args.config, args.steps, args.warmup,
+                                         ["-c", r, *args.overrides], answers=True)
+                   for r in recipes}
+        print(f"config {args.config} {' '.join(args.overrides)}; {args.steps} steps after "
+              f"{args.warmup} warm-up, torch threads {args.threads}; every completion answers")
+        report_recipes(results)
+        return
     result = measure(args.config, args.steps, args.warmup, args.overrides)
     print(f"config {args.config} {' '.join(args.overrides)}; {args.steps} steps after "
           f"{args.warmup} warm-up, torch threads {args.threads}")
