@@ -54,7 +54,8 @@ class ConfidenceCooling(L.Callback):
     Args:
         t_start: Base temperature at step 0.
         t_end: Base temperature once ``cooling_steps`` optimizer steps have passed.
-        cooling_steps: Number of optimizer steps of the linear cooling from t_start to t_end.
+        cooling_steps: Number of optimizer steps of the linear cooling from t_start to t_end;
+            None spans the whole run (``trainer.max_steps``, or 1000 without one).
         kappa: Strength of the confidence term: T is multiplied by exp(kappa * (c_ema - c_target)).
         c_target: Target confidence, in [0, 1]; "auto" uses the mean confidence of the first
             ``auto_steps`` steps (T follows the base schedule until then).
@@ -70,7 +71,7 @@ class ConfidenceCooling(L.Callback):
         self,
         t_start: float = 1.0,
         t_end: float = 0.7,
-        cooling_steps: int = 1000,
+        cooling_steps: int | None = None,
         kappa: float = 2.0,
         c_target: float | Literal["auto"] = "auto",
         auto_steps: int = 10,
@@ -83,7 +84,8 @@ class ConfidenceCooling(L.Callback):
         checks = {
             f"t_min must be > 0 and <= t_max, got t_min={t_min}, t_max={t_max}": 0 < t_min <= t_max,
             f"t_start and t_end must be > 0, got {t_start} and {t_end}": t_start > 0 and t_end > 0,
-            f"cooling_steps must be >= 1, got {cooling_steps}": cooling_steps >= 1,
+            f"cooling_steps must be >= 1, got {cooling_steps}":
+                cooling_steps is None or cooling_steps >= 1,
             f"kappa must be >= 0, got {kappa}": kappa >= 0,
             f"c_target must be 'auto' or a number in [0, 1], got {c_target!r}":
                 c_target == "auto" or (not isinstance(c_target, str) and 0 <= c_target <= 1),
@@ -119,6 +121,8 @@ class ConfidenceCooling(L.Callback):
         if not hasattr(pl_module, "temperature"):
             raise AttributeError(f"{type(pl_module).__name__} has no `temperature` attribute "
                                  "for ConfidenceCooling to set")
+        if self.rule["cooling_steps"] is None:  # the schedule spans the run
+            self.rule["cooling_steps"] = trainer.max_steps if trainer.max_steps > 0 else 1000
         # Restored from a checkpoint on resume (same on every rank), else the rule at this step.
         if self.temperature is None:
             self.temperature = self.temperature_at(trainer.global_step)

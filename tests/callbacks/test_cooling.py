@@ -206,3 +206,11 @@ def test_arguments_show_in_cli_help():
     assert "Target confidence" in help_text and "Momentum of the confidence EMA" in help_text
     assert parser.parse_args(["--cooling.c_target", "auto"]).cooling.c_target == "auto"
     assert parser.parse_args(["--cooling.c_target", "0.4"]).cooling.c_target == 0.4
+
+
+def test_default_schedule_spans_the_run(tmp_path):
+    cooling = ConfidenceCooling(t_start=1.0, t_end=0.5, kappa=0.0)
+    module, _ = _fit(8, cooling, root=tmp_path)
+    assert cooling.rule["cooling_steps"] == 8
+    # kappa = 0: T is the plain schedule; the step-4 batch sampled at 1 - 0.5 * 4/8 = 0.75
+    assert module.seen[4] == pytest.approx(0.75)
