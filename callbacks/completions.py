@@ -5,7 +5,7 @@ advantages of the step that just ran), the callback writes
 
 - ``train/completions`` (TEXT tab): for the first ``groups`` groups, the question and a table of
   the G completions with each cue's raw score, well-formedness, reward and advantage, under a
-  header with the step, the sampling temperature and the cue weights;
+  header with the step, the sampling temperature, the mean raw reward and the cue weights;
 - ``train/completions/image_<g>`` (IMAGES tab): the group's image as a thumbnail;
 - ``train/hist/reward``, ``train/hist/reward_raw``, ``train/hist/advantage`` (HISTOGRAMS tab)
   over all N completions of the step.
@@ -44,7 +44,7 @@ def completion_markdown(step: StepRecord, cue_names: list[str], global_step: int
     weights = ", ".join(f"{n} {reward.stats.get(f'weight/{n}', float('nan')):.2f}"
                         for n in cue_names)
     lines = [f"**step {global_step}** · temperature {rollout.temperature:.3f} · "
-             f"mean reward {reward.rewards.float().mean():.3f} · weights: {weights}", ""]
+             f"mean raw reward {reward.raw.float().nanmean():.3f} · weights: {weights}", ""]
     scores = reward.scores.float().cpu().tolist()
     rewards, advantages = reward.rewards.float().cpu().tolist(), step.advantages.float().cpu()
     for g in range(min(groups, rollout.num_groups)):
@@ -96,7 +96,7 @@ class CompletionTables(L.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 return logger.experiment
-        if not self._warned:
+        if not (self._warned or trainer.fast_dev_run):  # fast_dev_run turns loggers off
             rank_zero_warn("CompletionTables writes only to a TensorBoardLogger: none is set")
             self._warned = True
         return None

@@ -23,7 +23,7 @@ FAST = ["-c", str(ROOT / "configs/tiny.yaml"), "--model.policy.model=tiny:tiny",
         "--data.val=shapes:val?n=4&size=56", "--data.test=shapes:test?n=4&size=56",
         "--data.predict=shapes:test?n=3&size=56", "--data.batch_size=2",
         "--model.policy.max_pixels=3136", "--data.max_pixels=3136", "--data.min_pixels=784",
-        "--trainer.logger.init_args.save_dir=logs", "--trainer.enable_progress_bar=false"]
+        "--trainer.logger.init_args.save_dir=logs"]
 
 
 @pytest.fixture(scope="module", autouse=True)
