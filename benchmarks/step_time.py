@@ -81,12 +81,12 @@ class PhaseTimer:
     def wrap_logprobs(self) -> None:
         inner = module_lib.rollout_logprobs
 
-        def timed(model, rollout, micro_batch_size, pixel_values=None):
+        def timed(model, rollout, micro_batch_size, pixel_values=None, **which):
             phase = "log-probs (blank image)" if pixel_values is not None else \
                 "log-probs (reference)" if self.phase == "reference" else "log-probs (policy)"
             start = time.perf_counter()
             try:
-                return inner(model, rollout, micro_batch_size, pixel_values)
+                return inner(model, rollout, micro_batch_size, pixel_values, **which)
             finally:
                 self.times[phase].append(time.perf_counter() - start)
         self.patch(module_lib, "rollout_logprobs", timed)

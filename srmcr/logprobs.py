@@ -17,9 +17,9 @@ from srmcr.rollout import Rollout, select_images
 
 @dataclass
 class TokenLogProbs:
-    logp: Tensor  # (N, T) log pi(token) at the sampling temperature (ratio and KL)
-    logp_t1: Tensor  # (N, T) log pi(token) at T = 1 (cues)
-    max_prob: Tensor  # (N, T) max softmax probability at T = 1 (confidence)
+    logp: Tensor | None  # (N, T) log pi(token) at the sampling temperature (ratio and KL)
+    logp_t1: Tensor | None  # (N, T) log pi(token) at T = 1 (cues)
+    max_prob: Tensor | None  # (N, T) max softmax probability at T = 1 (confidence)
 
 
 def completion_logits(model, rollout: Rollout, rows: slice,
@@ -51,20 +51,25 @@ def token_logprobs(logits: Tensor, ids: Tensor, temperature: float = 1.0) -> Ten
 
 @torch.no_grad()
 def rollout_logprobs(model, rollout: Rollout, micro_batch_size: int,
-                     pixel_values: Tensor | None = None) -> TokenLogProbs:
-    """One no-grad pass over the rollout: log-probs at its temperature and at T = 1."""
-    parts: list[tuple[Tensor, Tensor, Tensor]] = []
+                     pixel_values: Tensor | None = None, *, at_temperature: bool = True,
+                     at_t1: bool = True) -> TokenLogProbs:
+    """One no-grad pass over the rollout: log-probs at its temperature and/or, with the max
+    probability, at T = 1. Each costs a log-softmax over the vocabulary: ask only for what is
+    used (the reference pass needs only the first, the blank-image pass only the second)."""
+    parts: dict[str, list[Tensor]] = {"logp": [], "logp_t1": [], "max_prob": []}
     for start in range(0, len(rollout), micro_batch_size):
         rows = slice(start, start + micro_batch_size)
         logits = completion_logits(model, rollout, rows, pixel_values)
         ids = rollout.completion_ids[rows]
-        logp1 = torch.log_softmax(logits, dim=-1)
-        parts.append((token_logprobs(logits, ids, rollout.temperature),
-                      logp1.gather(-1, ids.unsqueeze(-1)).squeeze(-1),
-                      logp1.max(dim=-1).values.exp()))
-        del logits, logp1
-    logp, logp_t1, max_prob = (torch.cat(x) for x in zip(*parts))
-    return TokenLogProbs(logp, logp_t1, max_prob)
+        if at_temperature:
+            parts["logp"].append(token_logprobs(logits, ids, rollout.temperature))
+        if at_t1:
+            logp1 = torch.log_softmax(logits, dim=-1)
+            parts["logp_t1"].append(logp1.gather(-1, ids.unsqueeze(-1)).squeeze(-1))
+            parts["max_prob"].append(logp1.max(dim=-1).values.exp())
+            del logp1
+        del logits
+    return TokenLogProbs(**{k: torch.cat(v) if v else None for k, v in parts.items()})
 
 
 def blank_pixel_values(processor, rollout: Rollout) -> Tensor:

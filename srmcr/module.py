@@ -154,6 +154,14 @@ class SRMCRModule(L.LightningModule):
                                "rng": _rng_state()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # strict_loading is off (the frozen base is not in checkpoints), so check by hand that
+        # the checkpoint has every adapter weight: else a mismatched one would load nothing.
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        missing = sorted(trainable - set(checkpoint["state_dict"]))
+        if missing:
+            raise ValueError(f"the checkpoint lacks {len(missing)} of the {len(trainable)} LoRA "
+                             f"weights of this model (e.g. {missing[0]}): it was written for "
+                             "another model or LoRA configuration (policy.model, policy.lora)")
         state = checkpoint.get("srmcr")
         if state is not None:
             self.guard.load_state_dict(state["guard"])
@@ -194,16 +202,19 @@ class SRMCRModule(L.LightningModule):
             rollout.policy = PolicyView(self.model, self.processor, self.sampling, mb)
         if not (self.reward.needs_blank_logprobs or self.grpo_args.num_iterations > 1):
             return None
-        passes = rollout_logprobs(self.model, rollout, mb)
+        passes = rollout_logprobs(self.model, rollout, mb,
+                                  at_temperature=self.grpo_args.num_iterations > 1)
         rollout.logp, rollout.max_prob = passes.logp_t1, passes.max_prob
         if self.reward.needs_blank_logprobs:
             blank = blank_pixel_values(self.processor, rollout)
-            rollout.blank_logp = rollout_logprobs(self.model, rollout, mb, blank).logp_t1
+            rollout.blank_logp = rollout_logprobs(self.model, rollout, mb, blank,
+                                                  at_temperature=False).logp_t1
         return passes.logp
 
     def reference_logp(self, rollout: Rollout) -> Tensor:
         with self.model.disable_adapter():
-            return rollout_logprobs(self.model, rollout, self.grpo_args.micro_batch_size).logp
+            return rollout_logprobs(self.model, rollout, self.grpo_args.micro_batch_size,
+                                    at_t1=False).logp
 
     def optimize(self, rollout: Rollout, advantages: Tensor, old_logp: Tensor | None,
                  ref_logp: Tensor | None) -> dict[str, Tensor]:

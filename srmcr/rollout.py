@@ -120,10 +120,11 @@ def _generation_config(args: SamplingArgs, temperature: float, tokenizer,
     # Also the padding rows of the embedding (vocab rounded up): they decode to nothing.
     suppress = [i for i in tokenizer.all_special_ids if i not in end]
     suppress += list(range(len(tokenizer), vocab_size))
+    # top_k=0 turns top-k off (None would fall back to transformers' default of 50).
     # Everything explicit: a hub model's own generation config (top_k=1, repetition_penalty=1.05
     # for Qwen2.5-VL) would make the sampled distribution differ from the one the loss assumes.
     return GenerationConfig(do_sample=True, temperature=temperature, top_p=args.top_p,
-                            top_k=args.top_k or None, max_new_tokens=args.max_new_tokens,
+                            top_k=args.top_k, max_new_tokens=args.max_new_tokens,
                             repetition_penalty=1.0, eos_token_id=end, pad_token_id=end[-1],
                             suppress_tokens=suppress, use_cache=True)
 

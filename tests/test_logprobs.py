@@ -49,8 +49,8 @@ def sampled(policy):
     """2 prompts x 3 (images of different sizes, chunks of 4 + 2), with generate's raw logits."""
     model, processor = policy
     args = SamplingArgs(group_size=3, max_new_tokens=24, generation_batch_size=4)
-    # A bonus on <|im_end|> so that some rows end early (lengths 5, 24, 24, 12, 1, 22 here).
-    return sample_with_logits(model, processor, args, TEMPERATURE, end_bonus=1.0)
+    # A bonus on <|im_end|> so that some rows end early and others run to max_new_tokens.
+    return sample_with_logits(model, processor, args, TEMPERATURE, end_bonus=3.0)
 
 
 @pytest.fixture(scope="module")

@@ -88,3 +88,18 @@ def test_without_grounding_there_is_no_extra_pass_and_confidence_comes_from_the_
     _fit(module, 1, tmp_path)
     assert calls == []  # beta = 0, no grounding, mu = 1: generate + loss pass only
     assert 0.0 < module.last_confidence <= 1.0
+
+
+def test_checkpoint_of_another_lora_configuration_is_rejected(tmp_path):
+    trainer = _fit(_module(), 1, tmp_path)
+    path = tmp_path / "r4.ckpt"
+    trainer.save_checkpoint(path)
+    other = SRMCRModule(policy=PolicyArgs(model="tiny:tiny", max_pixels=56 * 56,
+                                          lora=LoraArgs(r=4, alpha=8, target_modules=["q_proj"])),
+                        sampling=SamplingArgs(group_size=4, max_new_tokens=12),
+                        reward=SelfReward(cues=["lexical_fidelity"]))
+    other.configure_model()
+    state = torch.load(path, weights_only=True)
+    state["state_dict"] = {k: v for k, v in state["state_dict"].items() if "q_proj" not in k}
+    with pytest.raises(ValueError, match=r"lacks \d+ of the \d+ LoRA weights .*policy.lora"):
+        other.on_load_checkpoint(state)

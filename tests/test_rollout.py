@@ -179,3 +179,14 @@ def test_sampling_runs_in_eval_and_restores_the_mode(policy, training):
 def test_sampling_args_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SamplingArgs(**kwargs)
+
+
+def test_top_k_zero_samples_from_the_whole_vocabulary():
+    # At T = 50 the tiny model's next-token distribution is almost uniform over ~600 tokens, so
+    # 64 draws give about 60 distinct tokens; transformers' implicit top-k of 50 would cap it at 50.
+    model, processor = tiny_policy()
+    image = two_images()[0]
+    torch.manual_seed(0)
+    rollout = sample(model, processor, [image], ["How many circles?"],
+                     SamplingArgs(group_size=64, max_new_tokens=1, top_k=0), temperature=50.0)
+    assert len(set(rollout.completion_ids[:, 0].tolist())) > 50
