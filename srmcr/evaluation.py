@@ -16,55 +16,19 @@ from PIL import Image
 from torch import Tensor
 from torchmetrics import Metric
 
-from srmcr import prompts
 from srmcr.answers import is_correct
-from srmcr.parsing import parse
-from srmcr.rollout import (Rollout, SamplingArgs, _generation_config, completion_mask,
-                           select_images)
+from srmcr.rollout import Rollout, SamplingArgs, sample
 
 
-@torch.no_grad()
 def generate_greedy(model, processor, images: Sequence[Image.Image], questions: Sequence[str],
                     args: SamplingArgs, ids: Sequence[str] | None = None) -> Rollout:
     """One greedy completion per (image, question): a ``Rollout`` with G = 1 and T = 1.
 
-    Same prompts, length cap, end tokens and token suppression as ``rollout.sample``; only the
-    decoding differs, so what is evaluated is what is trained.
+    ``rollout.sample`` itself, with greedy decoding: same prompts, length cap, end tokens and
+    token suppression, so what is evaluated is what is trained.
     """
-    B = len(questions)
-    device = next(model.parameters()).device
-    enc = processor(text=prompts.render(processor, questions, args.system_prompt),
-                    images=list(images), return_tensors="pt", padding=True).to(device)
-    vocab_size = model.get_output_embeddings().weight.shape[0]
-    config = _generation_config(args, 1.0, processor.tokenizer, vocab_size)
-    config.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    was_training = model.training
-    model.eval()
-    pieces = []
-    for start in range(0, B, args.generation_batch_size):
-        part = slice(start, start + args.generation_batch_size)
-        pixels, grid = select_images(enc["pixel_values"], enc["image_grid_thw"],
-                                     torch.arange(B, device=device)[part])
-        out = model.generate(input_ids=enc["input_ids"][part],
-                             attention_mask=enc["attention_mask"][part],
-                             mm_token_type_ids=enc["mm_token_type_ids"][part], pixel_values=pixels,
-                             image_grid_thw=grid, generation_config=config)
-        pieces.append(out[:, enc["input_ids"].shape[1]:])
-    model.train(was_training)
-    pad = config.pad_token_id
-    width = max(p.shape[1] for p in pieces)
-    completion_ids = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1]), value=pad)
-                                for p in pieces])
-    mask, truncated = completion_mask(completion_ids, config.eos_token_id)
-    texts = processor.batch_decode(completion_ids * mask + pad * (1 - mask),
-                                   skip_special_tokens=True)
-    return Rollout(
-        group_size=1, questions=list(questions), texts=texts, parsed=[parse(t) for t in texts],
-        prompt_ids=enc["input_ids"], prompt_mask=enc["attention_mask"],
-        mm_token_type_ids=enc["mm_token_type_ids"], completion_ids=completion_ids,
-        completion_mask=mask, truncated=truncated, temperature=1.0, images=list(images),
-        pixel_values=enc["pixel_values"], image_grid_thw=enc["image_grid_thw"],
-        ids=list(ids or [str(b) for b in range(B)]))
+    return sample(model, processor, images, questions, args, temperature=1.0, ids=ids,
+                  greedy=True)
 
 
 def correctness(answers: Sequence[str | None],

@@ -131,9 +131,11 @@ def _generation_config(args: SamplingArgs, temperature: float, tokenizer,
 
 @torch.no_grad()
 def sample(model, processor, images: Sequence[Image.Image], questions: Sequence[str],
-           args: SamplingArgs, temperature: float, ids: Sequence[str] | None = None) -> Rollout:
-    """Sample ``args.group_size`` completions for each (image, question) pair."""
-    G, B = args.group_size, len(questions)
+           args: SamplingArgs, temperature: float, ids: Sequence[str] | None = None,
+           greedy: bool = False) -> Rollout:
+    """Sample ``args.group_size`` completions for each (image, question) pair, or with
+    ``greedy`` one deterministic completion (G = 1; evaluation)."""
+    G, B = 1 if greedy else args.group_size, len(questions)
     device = next(model.parameters()).device
     enc = processor(text=prompts.render(processor, questions, args.system_prompt),
                     images=list(images), return_tensors="pt", padding=True).to(device)
@@ -142,6 +144,8 @@ def sample(model, processor, images: Sequence[Image.Image], questions: Sequence[
     mm_types = enc["mm_token_type_ids"][rows]
     vocab_size = model.get_output_embeddings().weight.shape[0]
     config = _generation_config(args, temperature, processor.tokenizer, vocab_size)
+    if greedy:
+        config.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     pieces = []
     was_training = model.training
     model.eval()  # no dropout while sampling
