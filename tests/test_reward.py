@@ -8,7 +8,7 @@ import torch.distributed as dist
 from jsonargparse import ArgumentParser
 
 from srmcr.cues import CUE_NAMES
-from srmcr.reward import (SelfReward, consensus_correlation, fill_abstentions, floored_weights,
+from srmcr.reward import (SelfReward, fill_abstentions, floored_weights,
                           group_zscores)
 from tests.cues.fakes import HashingEncoder, make_rollout
 
