@@ -7,6 +7,7 @@ LoRA adapter disabled, so no second copy of the weights is ever loaded.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -57,7 +58,8 @@ class PolicyArgs:
     """Which model to load, at which precision, and how to adapt it."""
 
     model: str = "tiny:small"
-    """Hub id, local folder, or ``tiny:<tiny|small>`` (built locally, no download)."""
+    """Hub id, local folder, ``tiny:<tiny|small>`` (built locally, no download) or
+    ``warm:<tiny|small>`` (tiny after a one-time supervised warm-up on shapes traces)."""
     quantization: Literal["none", "4bit", "8bit"] = "none"
     """Load the frozen base in 4-bit nf4 (QLoRA, double quantization) or 8-bit."""
     dtype: DType = "float32"
@@ -82,25 +84,45 @@ class PolicyArgs:
             check_bitsandbytes(self.quantization)
 
 
+# Locally built models, "<kind>:<size>" (sizes of srmcr.tiny) -> (size, cache_dir) -> folder.
+# warm: is tiny:<size> after a supervised warm-up on shapes-world traces, which live outside
+# srmcr/: main.py registers its builder (datamodules.traces.warm_model).
+LOCAL_KINDS = ("tiny", "warm")
+BUILDERS: dict[str, Callable[[str, Path], Path]] = {"tiny": tiny.cached}
+
+
+def register_builder(kind: str, build: Callable[[str, Path], Path]) -> None:
+    """Let ``resolve_model`` build ``<kind>:<size>`` specs with ``build(size, cache_dir)``."""
+    if kind not in LOCAL_KINDS:
+        raise ValueError(f"unknown local model kind {kind!r}; one of {LOCAL_KINDS}")
+    BUILDERS[kind] = build
+
+
 def check_model_spec(spec: str) -> None:
     """Fail fast, before anything loads, on a spec that cannot name a model."""
-    if spec.startswith("tiny:"):
-        if spec.removeprefix("tiny:") not in tiny.SPECS:
-            raise ValueError(f"policy.model {spec!r}: unknown tiny size; use one of "
-                             f"{', '.join('tiny:' + s for s in sorted(tiny.SPECS))}")
+    kind, local, size = spec.partition(":")
+    if local and kind in LOCAL_KINDS:
+        if size not in tiny.SPECS:
+            raise ValueError(f"policy.model {spec!r}: unknown {kind} size; use one of "
+                             f"{', '.join(f'{kind}:{s}' for s in sorted(tiny.SPECS))}")
         return
     if Path(spec).expanduser().is_dir():
         return
     if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
         raise FileNotFoundError(f"policy.model {spec!r} is neither an existing folder nor a hub id "
-                                "('org/name') nor tiny:<tiny|small>")
+                                "('org/name') nor tiny:<tiny|small> (or warm:<tiny|small>)")
 
 
 def resolve_model(spec: str, cache_dir: Path = tiny.DEFAULT_CACHE) -> str:
-    """Turn a model spec into something ``from_pretrained`` accepts (building tiny:<size>)."""
+    """Turn a model spec into something ``from_pretrained`` accepts (building tiny:/warm:)."""
     check_model_spec(spec)
-    if spec.startswith("tiny:"):
-        return str(tiny.cached(spec.removeprefix("tiny:"), cache_dir))  # type: ignore[arg-type]
+    kind, local, size = spec.partition(":")
+    if local and kind in LOCAL_KINDS:
+        if kind not in BUILDERS:
+            raise RuntimeError(f"policy.model {spec!r}: no builder for {kind}: specs in this "
+                               f"process; main.py registers one, elsewhere call srmcr.policy."
+                               f"register_builder('{kind}', datamodules.traces.warm_model)")
+        return str(BUILDERS[kind](size, cache_dir))
     path = Path(spec).expanduser()
     return str(path) if path.is_dir() else spec
 
@@ -164,6 +186,11 @@ def load_policy(args: PolicyArgs) -> tuple[PeftModel, ImageOnlyQwenProcessor]:
     elif args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()  # PEFT: frozen embeddings must still pass gradients
+    if args.gradient_checkpointing:
+        # transformers and PEFT make the output of every input embedding require grad, the vision
+        # tower's patch embedding too: the frozen tower (no adapter there) then kept activations
+        # for backward and back-propagated through all its blocks for nothing.
+        model.model.visual.forward = torch.no_grad()(model.model.visual.forward)
     model.config.use_cache = True  # generation wants the KV cache; training passes use_cache=False
     peft_model = get_peft_model(model, args.lora.config())
     return peft_model, load_processor(args, path)

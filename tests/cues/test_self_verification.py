@@ -75,7 +75,7 @@ def policy_and_rollout():
     model, processor = tiny_policy()
     with single_thread():  # some completions end early: padding inside the completion block
         rollout, _ = sample_with_logits(model, processor, SamplingArgs(group_size=3,
-                                        max_new_tokens=6), 1.0, end_bonus=3.0)
+                                        max_new_tokens=6), 1.0, end_bonus=4.0)
     assert not rollout.truncated.all() and rollout.truncated.any()
     return model, processor, rollout
 

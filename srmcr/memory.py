@@ -1,0 +1,193 @@
+"""GPU memory of one SR-MCR step, by part, estimated from a config before anything is loaded.
+
+    python -m srmcr.memory -c configs/tiny.yaml -c configs/qwen2_5_vl_7b_qlora.yaml --gpu-gb 22
+    python -m srmcr.memory -c configs/tiny.yaml -- --model.policy.model=tiny:tiny
+
+Peak = what lives through the step (weights, LoRA and its AdamW state, the reward's sentence
+encoder) + the largest phase: generation (KV cache, prefill, vision tower), the no-grad log-prob
+passes, or the loss pass (saved activations, LoRA gradients, fp32 logits of the completion only).
+Tensors are counted at the width they have in this code base: QLoRA's
+``prepare_model_for_kbit_training`` upcasts all that is not 4-bit to fp32 (residual stream and
+bitsandbytes outputs too), PEFT keeps LoRA in fp32, and under autocast every adapted projection
+saves its own bf16 copy of its input. ``benchmarks/memory_check.py`` checks the formulas against
+measured peaks. Shape letters: N = B*G rows, P prompt and T completion tokens, S = P + T.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from srmcr.memory_model import (  # noqa: F401 (re-exported: the public API)
+    GB, PATCH_PIXELS, NF4_BYTES, INT8_BYTES, NF4_MATRIX_BYTES, ENCODER_BYTES, CUDA_CONTEXT_BYTES,
+    ALLOCATOR_SLACK, QUESTION_FILLER, KNOBS, GROUPS, ModelDims, QWEN2_5_VL, StepSettings, Widths,
+    widths, Phase, MemoryPlan, projection_shapes, decoder_linear_params, vision_params,
+    other_params, weight_bytes, lora_params, layer_activation_bytes, no_grad_layer_bytes,
+    pixel_bytes, vision_bytes, logits_bytes, kv_cache_bytes, plan, largest_fitting)
+
+
+# ---- configs ---------------------------------------------------------------------------------
+def _merge(into: dict, overlay: dict) -> dict:
+    """jsonargparse's rule: nested dicts merge; a new ``class_path`` replaces the whole value."""
+    for key, value in overlay.items():
+        old = into.get(key)
+        if isinstance(value, dict) and isinstance(old, dict) \
+                and value.get("class_path", old.get("class_path")) == old.get("class_path"):
+            _merge(old, value)
+        else:
+            into[key] = value
+    return into
+
+
+def _init_args(section: dict) -> dict:
+    """``{class_path, init_args: {...}}`` or plain ``{...}`` -> the arguments."""
+    return {**section.get("init_args", {}),
+            **{k: v for k, v in section.items() if k not in ("class_path", "init_args")}}
+
+
+def load_config(paths: list[Path], overrides: list[str] = ()) -> dict:
+    """The YAMLs merged in order (later files win, as with repeated ``-c``), then dotted
+    ``--model.sampling.group_size=8`` overrides, as LightningCLI applies them."""
+    import yaml
+
+    config: dict = {}
+    for path in paths:
+        _merge(config, yaml.safe_load(Path(path).read_text()) or {})
+    for item in overrides:
+        key, sep, value = item.removeprefix("--").partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r}: write it as --section.key=value")
+        *parents, leaf = key.split(".")
+        _merge(config, _nested(parents, {leaf: yaml.safe_load(value)}))
+    return config
+
+
+def _nested(keys: list[str], leaf: dict) -> dict:
+    return leaf if not keys else {keys[0]: _nested(keys[1:], leaf)}
+
+
+def model_dims(spec: str) -> tuple[ModelDims, str | None]:
+    """Dimensions of a model spec, and a local folder with its tokenizer if there is one."""
+    if spec in QWEN2_5_VL:
+        return QWEN2_5_VL[spec], None
+    from srmcr.policy import resolve_model
+
+    kind, local, size = spec.partition(":")
+    if local and kind == "warm":  # a warmed-up tiny model: the same architecture
+        spec = f"tiny:{size}"
+    path = Path(resolve_model(spec))
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"no config.json for {spec!r}: give a local model folder, "
+                                f"tiny:<tiny|small>, or one of {sorted(QWEN2_5_VL)}")
+    config = json.loads((path / "config.json").read_text())
+    text, vision = config.get("text_config", config), config["vision_config"]
+    dims = ModelDims(text["hidden_size"], text["num_hidden_layers"], text["num_attention_heads"],
+                     text["num_key_value_heads"], text["intermediate_size"], text["vocab_size"],
+                     bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings"))),
+                     vision["depth"], vision["hidden_size"], vision["intermediate_size"])
+    return dims, str(path)
+
+
+def prompt_text_tokens(system_prompt: str, question_chars: int, tokenizer: str | None) -> int:
+    """Tokens of the rendered prompt without the image: exact with a local tokenizer, else about
+    4 characters per token plus the chat template's 20 tokens."""
+    question = (QUESTION_FILLER * (question_chars // len(QUESTION_FILLER) + 1))[:question_chars]
+    if tokenizer is None:
+        return (len(system_prompt) + question_chars) // 4 + 20
+    from srmcr import prompts
+    from srmcr.tiny import ImageOnlyQwenProcessor
+
+    processor = ImageOnlyQwenProcessor.from_pretrained(tokenizer)
+    text = prompts.render(processor, [question], system_prompt)[0]
+    return len(processor.tokenizer(text)["input_ids"]) - 1  # the image placeholder
+
+
+def settings_from_config(config: dict, question_chars: int = 200) -> StepSettings:
+    """``StepSettings`` of a merged config, with the project's own defaults and checks."""
+    from srmcr.cues import CUE_NAMES, CUES
+    from srmcr.module import GRPOArgs
+    from srmcr.policy import LoraArgs, PolicyArgs
+    from srmcr.rollout import SamplingArgs
+
+    model, data = _init_args(config.get("model", {})), _init_args(config.get("data", {}))
+    raw = dict(model.get("policy", {}))
+    policy = PolicyArgs(**{**raw, "lora": LoraArgs(**raw.get("lora", {}))})
+    sampling = SamplingArgs(**model.get("sampling", {}))
+    micro = GRPOArgs(**model.get("grpo", {})).micro_batch_size
+    reward = (model.get("reward") or {}).get("init_args", {})
+    cues = reward.get("cues", CUE_NAMES)
+    optimizer = model.get("optimizer") or "AdamW"
+    optimizer = optimizer if isinstance(optimizer, str) else optimizer.get("class_path", "AdamW")
+    dims, tokenizer = model_dims(policy.model)
+    # ImageQuestionDataModule's defaults (tests/test_memory.py keeps them in step).
+    pixels = [v for v in (policy.max_pixels, data.get("max_pixels", 448 * 448)) if v]
+    return StepSettings(
+        dims=dims, quantization=policy.quantization,
+        dtype_bytes={"float32": 4, "bfloat16": 2, "float16": 2}[policy.dtype],
+        autocast=str(config.get("trainer", {}).get("precision", "32-true")).endswith("-mixed"),
+        checkpointing=policy.gradient_checkpointing, attention=policy.attn_implementation,
+        lora_r=policy.lora.r, lora_targets=tuple(policy.lora.target_modules),
+        optimizer_states=2 if "Adam" in optimizer else 1, batch_size=data.get("batch_size", 4),
+        group_size=sampling.group_size, max_new_tokens=sampling.max_new_tokens,
+        generation_batch_size=sampling.generation_batch_size, micro_batch_size=micro,
+        max_pixels=min(pixels),
+        prompt_text_tokens=prompt_text_tokens(sampling.system_prompt, question_chars, tokenizer),
+        encoder=any(CUES[c].uses_encoder for c in cues))
+
+
+# ---- report ----------------------------------------------------------------------------------
+def table(p: MemoryPlan, gpu_gb: float | None = None) -> str:
+    unit, scale = ("GB", GB) if p.peak_bytes > 0.5 * GB else ("MiB", 2**20)
+    line = lambda name, value: f"  {name:<50}{value / scale:>10.3f} {unit}"  # noqa: E731
+    s = p.settings
+    weights = {"none": f"{8 * s.dtype_bytes}-bit", "4bit": "nf4 (double quant) + fp32 rest",
+               "8bit": "int8 + fp32 rest"}[s.quantization]
+    lines = [f"weights {weights}, autocast {s.autocast}, checkpointing {s.checkpointing}, LoRA "
+             f"r={s.lora_r}; B={s.batch_size} x G={s.group_size}; prompt {s.prompt_tokens} "
+             f"tokens ({s.image_tokens} image), completion <= {s.max_new_tokens}; generate "
+             f"{s.generation_batch_size}, micro-batch {s.micro_batch_size} rows",
+             "", "resident through the step"]
+    lines += [line(k, v) for k, v in p.resident.items()]
+    for name, phase in p.phases.items():
+        peak = "  <- peak" if name == p.peak_phase else ""
+        lines.append(f"{name}: {phase.bytes / scale:.3f} {unit} on top{peak}")
+        lines += [line(k, v) for k, v in phase.held.items()]
+        lines += [line(f"{k} *", v) for k, v in phase.transient.items()]
+    lines += ["  (* one at a time: the largest counts)", "",
+              line("peak allocated (resident + peak phase)", p.peak_bytes),
+              line(f"+ {ALLOCATOR_SLACK:.0%} allocator slack + CUDA context", p.device_bytes)]
+    if gpu_gb is not None:
+        verdict = "fits" if p.device_bytes <= gpu_gb * GB else "does NOT fit"
+        lines.append(f"  {'GPU budget':<50}{gpu_gb * GB / scale:>10.3f} {unit}  -> {verdict}")
+    return "\n".join(lines)
+
+
+def advice(s: StepSettings, gpu_gb: float) -> str:
+    lines = [f"largest value that fits {gpu_gb} GB, one knob at a time (others as configured):"]
+    for knob in KNOBS:
+        value = largest_fitting(s, knob, gpu_gb * GB)
+        lines.append(f"  {knob:<24}{'no value: not this knob' if value is None else value}"
+                     f"{'' if value is None else f'  (now {getattr(s, knob)})'}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> MemoryPlan:
+    parser = argparse.ArgumentParser(prog="python -m srmcr.memory",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("-c", "--config", type=Path, action="append", required=True,
+                        help="a YAML; repeat for overlays, merged in order")
+    parser.add_argument("--gpu-gb", type=float, help="GPU memory to check against")
+    parser.add_argument("--question-chars", type=int, default=200, help="assumed question length")
+    parser.add_argument("overrides", nargs="*", help="LightningCLI-style overrides, after --")
+    args = parser.parse_args(argv)
+    settings = settings_from_config(load_config(args.config, args.overrides), args.question_chars)
+    result = plan(settings)
+    print(table(result, args.gpu_gb))
+    if args.gpu_gb is not None and result.device_bytes > args.gpu_gb * GB:
+        print(advice(settings, args.gpu_gb))
+    return result
+
+
+if __name__ == "__main__":
+    main()

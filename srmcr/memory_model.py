@@ -1,0 +1,280 @@
+"""The memory model of one SR-MCR step: sizes, widths and formulas (see ``srmcr.memory``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+GB = 1e9
+PATCH_PIXELS = 14 * 14  # one vision patch; 2x2 patches merge into one image token
+NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # nf4 + 8-bit absmax per 64 + fp32 per 256 blocks
+INT8_BYTES = 1.0
+NF4_MATRIX_BYTES = (16 + 256 + 1) * 4  # per quantized matrix: nf4 and absmax codebooks, offset
+ENCODER_BYTES = 90_868_376  # all-MiniLM-L6-v2 in fp32 (the packaged model.safetensors)
+CUDA_CONTEXT_BYTES = 0.5 * GB  # CUDA context and kernels: outside the allocator's count
+ALLOCATOR_SLACK = 0.10  # fragmentation of the caching allocator over the allocated peak
+QUESTION_FILLER = "How many red circles are to the left of the large blue square in the picture? "
+KNOBS = ("micro_batch_size", "generation_batch_size", "group_size", "max_new_tokens", "max_pixels")
+GROUPS = (("q_proj", "k_proj", "v_proj"), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",))
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The architecture numbers the formulas need (a Qwen2.5-VL ``config.json``)."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    vocab: int
+    tied: bool
+    vision_depth: int
+    vision_hidden: int
+    vision_intermediate: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+
+# The published configs (hub config.json files cannot be downloaded on every machine).
+QWEN2_5_VL = {
+    "Qwen/Qwen2.5-VL-3B-Instruct": ModelDims(2048, 36, 16, 2, 11008, 151936, True, 32, 1280, 3420),
+    "Qwen/Qwen2.5-VL-7B-Instruct": ModelDims(3584, 28, 28, 4, 18944, 152064, False, 32, 1280, 3420),
+}
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """Everything of a config that memory depends on (see ``settings_from_config``)."""
+
+    dims: ModelDims
+    quantization: str = "none"  # none | 4bit | 8bit
+    dtype_bytes: int = 4  # policy.dtype
+    autocast: bool = False  # trainer.precision *-mixed
+    checkpointing: bool = False
+    attention: str = "sdpa"
+    lora_r: int = 16
+    lora_targets: tuple[str, ...] = tuple(t for g in GROUPS for t in g)
+    optimizer_states: int = 2  # AdamW: exp_avg, exp_avg_sq
+    batch_size: int = 4  # B
+    group_size: int = 4  # G
+    max_new_tokens: int = 64  # T
+    generation_batch_size: int = 64
+    micro_batch_size: int = 8
+    max_pixels: int = 448 * 448
+    prompt_text_tokens: int = 100  # P without the image tokens
+    encoder: bool = True  # text cues load the sentence encoder onto the device
+
+    @property
+    def image_tokens(self) -> int:
+        return self.max_pixels // (4 * PATCH_PIXELS)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.prompt_text_tokens + self.image_tokens
+
+
+@dataclass(frozen=True)
+class Widths:
+    """Bytes per element of the tensors a step keeps, for one precision setup."""
+
+    residual: int  # residual stream, checkpointed layer inputs, RMSNorm outputs
+    linear: int  # outputs of the frozen projections: q/k/v, MLP gate/up/silu
+    attention: int  # what SDPA keeps: q, k, v, output, mask bias
+    lora_input: int  # each adapter's copy of its input (0: shares the projection's input)
+    lora_hidden: int  # lora_A outputs (r wide)
+
+
+def widths(dtype_bytes: int, quantized: bool, autocast: bool) -> Widths:
+    residual = 4 if dtype_bytes == 4 or quantized else dtype_bytes  # QLoRA upcasts to fp32
+    compute = 2 if autocast else dtype_bytes
+    linear = residual if quantized else compute  # bitsandbytes returns its input's dtype
+    # LoRA is fp32: autocast casts each adapter's input to bf16 (one copy per projection);
+    # without autocast a non-fp32 input is cast to fp32; fp32 inputs are shared.
+    lora_input = 2 if autocast else (0 if linear == residual == 4 else 4)
+    return Widths(residual, linear, 2 if autocast else linear, lora_input, 2 if autocast else 4)
+
+
+@dataclass
+class Phase:
+    """One phase of the step: ``held`` parts add up, ``transient`` parts come one at a time."""
+
+    held: dict[str, float]
+    transient: dict[str, float]
+
+    @property
+    def bytes(self) -> float:
+        return sum(self.held.values()) + max(self.transient.values(), default=0.0)
+
+
+@dataclass
+class MemoryPlan:
+    """Bytes by part: ``resident`` through the whole step, each phase on top of it in turn."""
+
+    settings: StepSettings
+    resident: dict[str, float]
+    phases: dict[str, Phase]
+
+    @property
+    def peak_phase(self) -> str:
+        return max(self.phases, key=lambda name: self.phases[name].bytes)
+
+    @property
+    def peak_bytes(self) -> float:
+        """Allocated peak: what ``torch.cuda.max_memory_allocated`` would report."""
+        return sum(self.resident.values()) + self.phases[self.peak_phase].bytes
+
+    @property
+    def device_bytes(self) -> float:
+        """What the GPU must have: the peak, allocator slack and the CUDA context."""
+        return self.peak_bytes * (1 + ALLOCATOR_SLACK) + CUDA_CONTEXT_BYTES
+
+
+# ---- weights and trainable state ----------------------------------------------------------
+def projection_shapes(d: ModelDims) -> dict[str, tuple[int, int]]:
+    h, kv, i = d.hidden, d.kv_dim, d.intermediate
+    return {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
+            "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+
+def decoder_linear_params(d: ModelDims) -> int:
+    """Weights of the language model's projections (what 4-/8-bit quantizes)."""
+    return d.layers * sum(i * o for i, o in projection_shapes(d).values())
+
+
+def vision_params(d: ModelDims) -> int:
+    v, vi, merged = d.vision_hidden, d.vision_intermediate, 4 * d.vision_hidden
+    block = 3 * v * v + 3 * v + v * v + v + 3 * v * vi + 2 * vi + v + 2 * v
+    merger = v + merged * merged + merged + merged * d.hidden + d.hidden
+    return 3 * 2 * PATCH_PIXELS * v + d.vision_depth * block + merger
+
+
+def other_params(d: ModelDims) -> int:
+    """Embeddings, lm_head, norms and q/k/v biases: never quantized."""
+    embeddings = d.vocab * d.hidden * (1 if d.tied else 2)
+    return embeddings + d.layers * (2 * d.hidden + d.hidden + 2 * d.kv_dim) + d.hidden
+
+
+def weight_bytes(d: ModelDims, quantization: str, dtype_bytes: int) -> float:
+    if quantization == "none":
+        return (decoder_linear_params(d) + vision_params(d) + other_params(d)) * dtype_bytes
+    per_param, per_matrix = (NF4_BYTES, NF4_MATRIX_BYTES) if quantization == "4bit" else \
+        (INT8_BYTES, 4 * d.hidden)  # int8: fp32 scale per output row (about)
+    quantized = decoder_linear_params(d) * per_param + 7 * d.layers * per_matrix
+    # prepare_model_for_kbit_training casts every parameter that is not quantized to fp32.
+    return quantized + (vision_params(d) + other_params(d)) * 4
+
+
+def lora_params(d: ModelDims, r: int, targets: tuple[str, ...]) -> int:
+    return d.layers * sum(r * sum(projection_shapes(d)[t]) for t in set(targets))
+
+
+# ---- activations -----------------------------------------------------------------------------
+def layer_activation_bytes(d: ModelDims, w: Widths, seq: int, r: int,
+                           targets: tuple[str, ...], attention: str = "sdpa") -> float:
+    """Bytes one decoder layer keeps for backward, per token of a sequence of ``seq`` tokens."""
+    h, i, shapes = d.hidden, d.intermediate, projection_shapes(d)
+    kv = d.kv_dim if attention == "flash_attention_2" else h  # sdpa/eager repeat k, v per head
+    kept = 2 * (4 * h + 4)  # both RMSNorms keep their input in fp32, and 1/rms
+    kept += (2 * h + 2 * kv) * w.attention + 4 * d.heads  # q, k, v, output; log-sum-exp
+    kept += {"sdpa": seq * w.attention, "eager": 2 * d.heads * seq * w.attention}.get(attention, 0)
+    kept += 3 * i * w.linear  # gate, up, silu(gate)
+    if w.lora_input:
+        kept += sum(shapes[t][0] for t in set(targets)) * w.lora_input
+    else:  # fp32: adapters share their input with the projection (o_proj's is SDPA's output)
+        shared = {0: h * w.residual, 1: 0, 2: h * w.residual, 3: i * w.linear}
+        kept += sum(shared[k] for k, group in enumerate(GROUPS) if set(group) & set(targets))
+    return kept + len(set(targets)) * r * w.lora_hidden
+
+
+def no_grad_layer_bytes(d: ModelDims, w: Widths, seq: int) -> float:
+    """Peak of one decoder layer without grad, per token: in the MLP, four I-wide tensors (silu,
+    up, an adapter's output, their sum) beside the residual, the norm output and the input
+    embeddings; in attention, about seven H-wide q/k/v/rope/repeat/output temporaries and the
+    float mask row. The bool (S, S) mask and the rotary tables live through the forward."""
+    held = 3 * d.hidden * 4 + seq + 2 * d.head_dim * 4
+    mlp = 4 * d.intermediate * w.linear
+    attention = 7 * d.hidden * w.linear + seq * w.attention
+    return held + max(mlp, attention)
+
+
+def pixel_bytes(rows: int, image_tokens: int) -> float:
+    """fp32 pixel patches of each row's image (rows repeat their prompt's image): 4 patches of
+    3 x 2 x 14 x 14 values per image token."""
+    return rows * 4 * image_tokens * 3 * 2 * PATCH_PIXELS * 4
+
+
+def vision_bytes(d: ModelDims, images: int, image_tokens: int) -> float:
+    """No-grad working set of the vision tower (fp32 under QLoRA) for ``images`` images."""
+    patches = images * 4 * image_tokens
+    return patches * (8 * d.vision_hidden + 3 * d.vision_intermediate) * 4
+
+
+def logits_bytes(rows: int, tokens: int, vocab: int, copies: int) -> float:
+    """fp32 (rows, T, V) logits: the float copy, /temperature, log-softmax and its gradient."""
+    return copies * rows * tokens * vocab * 4
+
+
+def kv_cache_bytes(d: ModelDims, w: Widths, rows: int, seq: int) -> float:
+    return rows * seq * d.layers * 2 * d.kv_dim * w.linear
+
+
+# ---- the plan --------------------------------------------------------------------------------
+def plan(s: StepSettings) -> MemoryPlan:
+    d, w = s.dims, widths(s.dtype_bytes, s.quantization != "none", s.autocast)
+    n = s.batch_size * s.group_size
+    rows, micro = min(s.generation_batch_size, n), min(s.micro_batch_size, n)
+    p, t = s.prompt_tokens, s.max_new_tokens
+    seq, tokens = p + t, micro * (p + t)
+    lora = lora_params(d, s.lora_r, s.lora_targets)
+    resident = {"weights": weight_bytes(d, s.quantization, s.dtype_bytes),
+                "LoRA parameters (fp32)": lora * 4,
+                f"optimizer state ({s.optimizer_states} x fp32)": lora * 4 * s.optimizer_states}
+    if s.encoder:
+        resident["reward sentence encoder"] = ENCODER_BYTES
+    layer = tokens * layer_activation_bytes(d, w, seq, s.lora_r, s.lora_targets, s.attention)
+    outside = tokens * (4 * d.hidden + 4 + 2 * d.head_dim * 4)  # final norm input, rotary
+    if s.checkpointing:
+        saved = {"checkpointed layer inputs": d.layers * tokens * d.hidden * w.residual + outside}
+        backward = {"recomputed layer + gradients": layer + logits_bytes(micro, t, d.vocab, 1)
+                    + tokens * 2 * (d.intermediate + d.hidden) * w.linear}
+    else:
+        saved = {"saved activations, all layers": d.layers * layer + outside}
+        backward = {}
+    kv_prompt = kv_cache_bytes(d, w, rows, p)
+    generation = Phase({"KV cache, prompt part": kv_prompt,
+                        "pixels of each row's image": pixel_bytes(rows, s.image_tokens)}, {
+        "prefill, one layer": rows * p * no_grad_layer_bytes(d, w, p),
+        "vision tower (each row's image)": vision_bytes(d, rows, s.image_tokens),
+        "decode: rest of the KV cache + attention": kv_cache_bytes(d, w, rows, seq) - kv_prompt
+        + rows * seq * 2 * (d.hidden + d.kv_dim) * w.attention  # k, v repeated per head
+        + 3 * rows * d.vocab * 4})  # sampling: last-token logits, processed
+    pixels = pixel_bytes(micro, s.image_tokens)  # held by the forward, freed before the logits
+    logprobs = Phase({}, {
+        "one layer + pixels": tokens * no_grad_layer_bytes(d, w, seq) + pixels,
+        "vision tower + pixels": vision_bytes(d, micro, s.image_tokens) + pixels,
+        "logits (3 x fp32, completion only)": logits_bytes(micro, t, d.vocab, 3)})
+    loss = Phase({"LoRA gradients (fp32)": lora * 4, **saved},
+                 {"logits + gradient (4 x fp32, completion only)":
+                  logits_bytes(micro, t, d.vocab, 4), **backward})
+    return MemoryPlan(s, resident, {"generation": generation, "log-prob passes": logprobs,
+                                    "loss pass": loss})
+
+
+def largest_fitting(s: StepSettings, knob: str, budget: float) -> int | None:
+    """The largest value of ``knob`` (the others fixed) whose plan fits ``budget`` bytes."""
+    step = 4 * PATCH_PIXELS if knob == "max_pixels" else 1
+    low = 2 if knob == "group_size" else 1
+    fits = lambda v: plan(replace(s, **{knob: v * step})).device_bytes <= budget  # noqa: E731
+    lo, hi = low, getattr(s, knob) // step
+    if hi < lo or not fits(lo):
+        return None
+    while lo < hi:  # memory grows with every knob: bisect
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo * step

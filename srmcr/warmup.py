@@ -1,0 +1,296 @@
+"""Supervised warm-up: teach a small Qwen2.5-VL the output format and the task from traces.
+
+Label-free training can only show that it helps if the starting model answers at all; a randomly
+initialised ``tiny:<size>`` never writes ``<answer>``. ``WarmupModule`` fine-tunes every weight
+(vision tower included) by teacher forcing on reasoning traces, with the very prompt that rollouts
+use, and saves a full model folder (weights + processor) that ``load_policy`` loads like any
+other. ``cached`` runs a fixed recipe once and caches the result, which is what the model spec
+``warm:<size>`` names (see ``policy.register_builder``).
+
+The traces come from a DataModule whose batches have ``images``, ``questions``, ``completions``
+(the target text after the assistant header) and, for validation, ``answers``. srmcr/ knows
+nothing of the shapes world: ``datamodules.traces.TraceDataModule`` writes those traces.
+
+Why a full fine-tune and not LoRA: the base is random, so there is no pretrained function for a
+low-rank update to adjust, and at 4M parameters all weights train about as fast as an adapter.
+SR-MCR then puts its LoRA adapter on top of the warmed-up weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
+from PIL import Image
+from torch import Tensor
+from transformers import Qwen2_5_VLForConditionalGeneration
+
+from srmcr import evaluation, prompts, tiny
+from srmcr.logprobs import completion_logits, token_logprobs
+from srmcr.parsing import parse
+from srmcr.policy import PolicyArgs, load_processor, resolve_model
+from srmcr.rollout import Rollout, SamplingArgs, end_token_ids
+
+VERSION = 1  # bump when the recipe or the module changes what a warm:<size> build contains
+
+
+def teacher_forced(processor, images: Sequence[Image.Image], questions: Sequence[str],
+                   completions: Sequence[str], system_prompt: str = prompts.SYSTEM_PROMPT,
+                   ids: Sequence[str] | None = None) -> Rollout:
+    """The given completions as a ``Rollout`` (G = 1), padded like sampled ones.
+
+    Prompts are rendered and left-padded exactly as ``rollout.sample`` does; each completion is
+    its text's tokens plus ``<|im_end|>`` (so the model learns to stop), right-padded and masked,
+    which is what ``completion_logits`` expects.
+    """
+    tokenizer = processor.tokenizer
+    enc = processor(text=prompts.render(processor, questions, system_prompt), images=list(images),
+                    return_tensors="pt", padding=True)
+    end, pad = end_token_ids(tokenizer)
+    rows = [tokenizer(c, add_special_tokens=False)["input_ids"] + [end] for c in completions]
+    width = max(len(r) for r in rows)
+    completion_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    return Rollout(
+        group_size=1, questions=list(questions), texts=list(completions),
+        parsed=[parse(c) for c in completions], prompt_ids=enc["input_ids"],
+        prompt_mask=enc["attention_mask"], mm_token_type_ids=enc["mm_token_type_ids"],
+        completion_ids=completion_ids, completion_mask=mask,
+        truncated=torch.zeros(len(rows), dtype=torch.bool), temperature=1.0, images=list(images),
+        pixel_values=enc["pixel_values"], image_grid_thw=enc["image_grid_thw"],
+        ids=list(ids or [str(i) for i in range(len(rows))]))
+
+
+def completion_nll(logits: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
+    """Mean cross-entropy over the completion tokens where ``mask`` is 1 (token-level).
+
+    logits (N, T, V) predict ids (N, T); the prompt never enters (``completion_logits`` keeps
+    only the completion's logits) and right padding has mask 0.
+    """
+    nll = -token_logprobs(logits, ids)  # (N, T)
+    return (nll * mask).sum() / mask.sum().clamp(min=1)
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, floor: float) -> float:
+    """LR multiplier: linear warm-up to 1, then cosine down to ``floor`` at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _adamw(params) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=2e-3, weight_decay=0.0)
+
+
+class WarmupModule(L.LightningModule):
+    """Supervised warm-up on reasoning traces: full fine-tune, loss on completion tokens only.
+
+    Args:
+        policy: The model to start from and its processor's pixel caps. The warm-up trains every
+            weight, so ``policy.lora`` does not apply and ``policy.quantization`` must be none.
+        sampling: Its system prompt (the same as rollouts) and, for validation, the greedy
+            completion length.
+        train_vision: Also train the vision tower (the random tiny models need it to see).
+        warmup_steps: Linear LR warm-up steps; then cosine decay to ``min_lr_ratio`` at
+            ``trainer.max_steps``.
+        min_lr_ratio: Final LR as a share of the optimizer's LR.
+        export: Folder for the final model + processor; default ``<log_dir>/model``.
+        optimizer: Optimizer over all trainable weights.
+    """
+
+    def __init__(self, policy: PolicyArgs = PolicyArgs(), sampling: SamplingArgs = SamplingArgs(),
+                 train_vision: bool = True, warmup_steps: int = 50, min_lr_ratio: float = 0.1,
+                 export: Path | None = None, optimizer: OptimizerCallable = _adamw) -> None:
+        super().__init__()
+        if policy.quantization != "none":
+            raise ValueError("the warm-up trains every weight: set policy.quantization=none "
+                             f"(got {policy.quantization})")
+        if warmup_steps < 0 or not 0 <= min_lr_ratio <= 1:
+            raise ValueError(f"warmup_steps must be >= 0 and min_lr_ratio in [0, 1] (got "
+                             f"{warmup_steps}, {min_lr_ratio})")
+        self.save_hyperparameters({"policy": asdict(policy), "sampling": asdict(sampling),
+                                   "train_vision": train_vision})
+        self.policy_args, self.sampling = policy, sampling
+        self.train_vision, self.warmup_steps, self.min_lr_ratio = (train_vision, warmup_steps,
+                                                                   min_lr_ratio)
+        self.export = None if export is None else Path(export)
+        self.optimizer_factory = optimizer
+        self.model: Qwen2_5_VLForConditionalGeneration | None = None
+        self.processor = None
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        args = self.policy_args
+        path = resolve_model(args.model)
+        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            path, dtype=getattr(torch, args.dtype), attn_implementation=args.attn_implementation)
+        self.processor = load_processor(args, path)
+        if args.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model.model.visual.requires_grad_(self.train_vision)
+        self.model.train()
+        self.eval_metrics = evaluation.EvalMetrics()
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory([p for p in self.model.parameters() if p.requires_grad])
+        total = self.trainer.max_steps if self.trainer.max_steps > 0 else \
+            self.trainer.estimated_stepping_batches
+        schedule = partial(warmup_cosine, warmup_steps=self.warmup_steps, total_steps=int(total),
+                           floor=self.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler,
+                                                         "interval": "step"}}
+
+    def forced(self, batch) -> Rollout:
+        return teacher_forced(self.processor, batch.images, batch.questions, batch.completions,
+                              self.sampling.system_prompt, getattr(batch, "ids", None))
+
+    def loss(self, rollout: Rollout) -> tuple[Tensor, Tensor]:
+        """Completion cross-entropy and next-token accuracy (teacher forced)."""
+        rollout = _to(rollout, self.device)
+        logits = completion_logits(self.model, rollout, slice(None))
+        mask = rollout.completion_mask
+        hits = (logits.detach().argmax(-1) == rollout.completion_ids).float()
+        accuracy = (hits * mask).sum() / mask.sum().clamp(min=1)
+        return completion_nll(logits, rollout.completion_ids, mask), accuracy
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        loss, accuracy = self.loss(self.forced(batch))
+        B = len(batch.questions)
+        self.log_dict({"train/loss": loss.detach(), "train/token_accuracy": accuracy},
+                      on_step=True, batch_size=B)
+        self.log("loss", loss.detach(), prog_bar=True, logger=False, on_step=True, batch_size=B)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        loss, accuracy = self.loss(self.forced(batch))
+        B = len(batch.questions)
+        self.log_dict({"val/loss": loss, "val/token_accuracy": accuracy}, batch_size=B)
+        rollout = evaluation.generate_greedy(self.model, self.processor, batch.images,
+                                             batch.questions, self.sampling, ids=batch.ids)
+        self.eval_metrics.update(rollout, batch.answers)
+
+    def on_validation_epoch_end(self) -> None:
+        stats = evaluation.eval_log_dict("val", self.eval_metrics.compute(), {})
+        self.eval_metrics.reset()
+        self.log_dict(stats, batch_size=1, prog_bar=False)
+
+    def on_fit_end(self) -> None:
+        out = self.export or Path(self.trainer.log_dir or ".") / "model"
+        if self.trainer.is_global_zero:
+            self.save(out)
+            rank_zero_info(f"warm-up model saved to {out} (policy.model: {out})")
+
+    def save(self, out: Path) -> Path:
+        """Write the model and its processor to ``out`` (loadable by ``load_policy``)."""
+        out.mkdir(parents=True, exist_ok=True)
+        self.model.config.use_cache = True
+        self.model.save_pretrained(out)
+        self.processor.save_pretrained(out)
+        return out
+
+
+def _to(rollout: Rollout, device: torch.device) -> Rollout:
+    for name in ("prompt_ids", "prompt_mask", "mm_token_type_ids", "completion_ids",
+                 "completion_mask", "pixel_values", "image_grid_thw"):
+        setattr(rollout, name, getattr(rollout, name).to(device))
+    return rollout
+
+
+# ---- warm:<size>: a fixed recipe, built once and cached ------------------------------------
+@dataclass(frozen=True)
+class WarmRecipe:
+    """The fixed warm-up behind ``warm:<size>`` (configs/tiny_warmup.yaml spells out the small
+    one as a config)."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    warmup_steps: int
+    minutes: float  # measured on 2 shared CPU cores, for the log line
+    max_pixels: int = 112 * 112  # the tiny configs' image size: 16 image tokens
+    seed: int = 0
+
+
+RECIPES: dict[str, WarmRecipe] = {
+    # tests only: checks the plumbing in seconds, learns little
+    "tiny": WarmRecipe(steps=8, batch_size=4, lr=3e-3, warmup_steps=2, minutes=0.1,
+                       max_pixels=56 * 56),
+    "small": WarmRecipe(steps=1500, batch_size=16, lr=2e-3, warmup_steps=50, minutes=8),
+}
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Seed python, numpy and torch inside, and give the caller its own RNG states back after:
+    a run that builds warm:<size> first must draw the same numbers as one that finds it cached."""
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+
+
+def build(size: str, out: Path, data: L.LightningDataModule, cache_dir: Path = tiny.DEFAULT_CACHE,
+          progress: bool = True) -> Path:
+    """Warm ``tiny:<size>`` up on ``data`` with ``RECIPES[size]`` and save it to ``out``."""
+    recipe = RECIPES[size]
+    with _seeded(recipe.seed):
+        module = WarmupModule(
+            policy=PolicyArgs(model=str(tiny.cached(size, cache_dir)), max_pixels=recipe.max_pixels),
+            warmup_steps=recipe.warmup_steps, export=out,
+            optimizer=partial(torch.optim.AdamW, lr=recipe.lr, weight_decay=0.0))
+        trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=recipe.steps, logger=False,
+                            enable_checkpointing=False, enable_model_summary=False,
+                            limit_val_batches=0, num_sanity_val_steps=0,
+                            enable_progress_bar=progress)
+        trainer.fit(module, datamodule=data)
+    return out
+
+
+def cached(size: str, cache_dir: Path, data: Callable[[WarmRecipe], L.LightningDataModule],
+           data_version: int | str) -> Path:
+    """The folder of ``warm:<size>``, built once (``build``); concurrent builders race safely by
+    rename. ``data`` makes the recipe's DataModule; ``data_version`` keys the cache with it."""
+    if size not in RECIPES:
+        raise ValueError(f"unknown warm size {size!r}; choose one of {sorted(RECIPES)}")
+    final = cache_dir / f"warm-{size}-v{VERSION}.{data_version}"
+    if (final / "config.json").exists():
+        return final
+    recipe = RECIPES[size]
+    rank_zero_info(f"building warm:{size} (one-time, ~{recipe.minutes:g} min on 2 CPU cores): "
+                   f"{recipe.steps} supervised steps on reasoning traces, cached as {final}")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".warm-{size}-"))
+    start = time.monotonic()
+    try:
+        build(size, tmp, data(recipe), cache_dir)
+        tmp.rename(final)
+    except OSError:  # another process renamed its build first: use that one
+        if not (final / "config.json").exists():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    rank_zero_info(f"built warm:{size} in {(time.monotonic() - start) / 60:.1f} min")
+    return final

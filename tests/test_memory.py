@@ -1,0 +1,241 @@
+"""The memory estimator: architecture counts against real models, activation formulas against
+the tensors autograd really saves, config parsing, the fit search, and the memory-relevant
+properties of the training path (checkpointing active with PEFT and 4-bit, no full-vocab logits)."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import weakref
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+from srmcr import memory
+from srmcr.logprobs import completion_logits, token_logprobs
+from srmcr.policy import LoraArgs, resolve_model
+from srmcr.rollout import SamplingArgs, sample
+from tests.fixtures import QUESTIONS, single_thread, tiny_policy, two_images
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    with single_thread():
+        yield
+
+
+def _bnb_4bit_problem() -> str | None:
+    """Why a bitsandbytes nf4 layer cannot train here (skip reason), or None."""
+    try:
+        import bitsandbytes as bnb
+
+        x = torch.randn(2, 64, requires_grad=True)
+        layer = bnb.nn.Linear4bit(64, 64, compute_dtype=torch.float32, quant_type="nf4").to("cpu")
+        layer(x).sum().backward()
+    except Exception as err:  # any failure means "cannot test here"
+        return f"bitsandbytes 4-bit does not run here: {type(err).__name__}: {err}"
+    return None if x.grad is not None and torch.isfinite(x.grad).all() else "no finite grad"
+
+
+needs_bnb_4bit = pytest.mark.skipif((reason := _bnb_4bit_problem()) is not None,
+                                    reason=reason or "")
+
+
+def _params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------- architecture and weights
+
+
+@pytest.mark.parametrize("name", sorted(memory.QWEN2_5_VL))
+def test_table_and_formulas_give_the_published_parameter_counts(name):
+    d = memory.QWEN2_5_VL[name]
+    config = Qwen2_5_VLConfig(
+        text_config=dict(hidden_size=d.hidden, num_hidden_layers=d.layers,
+                         num_attention_heads=d.heads, num_key_value_heads=d.kv_heads,
+                         intermediate_size=d.intermediate, vocab_size=d.vocab),
+        vision_config=dict(depth=d.vision_depth, hidden_size=d.vision_hidden, num_heads=16,
+                           intermediate_size=d.vision_intermediate, out_hidden_size=d.hidden),
+        tie_word_embeddings=d.tied)
+    with torch.device("meta"):  # the real architecture, without allocating it
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    total = memory.decoder_linear_params(d) + memory.vision_params(d) + memory.other_params(d)
+    assert total == _params(model)
+    assert total == {"Qwen/Qwen2.5-VL-3B-Instruct": 3_754_622_976,  # the hub's model cards
+                     "Qwen/Qwen2.5-VL-7B-Instruct": 8_292_166_656}[name]
+
+
+@pytest.mark.parametrize("size", ["tiny", "small"])
+def test_local_config_dims_count_the_built_model(size):
+    dims, folder = memory.model_dims(f"tiny:{size}")
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder)
+    total = (memory.decoder_linear_params(dims) + memory.vision_params(dims)
+             + memory.other_params(dims))
+    assert total == _params(model)
+    assert memory.weight_bytes(dims, "none", 4) == 4 * total
+    lora = tiny_policy(lora=LoraArgs(r=8, alpha=16))[0] if size == "tiny" else None
+    if lora is not None:
+        trainable = sum(p.numel() for p in lora.parameters() if p.requires_grad)
+        assert memory.lora_params(dims, 8, tuple(LoraArgs().target_modules)) == trainable
+
+
+@needs_bnb_4bit
+def test_4bit_weight_bytes_match_the_loaded_model():
+    from benchmarks.memory_check import tensor_bytes
+
+    model, _ = tiny_policy(quantization="4bit", lora=LoraArgs(r=8, alpha=16))
+    dims, _ = memory.model_dims("tiny:tiny")
+    lora = memory.lora_params(dims, 8, tuple(LoraArgs().target_modules)) * 4
+    loaded = tensor_bytes(list(model.parameters()) + list(model.buffers()))
+    # nf4 + double-quant constants for the projections; the rest upcast to fp32 by PEFT.
+    assert memory.weight_bytes(dims, "4bit", 4) + lora == pytest.approx(loaded, rel=0.02)
+
+
+# ---------------------------------------------------------------- activations
+
+
+def _saved_bytes(model, rollout, autocast: bool) -> int:
+    """Distinct storages autograd keeps for one loss forward (parameters excluded), counted at
+    the end of the forward: what a graph saved and then dropped (no-grad vision checkpoints)
+    is gone by then."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept: dict[int, tuple[int, weakref.ref]] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            kept[storage.data_ptr()] = (storage.nbytes(), weakref.ref(t))
+        return t
+
+    rows = slice(0, len(rollout))
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), \
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        logp = token_logprobs(completion_logits(model, rollout, rows), rollout.completion_ids)
+    alive = sum(n for n, ref in kept.values() if ref() is not None)
+    (logp * rollout.completion_mask).sum().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    return alive
+
+
+REGIMES = [  # (quantization, dtype, autocast): the CPU default, 3B bf16 LoRA, QLoRA
+    pytest.param("none", "float32", False, id="fp32"),
+    pytest.param("none", "bfloat16", True, id="bf16-autocast"),
+    pytest.param("4bit", "bfloat16", True, id="4bit-autocast", marks=needs_bnb_4bit),
+]
+
+
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["all-layers", "checkpointing"])
+@pytest.mark.parametrize(("quantization", "dtype", "autocast"), REGIMES)
+def test_saved_activations_match_the_formula(quantization, dtype, autocast, checkpointing):
+    model, processor = tiny_policy(quantization=quantization, dtype=dtype,
+                                   gradient_checkpointing=checkpointing,
+                                   lora=LoraArgs(r=8, alpha=16))
+    torch.manual_seed(0)
+    rollout = sample(model, processor, two_images(), QUESTIONS,
+                     SamplingArgs(group_size=4, max_new_tokens=16), temperature=1.0)
+    measured = _saved_bytes(model, rollout, autocast)
+    dims, _ = memory.model_dims("tiny:tiny")
+    w = memory.widths(2 if dtype == "bfloat16" else 4, quantization != "none", autocast)
+    n, p, t = len(rollout), rollout.prompt_ids.shape[1], rollout.completion_ids.shape[1]
+    tokens = n * (p + t)
+    per_layer = tokens * (dims.hidden * w.residual if checkpointing else
+                          memory.layer_activation_bytes(dims, w, p + t, 8,
+                                                        tuple(LoraArgs().target_modules)))
+    outside = tokens * (4 * dims.hidden + 4) + n * t * dims.vocab * 4  # final norm, log-softmax
+    estimate = dims.layers * per_layer + outside
+    assert estimate == pytest.approx(measured, rel=0.10)
+
+
+def test_no_full_vocabulary_logits_in_generation_or_the_loss_pass():
+    model, processor = tiny_policy()
+    lengths: list[tuple[bool, int]] = []
+    head = model.get_base_model().lm_head
+    hook = head.register_forward_hook(
+        lambda m, args, out: lengths.append((torch.is_grad_enabled(), out.shape[1])))
+    try:
+        rollout = sample(model, processor, two_images(), QUESTIONS,
+                         SamplingArgs(group_size=2, max_new_tokens=8), temperature=1.0)
+        generated = list(lengths)
+        completion_logits(model, rollout, slice(0, 2))
+    finally:
+        hook.remove()
+    assert generated and {n for _, n in generated} == {1}  # sampling: the last position only
+    assert lengths[len(generated):] == [(True, rollout.completion_ids.shape[1] + 1)]
+
+
+# ---------------------------------------------------------------- configs and the CLI
+
+
+def _settings(*overlays: str, overrides: tuple[str, ...] = ()) -> memory.StepSettings:
+    paths = [CONFIGS / "tiny.yaml", *(CONFIGS / o for o in overlays)]
+    return memory.settings_from_config(memory.load_config(paths, list(overrides)))
+
+
+def test_overlays_merge_in_order_and_overrides_win():
+    s = _settings("qwen2_5_vl_7b_qlora.yaml", overrides=("--model.sampling.group_size=6",))
+    assert s.dims == memory.QWEN2_5_VL["Qwen/Qwen2.5-VL-7B-Instruct"]
+    assert (s.quantization, s.dtype_bytes, s.autocast, s.checkpointing) == ("4bit", 2, True, True)
+    assert (s.group_size, s.micro_batch_size, s.batch_size) == (6, 2, 2)  # tiny.yaml's 16, 4 lost
+    assert s.image_tokens == 200704 // 784
+    tiny = _settings()
+    assert (tiny.quantization, tiny.autocast, tiny.micro_batch_size, tiny.lora_r) == \
+        ("none", False, 16, 8)
+
+
+def test_data_defaults_follow_the_datamodule():
+    from datamodules.image_question import ImageQuestionDataModule
+
+    defaults = inspect.signature(ImageQuestionDataModule).parameters
+    bare = memory.settings_from_config({"model": {"policy": {"model": "tiny:tiny"}}})
+    assert bare.batch_size == defaults["batch_size"].default
+    assert bare.max_pixels == defaults["max_pixels"].default
+
+
+@pytest.mark.parametrize(("overlay", "gpu_gb"), [("qwen2_5_vl_7b_qlora.yaml", 22),
+                                                 ("qwen2_5_vl_3b_qlora.yaml", 16),
+                                                 ("qwen2_5_vl_3b_lora_bf16.yaml", 24)])
+def test_shipped_single_gpu_configs_fit_their_gpu(overlay, gpu_gb):
+    plan = memory.plan(_settings(overlay))
+    assert plan.device_bytes <= gpu_gb * memory.GB, memory.table(plan, gpu_gb)
+
+
+def test_largest_fitting_is_the_boundary():
+    s = _settings("qwen2_5_vl_7b_qlora.yaml", overrides=("--model.policy.quantization=none",))
+    assert memory.largest_fitting(s, "micro_batch_size", 16 * memory.GB) is None  # bf16 weights
+    budget = 24 * memory.GB
+    big = replace(s, dims=memory.QWEN2_5_VL["Qwen/Qwen2.5-VL-3B-Instruct"],
+                  micro_batch_size=64, checkpointing=False)
+    assert memory.plan(big).device_bytes > budget
+    value = memory.largest_fitting(big, "micro_batch_size", budget)
+    assert value is not None and 1 <= value < 64
+    assert memory.plan(replace(big, micro_batch_size=value)).device_bytes <= budget
+    assert memory.plan(replace(big, micro_batch_size=value + 1)).device_bytes > budget
+    pixels = memory.largest_fitting(replace(big, micro_batch_size=value + 1), "max_pixels", budget)
+    assert pixels is None or pixels % 784 == 0
+
+
+def test_cli_prints_the_table_and_what_fits(capsys):
+    memory.main(["-c", str(CONFIGS / "tiny.yaml"), "-c", str(CONFIGS / "qwen2_5_vl_7b_qlora.yaml"),
+                 "--gpu-gb", "12", "--", "--model.grpo.micro_batch_size=8"])
+    out = capsys.readouterr().out
+    for text in ("weights", "KV cache", "loss pass", "does NOT fit", "micro_batch_size",
+                 "max_new_tokens", "max_pixels"):
+        assert text in out
+
+
+def test_tiny_config_reads_the_local_tokenizer():
+    dims, folder = memory.model_dims("tiny:small")
+    assert json.loads((Path(folder) / "config.json").read_text())["text_config"]["hidden_size"] \
+        == dims.hidden == 256
+    assert Path(folder) == Path(resolve_model("tiny:small"))
+    assert memory.prompt_text_tokens("Be brief.", 40, folder) > 10
+    assert memory.prompt_text_tokens("x" * 400, 200, None) == 170  # 600 / 4 + 20

@@ -1,0 +1,203 @@
+"""The supervised warm-up: loss on completion tokens only, padding like rollouts, the saved model
+folder, the cached warm:<size> spec and configs/tiny_warmup.yaml through main.py."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from datamodules.traces import TRACE_VERSION, TraceDataModule, warm_model
+from main import main
+from srmcr import policy, warmup
+from srmcr.logprobs import completion_logits
+from srmcr.policy import PolicyArgs, check_model_spec, load_policy, resolve_model
+from srmcr.rollout import SamplingArgs
+from srmcr.warmup import (RECIPES, WarmupModule, completion_nll, teacher_forced,
+                          warmup_cosine)
+from tests.fixtures import single_thread
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL_IMAGES = {"max_pixels": 56 * 56}  # 4 image tokens: fast
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    with single_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def batch():
+    dm = TraceDataModule(train="shapes:warmup?n=4&size=56", val=None, batch_size=4,
+                         min_pixels=28 * 28, max_pixels=56 * 56)
+    return next(iter(dm.train_dataloader()))
+
+
+def tiny_module(**kwargs) -> WarmupModule:
+    module = WarmupModule(policy=PolicyArgs(model="tiny:tiny", **SMALL_IMAGES),
+                          sampling=SamplingArgs(max_new_tokens=8), **kwargs)
+    module.configure_model()
+    return module
+
+
+# ---------------------------------------------------------------- pure maths
+
+
+def test_completion_nll_is_the_mean_over_unmasked_tokens():
+    logits = torch.zeros(1, 3, 2)  # log-softmax = log(1/2) everywhere ...
+    logits[0, 1] = torch.tensor([0.0, 100.0])  # ... except token 1 at position 1: certain
+    ids = torch.tensor([[0, 1, 1]])
+    mask = torch.tensor([[1, 1, 0]])  # the last position is padding
+    expected = (torch.log(torch.tensor(2.0)) + 0.0) / 2
+    assert torch.allclose(completion_nll(logits, ids, mask), expected)
+    assert torch.allclose(completion_nll(logits, ids, torch.ones_like(mask)),
+                          2 * torch.log(torch.tensor(2.0)) / 3)
+
+
+@pytest.mark.parametrize(
+    ("step", "expected"),
+    [(0, 0.25), (3, 1.0), (4, 1.0), (14, 0.1), (20, 0.1), (9, 0.55)],
+)
+def test_lr_warms_up_linearly_then_follows_a_cosine_to_the_floor(step, expected):
+    assert warmup_cosine(step, warmup_steps=4, total_steps=14, floor=0.1) == pytest.approx(expected)
+
+
+# ---------------------------------------------------------------- teacher forcing
+
+
+def test_teacher_forced_pads_like_a_rollout(batch):
+    module = tiny_module()
+    tok = module.processor.tokenizer
+    rollout = teacher_forced(module.processor, batch.images, batch.questions, batch.completions)
+    lengths = rollout.completion_mask.sum(1)
+    assert lengths.min() < lengths.max()  # traces differ in length: right padding is exercised
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    for row, text in enumerate(batch.completions):
+        n = int(lengths[row])
+        assert rollout.completion_mask[row, :n].all() and not rollout.completion_mask[row, n:].any()
+        assert rollout.completion_ids[row, n - 1] == end  # the model learns to stop
+        assert tok.decode(rollout.completion_ids[row, :n - 1]) == text
+    # Prompts: left padded, as rollout.sample makes them (questions differ in length).
+    assert (rollout.prompt_mask[:, -1] == 1).all() and (rollout.prompt_mask[:, 0] == 0).any()
+    assert rollout.parsed[0].well_formed and rollout.group_size == 1
+
+
+def test_prompt_and_padding_are_masked_out_of_the_loss(batch):
+    """The loss equals transformers' causal LM loss with labels -100 on the prompt and the
+    padding; counting the prompt tokens (or the padding) would change it."""
+    module = tiny_module()
+    rollout = teacher_forced(module.processor, batch.images, batch.questions, batch.completions)
+    with torch.no_grad():
+        ours = completion_nll(completion_logits(module.model, rollout, slice(None)),
+                              rollout.completion_ids, rollout.completion_mask)
+        ids = torch.cat([rollout.prompt_ids, rollout.completion_ids], 1)
+        mask = torch.cat([rollout.prompt_mask, rollout.completion_mask], 1)
+        inputs = dict(input_ids=ids, attention_mask=mask, pixel_values=rollout.pixel_values,
+                      image_grid_thw=rollout.image_grid_thw, use_cache=False,
+                      mm_token_type_ids=torch.cat([rollout.mm_token_type_ids,
+                                                   torch.zeros_like(rollout.completion_ids)], 1))
+        labels = ids.masked_fill(mask == 0, -100)
+        with_prompt = module.model(**inputs, labels=labels).loss
+        labels[:, :rollout.prompt_ids.shape[1]] = -100
+        completion_only = module.model(**inputs, labels=labels).loss
+    assert torch.allclose(ours, completion_only, atol=1e-5)
+    assert not torch.allclose(ours, with_prompt, atol=1e-3)
+
+
+def test_loss_decreases_over_a_few_steps(batch):
+    torch.manual_seed(0)
+    module = tiny_module()
+    optimizer = torch.optim.AdamW(module.model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(6):
+        loss, _ = module.loss(module.forced(batch))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_vision_tower_trains_unless_told_not_to():
+    frozen = tiny_module(train_vision=False).model
+    assert not any(p.requires_grad for p in frozen.model.visual.parameters())
+    assert all(p.requires_grad for p in frozen.model.language_model.parameters())
+    assert all(p.requires_grad for p in tiny_module().model.parameters())
+
+
+def test_quantized_warmup_is_refused():
+    with pytest.raises(ValueError, match="set policy.quantization=none"):
+        WarmupModule(policy=_quantized())
+
+
+def _quantized() -> PolicyArgs:
+    args = PolicyArgs(model="tiny:tiny")
+    args.quantization = "4bit"  # set after __post_init__: no bitsandbytes probe needed
+    return args
+
+
+# ---------------------------------------------------------------- warm:<size>
+
+
+def test_warm_spec_checks_sizes_and_needs_a_builder(monkeypatch):
+    check_model_spec("warm:small")
+    with pytest.raises(ValueError, match=r"use one of warm:small, warm:tiny"):
+        check_model_spec("warm:huge")
+    monkeypatch.delitem(policy.BUILDERS, "warm", raising=False)
+    with pytest.raises(RuntimeError, match=r"register_builder\('warm', datamodules.traces"):
+        resolve_model("warm:tiny")
+
+
+@pytest.mark.slow
+def test_warm_spec_builds_once_into_a_folder_load_policy_loads(tmp_path, monkeypatch):
+    monkeypatch.setitem(policy.BUILDERS, "warm", warm_model)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    path = Path(resolve_model("warm:tiny", cache_dir=tmp_path))
+    assert torch.equal(torch.rand(3), expected)  # the build left the caller's RNG alone
+    assert path == tmp_path / f"warm-tiny-v{warmup.VERSION}.{TRACE_VERSION}"
+    assert not list(tmp_path.glob(".warm-*"))  # the temporary build folder is gone
+    model, processor = load_policy(PolicyArgs(model=str(path)))
+    assert processor.image_processor.size["longest_edge"] == RECIPES["tiny"].max_pixels
+    warmed = model.get_base_model().state_dict()
+    base, _ = load_policy(PolicyArgs(model="tiny:tiny"))
+    changed = [k for k, v in base.get_base_model().state_dict().items()
+               if not torch.equal(v, warmed[k])]
+    assert any("visual" in k for k in changed) and any("language_model" in k for k in changed)
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("warm:tiny was built again")
+    monkeypatch.setattr(warmup, "build", no_rebuild)
+    assert resolve_model("warm:tiny", cache_dir=tmp_path) == str(path)
+
+
+def test_recipe_of_warm_small_is_the_warmup_config():
+    config = yaml.safe_load((ROOT / "configs/tiny_warmup.yaml").read_text())
+    model, data = config["model"]["init_args"], config["data"]["init_args"]
+    small = RECIPES["small"]
+    assert config["trainer"]["max_steps"] == small.steps
+    assert data["batch_size"] == small.batch_size
+    assert data["train"] == f"shapes:warmup?n={small.steps * small.batch_size}"
+    assert model["optimizer"]["init_args"]["lr"] == small.lr
+    assert model["warmup_steps"] == small.warmup_steps
+    assert model["policy"]["max_pixels"] == data["max_pixels"] == small.max_pixels
+
+
+@pytest.mark.slow
+def test_warmup_config_trains_validates_and_exports_through_main(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = main(["fit", "-c", str(ROOT / "configs/tiny_warmup.yaml"),
+                "--model.policy.model=tiny:tiny", "--model.policy.max_pixels=3136",
+                "--model.sampling.max_new_tokens=8", "--model.warmup_steps=1",
+                "--data.train=shapes:warmup?n=4&size=56", "--data.val=shapes:val?n=2&size=56",
+                "--data.batch_size=2", "--data.min_pixels=784", "--data.max_pixels=3136",
+                "--trainer.max_steps=2", "--trainer.val_check_interval=2"])
+    assert isinstance(cli.model, WarmupModule)
+    metrics = cli.trainer.callback_metrics
+    for key in ("train/loss", "val/loss", "val/accuracy", "val/format_rate"):
+        assert key in metrics, sorted(metrics)
+    folder = Path(cli.trainer.log_dir) / "model"
+    model, _ = load_policy(PolicyArgs(model=str(folder)))
+    assert torch.equal(model.get_base_model().lm_head.weight, cli.model.model.lm_head.weight)
