@@ -55,8 +55,14 @@ def rollout_logprobs(model, rollout: Rollout, micro_batch_size: int,
                      at_t1: bool = True) -> TokenLogProbs:
     """One no-grad pass over the rollout: log-probs at its temperature and/or, with the max
     probability, at T = 1. Each costs a log-softmax over the vocabulary: ask only for what is
-    used (the reference pass needs only the first, the blank-image pass only the second)."""
+    used (the reference pass needs only the first, the blank-image pass only the second).
+
+    The T = 1 values exclude the tokens the sampler suppresses, as the sampler's own
+    ``rollout.logp`` does, so the two compare token by token (visual grounding).
+    """
     parts: dict[str, list[Tensor]] = {"logp": [], "logp_t1": [], "max_prob": []}
+    suppressed = torch.tensor(rollout.suppressed, dtype=torch.long,
+                              device=rollout.completion_ids.device)
     for start in range(0, len(rollout), micro_batch_size):
         rows = slice(start, start + micro_batch_size)
         logits = completion_logits(model, rollout, rows, pixel_values)
@@ -64,7 +70,7 @@ def rollout_logprobs(model, rollout: Rollout, micro_batch_size: int,
         if at_temperature:
             parts["logp"].append(token_logprobs(logits, ids, rollout.temperature))
         if at_t1:
-            logp1 = torch.log_softmax(logits, dim=-1)
+            logp1 = torch.log_softmax(logits.index_fill(-1, suppressed, float("-inf")), dim=-1)
             parts["logp_t1"].append(logp1.gather(-1, ids.unsqueeze(-1)).squeeze(-1))
             parts["max_prob"].append(logp1.max(dim=-1).values.exp())
             del logp1

@@ -192,24 +192,20 @@ class SRMCRModule(L.LightningModule):
     def score_passes(self, rollout: Rollout) -> Tensor | None:
         """No-grad passes the reward or the update need before the loss pass.
 
-        Fills the rollout's T=1 log-probs and confidence, and the blank-image log-probs, when
-        visual grounding is on; returns the log-probs at the sampling temperature when
-        num_iterations > 1 needs them as the old policy. Otherwise there is no pass at all: the
-        loss pass measures the confidence (one log-prob pass per model state).
+        The sampler already gave the T=1 log-probs and confidence (``rollout.logp``,
+        ``max_prob``). Visual grounding adds one forward, with blank images; num_iterations > 1
+        adds the old policy's log-probs at the sampling temperature, which are returned.
         """
         mb = self.grpo_args.micro_batch_size
         if self.reward.needs_policy:  # cues that ask the policy itself call it through this
             rollout.policy = PolicyView(self.model, self.processor, self.sampling, mb)
-        if not (self.reward.needs_blank_logprobs or self.grpo_args.num_iterations > 1):
-            return None
-        passes = rollout_logprobs(self.model, rollout, mb,
-                                  at_temperature=self.grpo_args.num_iterations > 1)
-        rollout.logp, rollout.max_prob = passes.logp_t1, passes.max_prob
         if self.reward.needs_blank_logprobs:
             blank = blank_pixel_values(self.processor, rollout)
             rollout.blank_logp = rollout_logprobs(self.model, rollout, mb, blank,
                                                   at_temperature=False).logp_t1
-        return passes.logp
+        if self.grpo_args.num_iterations == 1:
+            return None
+        return rollout_logprobs(self.model, rollout, mb, at_t1=False).logp
 
     def reference_logp(self, rollout: Rollout) -> Tensor:
         with self.model.disable_adapter():
@@ -228,14 +224,11 @@ class SRMCRModule(L.LightningModule):
         mask = rollout.completion_mask
         norm = grpo.loss_normalizer(mask, args.aggregation)
         totals: dict[str, Tensor] = {}
-        max_probs: list[Tensor] = []
         for _ in range(args.num_iterations):
             totals, bad_loss = {}, False
             for start in range(0, len(rollout), args.micro_batch_size):
                 rows = slice(start, start + args.micro_batch_size)
                 logits = completion_logits(self.model, rollout, rows)
-                if rollout.max_prob is None:  # confidence at T = 1 from this same forward
-                    max_probs.append(torch.softmax(logits.detach(), -1).amax(-1))
                 logp = token_logprobs(logits, rollout.completion_ids[rows], rollout.temperature)
                 old = logp.detach() if args.num_iterations == 1 else old_logp[rows]
                 loss, stats = grpo.policy_loss(
@@ -251,8 +244,6 @@ class SRMCRModule(L.LightningModule):
             # Decided on every rank together: a rank that skipped alone would hang the others.
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
             bad_grad = not all(self.guard.finite(g) for g in grads)
-            if max_probs:
-                rollout.max_prob = torch.cat(max_probs)
             if self.on_any_rank(bad_loss or bad_grad):
                 return self.skip_update("loss" if bad_loss else "gradient", rollout)
             if args.max_grad_norm is not None:
@@ -282,8 +273,7 @@ class SRMCRModule(L.LightningModule):
     def log_step(self, rollout: Rollout, out: RewardOutput, advantages: Tensor,
                  stats: dict[str, Tensor]) -> None:
         G, mask = rollout.group_size, rollout.completion_mask
-        confidence = torch.tensor(float("nan"), device=mask.device) if rollout.max_prob is None \
-            else (rollout.max_prob * mask).sum() / mask.sum().clamp(min=1)
+        confidence = (rollout.max_prob * mask).sum() / mask.sum().clamp(min=1)
         ids = rollout.completion_ids.view(-1, G, mask.shape[1])
         collapse = (ids == ids[:, :1]).all(-1).all(-1).float().mean()
         rewards = out.rewards.view(-1, G)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image
 from torch import Tensor
-from transformers import GenerationConfig
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from srmcr import prompts
 from srmcr.parsing import Parsed, parse
@@ -76,10 +76,12 @@ class Rollout:
     pixel_values: Tensor  # (patches of the B images, D)
     image_grid_thw: Tensor  # (B, 3)
     ids: list[str] = field(default_factory=list)  # (N,) record ids, for error messages
-    # Filled by the module's no-grad log-prob passes, at T = 1:
+    # At T = 1, read by the sampler from the logits it drew each token from (no extra forward):
     logp: Tensor | None = None  # (N, T) log pi(token | image)
-    blank_logp: Tensor | None = None  # (N, T) log pi(token | blank image); only if a cue needs it
     max_prob: Tensor | None = None  # (N, T) max softmax probability (confidence)
+    suppressed: list[int] = field(default_factory=list)  # token ids the sampler never draws
+    # Filled by the module's blank-image pass, only if a cue needs it:
+    blank_logp: Tensor | None = None  # (N, T) log pi(token | blank image)
     # Set by the module when a cue asks the policy itself (reward.needs_policy):
     policy: PolicyView | None = None
 
@@ -112,6 +114,32 @@ def completion_mask(ids: Tensor, end_ids: Sequence[int]) -> tuple[Tensor, Tensor
     is_end = torch.isin(ids, torch.tensor(list(end_ids), device=ids.device))
     seen_before = (torch.cumsum(is_end.long(), dim=1) - is_end.long()) > 0
     return (~seen_before).long(), ~is_end.any(dim=1)
+
+
+class SampledTokenStats(LogitsProcessor):
+    """Log-prob at T = 1 and max probability of every sampled token, from the raw logits the
+    sampler saw (after token suppression, before temperature): the scores need no extra forward.
+
+    Keeps two (n,) vectors per step, never (n, V). A token is known only at the next call (it is
+    then the last input id), so ``finish`` reads the last one from the final sequences.
+    """
+
+    def __init__(self) -> None:
+        self.logp: list[Tensor] = []
+        self.max_prob: list[Tensor] = []
+        self._last: Tensor | None = None  # (n, V) log-softmax of the previous step
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        if self._last is not None:
+            self.logp.append(self._last.gather(1, input_ids[:, -1:]).squeeze(1))
+        self._last = torch.log_softmax(scores.float(), dim=-1)
+        self.max_prob.append(self._last.max(dim=-1).values.exp())
+        return scores
+
+    def finish(self, last_tokens: Tensor) -> tuple[Tensor, Tensor]:  # (n, steps) each
+        self.logp.append(self._last.gather(1, last_tokens[:, None]).squeeze(1))
+        self._last = None
+        return torch.stack(self.logp, 1), torch.stack(self.max_prob, 1)
 
 
 def _generation_config(args: SamplingArgs, temperature: float, tokenizer,
@@ -152,15 +180,18 @@ def sample(model, processor, images: Sequence[Image.Image], questions: Sequence[
     for start in range(0, B * G, args.generation_batch_size):
         part = slice(start, start + args.generation_batch_size)
         pixels, grid = select_images(enc["pixel_values"], enc["image_grid_thw"], rows[part])
+        stats = SampledTokenStats()
         out = model.generate(input_ids=prompt_ids[part], attention_mask=prompt_mask[part],
                              mm_token_type_ids=mm_types[part], pixel_values=pixels,
-                             image_grid_thw=grid, generation_config=config)
-        pieces.append(out[:, prompt_ids.shape[1]:])
+                             image_grid_thw=grid, generation_config=config,
+                             logits_processor=LogitsProcessorList([stats]))
+        pieces.append((out[:, prompt_ids.shape[1]:], *stats.finish(out[:, -1])))
     model.train(was_training)
     pad = config.pad_token_id
-    width = max(p.shape[1] for p in pieces)
-    completion_ids = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1]), value=pad)
-                                for p in pieces])
+    width = max(p[0].shape[1] for p in pieces)
+    completion_ids, logp, max_prob = (
+        torch.cat([torch.nn.functional.pad(p[i], (0, width - p[i].shape[1]), value=fill)
+                   for p in pieces]) for i, fill in ((0, pad), (1, 0.0), (2, 0.0)))
     mask, truncated = completion_mask(completion_ids, config.eos_token_id)
     texts = processor.batch_decode(completion_ids * mask + pad * (1 - mask),
                                    skip_special_tokens=True)
@@ -170,4 +201,5 @@ def sample(model, processor, images: Sequence[Image.Image], questions: Sequence[
         mm_token_type_ids=mm_types, completion_ids=completion_ids, completion_mask=mask,
         truncated=truncated, temperature=temperature, images=list(images),
         pixel_values=enc["pixel_values"], image_grid_thw=enc["image_grid_thw"],
-        ids=[i for i in (ids or [str(b) for b in range(B)]) for _ in range(G)])
+        ids=[i for i in (ids or [str(b) for b in range(B)]) for _ in range(G)],
+        logp=logp * mask, max_prob=max_prob * mask, suppressed=list(config.suppress_tokens))

@@ -71,7 +71,9 @@ def sample_with_logits(model, processor, args: SamplingArgs, temperature: float,
 
     def recording_generate(**kwargs):
         if end_bonus:
-            kwargs["logits_processor"] = [_EndBonus(end_id, end_bonus)]
+            # After the sampler's own processors, so they still see the unmodified logits.
+            kwargs["logits_processor"] = [*kwargs.get("logits_processor", []),
+                                          _EndBonus(end_id, end_bonus)]
         out = generate(**kwargs, output_logits=True, return_dict_in_generate=True)
         chunks.append(torch.stack(out.logits, dim=1))  # (n, steps, V)
         return out.sequences

@@ -64,7 +64,10 @@ def test_training_forward_reproduces_the_sampler(sampled, logprobs):
     rollout, raw = sampled
     mask = rollout.completion_mask.bool()
     ids = rollout.completion_ids.unsqueeze(-1)
-    sampler_t1 = torch.log_softmax(raw, -1).gather(-1, ids).squeeze(-1)
+    # At T = 1 both exclude the suppressed tokens (grounding compares them with the blank pass).
+    suppressed = torch.tensor(rollout.suppressed)
+    sampler_t1 = torch.log_softmax(raw.index_fill(-1, suppressed, float("-inf")), -1)
+    sampler_t1 = sampler_t1.gather(-1, ids).squeeze(-1)
     sampler_t = torch.log_softmax(raw / TEMPERATURE, -1).gather(-1, ids).squeeze(-1)
     assert mask.sum() >= 40 and rollout.truncated.any() and not rollout.truncated.all()
     torch.testing.assert_close(logprobs.logp_t1[mask], sampler_t1[mask], atol=1e-4, rtol=0)
@@ -81,10 +84,13 @@ def test_micro_batches_give_the_same_logprobs(policy, sampled, logprobs):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_logp_at_temperature_one_equals_logp_t1(policy, sampled):
-    rollout = dataclasses.replace(sampled[0], temperature=1.0)
+def test_logp_at_temperature_one_equals_logp_t1_up_to_the_suppressed_tokens(policy, sampled):
+    rollout = dataclasses.replace(sampled[0], temperature=1.0, suppressed=[])
     out = rollout_logprobs(policy[0], rollout, micro_batch_size=6)
     torch.testing.assert_close(out.logp, out.logp_t1, atol=0, rtol=0)
+    # Excluding the suppressed tokens renormalizes over fewer tokens: every log-prob rises.
+    suppressed = rollout_logprobs(policy[0], sampled[0], micro_batch_size=6, at_temperature=False)
+    assert (suppressed.logp_t1 > out.logp_t1).all()
 
 
 def test_max_prob_bounds_the_token_prob(logprobs):
@@ -127,3 +133,15 @@ def test_blank_image_changes_the_logprobs(policy, sampled, logprobs):
     blank = rollout_logprobs(model, rollout, 6, blank_pixel_values(processor, rollout))
     mask = rollout.completion_mask.bool()
     assert (blank.logp_t1 - logprobs.logp_t1)[mask].abs().max() > 1e-3
+
+
+def test_sampler_records_the_teacher_forced_t1_logprobs_and_confidence(policy, sampled):
+    # rollout.logp / max_prob come from the logits the sampler drew from (no extra forward); the
+    # blank-image pass must be comparable token by token, so the teacher-forced T=1 values
+    # (suppressed tokens excluded, as in the sampler) must equal them.
+    rollout, _ = sampled
+    ref = rollout_logprobs(policy[0], rollout, micro_batch_size=4, at_temperature=False)
+    mask = rollout.completion_mask.bool()
+    torch.testing.assert_close(rollout.logp[mask], ref.logp_t1[mask], rtol=0, atol=1e-4)
+    torch.testing.assert_close(rollout.max_prob[mask], ref.max_prob[mask], rtol=0, atol=1e-5)
+    assert (rollout.logp[~mask] == 0).all() and (rollout.max_prob[~mask] == 0).all()
