@@ -201,6 +201,22 @@ def main() -> None:
     print(f"config {args.config} {' '.join(args.overrides)}; {args.steps} steps after "
           f"{args.warmup} warm-up, torch threads {args.threads}")
     report(result)
+    report_scoring_floor(result["phases"], args.threads)
+
+
+def report_scoring_floor(phases: dict[str, float], threads: int) -> None:
+    """How close scoring is to its floor: the text cues against one batched encoder pass over
+    the step's distinct texts, and visual grounding against one forward."""
+    from benchmarks.reward_cost import measure as reward_cost
+
+    cost = reward_cost(threads=threads)
+    print(f"text cues: {cost['cues_s']:.3f} s for {cost['completions']} completions "
+          f"({cost['distinct_texts']} distinct texts) = {cost['ratio']:.2f}x one batched "
+          "encoder pass (target <= 1.2)")
+    blank, reference = phases.get("log-probs (blank image)"), phases.get("log-probs (reference)")
+    if blank is not None and reference is not None:
+        print(f"visual grounding: one extra forward (blank image) {blank:.3f} s, "
+              f"{blank / reference:.2f}x the reference forward")
 
 
 if __name__ == "__main__":
