@@ -346,8 +346,8 @@ class TraceDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes (0: in the main process).
     """
 
-    def __init__(self, train: str = "shapes:warmup?n=24000", val: str | None = "shapes:val?n=64",
-                 batch_size: int = 16, mix: TraceMix = TraceMix(), min_pixels: int = 56 * 56,
+    def __init__(self, train: str = "shapes:warmup?n=4800", val: str | None = "shapes:val?n=64",
+                 batch_size: int = 8, mix: TraceMix = TraceMix(), min_pixels: int = 56 * 56,
                  max_pixels: int = 112 * 112, num_workers: int = 0):
         super().__init__()
         if batch_size < 1 or num_workers < 0 or max_pixels < min_pixels:

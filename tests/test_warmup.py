@@ -119,11 +119,11 @@ def test_loss_decreases_over_a_few_steps(batch):
     assert losses[-1] < 0.7 * losses[0], losses
 
 
-def test_vision_tower_trains_unless_told_not_to():
-    frozen = tiny_module(train_vision=False).model
-    assert not any(p.requires_grad for p in frozen.model.visual.parameters())
-    assert all(p.requires_grad for p in frozen.model.language_model.parameters())
-    assert all(p.requires_grad for p in tiny_module().model.parameters())
+def test_language_model_trains_and_the_vision_tower_only_if_asked():
+    model = tiny_module().model
+    assert not any(p.requires_grad for p in model.model.visual.parameters())
+    assert all(p.requires_grad for p in model.model.language_model.parameters())
+    assert all(p.requires_grad for p in tiny_module(train_vision=True).model.parameters())
 
 
 def test_quantized_warmup_is_refused():
@@ -165,7 +165,8 @@ def test_warm_spec_builds_once_into_a_folder_load_policy_loads(tmp_path, monkeyp
     base, _ = load_policy(PolicyArgs(model="tiny:tiny"))
     changed = [k for k, v in base.get_base_model().state_dict().items()
                if not torch.equal(v, warmed[k])]
-    assert any("visual" in k for k in changed) and any("language_model" in k for k in changed)
+    assert any("language_model" in k for k in changed)
+    assert not any("visual" in k for k in changed)  # the recipe keeps the vision tower frozen
 
     def no_rebuild(*args, **kwargs):
         raise AssertionError("warm:tiny was built again")
@@ -181,6 +182,7 @@ def test_recipe_of_warm_small_is_the_warmup_config():
     assert data["batch_size"] == small.batch_size
     assert data["train"] == f"shapes:warmup?n={small.steps * small.batch_size}"
     assert model["optimizer"]["init_args"]["lr"] == small.lr
+    assert model["optimizer"]["init_args"]["betas"] == [0.9, small.beta2]
     assert model["warmup_steps"] == small.warmup_steps
     assert model["policy"]["max_pixels"] == data["max_pixels"] == small.max_pixels
 
@@ -201,3 +203,20 @@ def test_warmup_config_trains_validates_and_exports_through_main(tmp_path, monke
     folder = Path(cli.trainer.log_dir) / "model"
     model, _ = load_policy(PolicyArgs(model=str(folder)))
     assert torch.equal(model.get_base_model().lm_head.weight, cli.model.model.lm_head.weight)
+
+
+@pytest.mark.slow
+def test_first_srmcr_run_on_a_warm_spec_builds_it_then_trains(tmp_path, monkeypatch):
+    """main.py registers the warm: builder; the build (a Trainer inside SR-MCR's configure_model)
+    happens once, and the run goes on from the warmed-up weights."""
+    import main as entry
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(entry, "warm_model",
+                        lambda size, cache: warm_model(size, tmp_path / "cache"))
+    cli = main(["fit", "-c", str(ROOT / "configs/tiny.yaml"), "--model.policy.model=warm:tiny",
+                "--model.sampling.max_new_tokens=8", "--data.train=shapes:train?n=8&size=56",
+                "--data.batch_size=2", "--model.policy.max_pixels=3136", "--data.max_pixels=3136",
+                "--data.min_pixels=784", "--trainer.fast_dev_run=1"])
+    assert (tmp_path / "cache" / f"warm-tiny-v{warmup.VERSION}.{TRACE_VERSION}").is_dir()
+    assert cli.trainer.global_step == 1
