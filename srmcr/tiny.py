@@ -14,6 +14,7 @@ import argparse
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -183,19 +184,24 @@ def build(size: TinySize, out: Path, seed: int = 0) -> Path:
 def cached(size: TinySize, cache_dir: Path = DEFAULT_CACHE) -> Path:
     """The folder of ``tiny:<size>``, built once; concurrent builders race safely by rename."""
     final = cache_dir / f"tiny-{size}-v{BUILD_VERSION}"
-    if (final / "config.json").exists():
-        return final
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".tiny-{size}-"))
+    if not (final / "config.json").exists():
+        build_atomically(final, lambda tmp: build(size, tmp))
+    return final
+
+
+def build_atomically(final: Path, build_into: Callable[[Path], object]) -> None:
+    """Build a model folder into a temporary sibling, then rename it to ``final``: concurrent
+    builders race safely (the first rename wins, the others use its folder)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}-"))
     try:
-        build(size, tmp)
+        build_into(tmp)
         tmp.rename(final)
     except OSError:  # another process renamed its build first: use that one
         if not (final / "config.json").exists():
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,8 +24,6 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -289,16 +287,7 @@ def cached(size: str, cache_dir: Path, data: Callable[[WarmRecipe], L.LightningD
     recipe = RECIPES[size]
     rank_zero_info(f"building warm:{size} (one-time, ~{recipe.minutes:g} min on 2 CPU cores): "
                    f"{recipe.steps} supervised steps on reasoning traces, cached as {final}")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".warm-{size}-"))
     start = time.monotonic()
-    try:
-        build(size, tmp, data(recipe), cache_dir)
-        tmp.rename(final)
-    except OSError:  # another process renamed its build first: use that one
-        if not (final / "config.json").exists():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    tiny.build_atomically(final, lambda tmp: build(size, tmp, data(recipe), cache_dir))
     rank_zero_info(f"built warm:{size} in {(time.monotonic() - start) / 60:.1f} min")
     return final
