@@ -1,18 +1,18 @@
 """Reasoning traces for the supervised warm-up, written from a shapes record's scene.
 
 The only place where the shapes world's labels teach the model: SR-MCR training never sees them.
-A trace is exactly the system prompt's format, one terse fact per step,
+A trace is exactly the system prompt's format, one terse fact of at least 3 words per step,
 
-    <think>Step 1: a red circle on the left.
-    Step 2: a blue circle on the right.
-    Step 3: 2 circles.</think><answer>2</answer>
+    <think>Step 1: red circle on the left
+    Step 2: blue circle on the right
+    Step 3: there are 2 circles</think><answer>2</answer>
 
 and is clean (correct, every shape it names is in the scene) or carries one flaw: ``loop`` (a
 step repeated verbatim), ``hallucination`` (a step names a shape that is not there) or
-``contradiction`` (a step denies an earlier one). A flawed trace ends in a wrong answer, stated in
-its last step, with probability ``TraceMix.wrong_answer``. Traces are short (the tiny tokenizer
-spends ~5 tokens on "Step k:" and ~12 on the tags; see ``tests/datamodules/test_traces.py``) and a
-pure function of (seed, split, index), like the records they describe.
+``contradiction`` (a step denies another). A flawed trace ends in a wrong answer, stated in its
+last step, with probability ``TraceMix.wrong_answer``. Traces are short (the tiny tokenizer spends
+~5 tokens on "Step k:" and ~12 on the tags): ~90% fit tiny.yaml's 48 completion tokens. Each is a
+pure function of (seed, split, index), like the records it describes.
 
     python -m datamodules.traces --split warmup --n 8     # print a few
 """
@@ -103,9 +103,7 @@ class Plan:
 
 # ---- wording -------------------------------------------------------------------------------
 def _there_are(n: int, noun: str) -> str:
-    if n == 1:
-        return f"there is 1 {noun}"
-    return f"there are {'no' if n == 0 else n} {noun}s"
+    return f"there is 1 {noun}" if n == 1 else f"there are {'no' if n == 0 else n} {noun}s"
 
 
 def _a(noun: str) -> str:
@@ -238,9 +236,7 @@ def plan(record: ShapesRecord) -> Plan:
 
 # ---- flaws: each rewrites the list of fact steps --------------------------------------------
 def _loop(steps: list[str], scene: Scene, facts: list[Fact], rng: random.Random) -> list[str]:
-    # Stuck on the first fact: it comes back instead of the facts after it (which also keeps
-    # the trace short).
-    return [steps[0]] * (1 + LOOP_REPEATS)
+    return [steps[0]] * (1 + LOOP_REPEATS)  # stuck on the first fact: no progress after it
 
 
 def _hallucinate(steps: list[str], scene: Scene, facts: list[Fact],
@@ -360,10 +356,9 @@ class TraceDataModule(L.LightningDataModule):
         self.min_pixels, self.max_pixels = min_pixels, max_pixels
 
     def _loader(self, source: ShapesSource) -> DataLoader:
-        return DataLoader(TraceDataset(source, self.mix),
-                          batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
-                          collate_fn=partial(collate, min_pixels=self.min_pixels,
-                                             max_pixels=self.max_pixels))
+        collate_fn = partial(collate, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
+        return DataLoader(TraceDataset(source, self.mix), batch_size=self.batch_size,
+                          num_workers=self.num_workers, collate_fn=collate_fn)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_source)
@@ -392,9 +387,8 @@ def warm_model(size: str, cache_dir: Path) -> Path:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m datamodules.traces",
                                      description=__doc__.splitlines()[0])
-    parser.add_argument("--split", default="warmup")
-    parser.add_argument("--n", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
+    for flag, default in (("--split", "warmup"), ("--n", 8), ("--seed", 0)):
+        parser.add_argument(flag, default=default, type=type(default))
     args = parser.parse_args(argv)
     for index in range(args.n):
         record, trace = make_trace(args.seed, args.split, index)
