@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image, ImageStat
 from torch import Tensor
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from srmcr.rollout import Rollout, select_images
 
@@ -23,24 +24,91 @@ class TokenLogProbs:
 
 
 def completion_logits(model, rollout: Rollout, rows: slice,
-                      pixel_values: Tensor | None = None) -> Tensor:
+                      pixel_values: Tensor | None = None, *,
+                      share_prompt: bool | None = None) -> Tensor:
     """(n, T, V) logits that predict each completion token of ``rows``.
 
     ``pixel_values`` replaces the rollout's images (same sizes), e.g. with blank images.
+
+    ``share_prompt`` (default: whenever it is exact and saves work) runs each distinct prompt of
+    ``rows`` once and its completions on top of the prompt's keys and values, instead of the
+    prompt (~3/4 of each sequence on the shapes world, and the image through the vision tower)
+    once per completion. Same logits to float rounding, gradients included: the prompt's
+    activations are shared by the G rows of its group, and the gradient of every row flows
+    into them. It is off in a training-mode forward under gradient checkpointing (transformers
+    drops the cache inside checkpointed layers; the no-grad passes run in eval mode, so only the
+    loss pass is affected) and when no two rows share a prompt (G = 1).
     """
+    first = torch.arange(len(rollout), device=rollout.prompt_ids.device)[rows]
+    prompt_of = first // rollout.group_size
+    prompts, counts = torch.unique_consecutive(prompt_of, return_counts=True)
+    if share_prompt is None:
+        share_prompt = len(prompts) < len(first) and not (
+            model.training and _checkpointing(model))
     completion = rollout.completion_ids[rows]
     ids = torch.cat([rollout.prompt_ids[rows], completion], dim=1)
     mask = torch.cat([rollout.prompt_mask[rows], rollout.completion_mask[rows]], dim=1)
     mm_types = torch.cat([rollout.mm_token_type_ids[rows], torch.zeros_like(completion)], dim=1)
-    images = torch.arange(len(rollout), device=ids.device)[rows] // rollout.group_size
+    width = completion.shape[1]
+    if not share_prompt:
+        pixels, grid = select_images(
+            rollout.pixel_values if pixel_values is None else pixel_values,
+            rollout.image_grid_thw, prompt_of)
+        out = model(input_ids=ids, attention_mask=mask, mm_token_type_ids=mm_types,
+                    pixel_values=pixels, image_grid_thw=grid, logits_to_keep=width + 1,
+                    use_cache=False)
+        return out.logits[:, :-1].float()
+    # Rope positions of the whole sequences, as the unshared forward computes them (mrope: the
+    # image's tokens have 3-D positions, the text after it continues from their maximum).
+    positions, _ = _rope_index(model)(ids, mm_token_type_ids=mm_types, attention_mask=mask,
+                                      image_grid_thw=rollout.image_grid_thw[prompt_of])
+    heads = torch.cumsum(counts, 0) - counts  # first row of each prompt within ``rows``
+    P = rollout.prompt_ids.shape[1]
     pixels, grid = select_images(
         rollout.pixel_values if pixel_values is None else pixel_values,
-        rollout.image_grid_thw, images)
-    width = completion.shape[1]
-    out = model(input_ids=ids, attention_mask=mask, mm_token_type_ids=mm_types,
-                pixel_values=pixels, image_grid_thw=grid, logits_to_keep=width + 1,
-                use_cache=False)
-    return out.logits[:, :-1].float()
+        rollout.image_grid_thw, prompts)
+    cache = DynamicCache()
+    prefix = model(input_ids=ids[heads, :P], attention_mask=mask[heads, :P],
+                   mm_token_type_ids=mm_types[heads, :P], pixel_values=pixels,
+                   image_grid_thw=grid, position_ids=positions[:, heads, :P],
+                   past_key_values=cache, use_cache=True, logits_to_keep=1)
+    shared = Cache(layers=[_SharedPrefix(layer.keys.repeat_interleave(counts, dim=0),
+                                         layer.values.repeat_interleave(counts, dim=0))
+                           for layer in prefix.past_key_values.layers])
+    out = model(input_ids=completion, attention_mask=mask, position_ids=positions[:, :, P:],
+                past_key_values=shared, use_cache=True, logits_to_keep=width)
+    return torch.cat([prefix.logits.repeat_interleave(counts, dim=0), out.logits[:, :-1]],
+                     dim=1).float()
+
+
+class _SharedPrefix(DynamicLayer):
+    """A cache layer that holds a prompt's keys and values (repeated over its group) and never
+    grows: each forward attends to prefix + its own tokens. Read-only, so a second forward (or a
+    recomputation) sees the same prefix."""
+
+    def __init__(self, keys: Tensor, values: Tensor) -> None:
+        super().__init__()
+        self.dtype, self.device = keys.dtype, keys.device
+        self.keys, self.values, self.is_initialized = keys, values, True
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs):
+        return (torch.cat([self.keys, key_states], dim=-2),
+                torch.cat([self.values, value_states], dim=-2))
+
+
+def _rope_index(model):
+    """The ``get_rope_index`` of a Qwen-VL model, through PEFT's wrappers."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = getattr(base, "model", base)
+    if not hasattr(inner, "get_rope_index"):
+        raise TypeError(f"{type(base).__name__} has no get_rope_index: prompt sharing needs a "
+                        "Qwen-VL model; pass share_prompt=False")
+    return inner.get_rope_index
+
+
+def _checkpointing(model) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return bool(getattr(base, "is_activation_checkpointing", False))
 
 
 def token_logprobs(logits: Tensor, ids: Tensor, temperature: float = 1.0) -> Tensor:
@@ -60,6 +128,17 @@ def rollout_logprobs(model, rollout: Rollout, micro_batch_size: int,
     The T = 1 values exclude the tokens the sampler suppresses, as the sampler's own
     ``rollout.logp`` does, so the two compare token by token (visual grounding).
     """
+    was_training = model.training
+    model.eval()  # as the sampler: no dropout, and prompt sharing under checkpointing
+    try:
+        return _rollout_logprobs(model, rollout, micro_batch_size, pixel_values, at_temperature,
+                                 at_t1)
+    finally:
+        model.train(was_training)
+
+
+def _rollout_logprobs(model, rollout, micro_batch_size, pixel_values, at_temperature,
+                      at_t1) -> TokenLogProbs:
     parts: dict[str, list[Tensor]] = {"logp": [], "logp_t1": [], "max_prob": []}
     suppressed = torch.tensor(rollout.suppressed, dtype=torch.long,
                               device=rollout.completion_ids.device)

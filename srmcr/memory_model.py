@@ -192,6 +192,27 @@ def layer_activation_bytes(d: ModelDims, w: Widths, seq: int, r: int,
     return kept + len(set(targets)) * r * w.lora_hidden
 
 
+def shared_prompts(rows: int, group_size: int) -> int:
+    """Most distinct prompts in a micro-batch of ``rows`` consecutive rows that starts at a
+    multiple of ``rows`` (groups of ``group_size`` are contiguous)."""
+    if group_size % rows == 0 or rows % group_size == 0:
+        return -(-rows // group_size)  # aligned with the groups
+    return min(rows, -(-rows // group_size) + 1)
+
+
+def shared_layer_bytes(d: ModelDims, w: Widths, rows: int, prompts: int, p: int, t: int, r: int,
+                       targets: tuple[str, ...], attention: str = "sdpa") -> float:
+    """Bytes one decoder layer keeps for backward when the ``prompts`` distinct prompts of
+    ``rows`` rows run once and the completions on their repeated keys and values
+    (``logprobs.completion_logits``): the prompts' tokens as sequences of ``p``, the
+    completions' as sequences of ``p + t``, and the attention's copy of the prompt keys and
+    values for every row (k, v repeated per head under sdpa/eager)."""
+    kv = d.kv_dim if attention == "flash_attention_2" else d.hidden
+    return (prompts * p * layer_activation_bytes(d, w, p, r, targets, attention)
+            + rows * t * layer_activation_bytes(d, w, p + t, r, targets, attention)
+            + rows * p * 2 * kv * w.attention)
+
+
 def no_grad_layer_bytes(d: ModelDims, w: Widths, seq: int) -> float:
     """Peak of one decoder layer without grad, per token: in the MLP, four I-wide tensors (silu,
     up, an adapter's output, their sum) beside the residual, the norm output and the input
@@ -237,14 +258,18 @@ def plan(s: StepSettings) -> MemoryPlan:
                 f"optimizer state ({s.optimizer_states} x fp32)": lora * 4 * s.optimizer_states}
     if s.encoder:
         resident["reward sentence encoder"] = ENCODER_BYTES
-    layer = tokens * layer_activation_bytes(d, w, seq, s.lora_r, s.lora_targets, s.attention)
     outside = tokens * (4 * d.hidden + 4 + 2 * d.head_dim * 4)  # final norm input, rotary
-    if s.checkpointing:
+    if s.checkpointing:  # the loss pass runs each row's whole sequence (no prompt sharing)
+        layer = tokens * layer_activation_bytes(d, w, seq, s.lora_r, s.lora_targets, s.attention)
         saved = {"checkpointed layer inputs": d.layers * tokens * d.hidden * w.residual + outside}
         backward = {"recomputed layer + gradients": layer + logits_bytes(micro, t, d.vocab, 1)
                     + tokens * 2 * (d.intermediate + d.hidden) * w.linear}
     else:
-        saved = {"saved activations, all layers": d.layers * layer + outside}
+        prompts = shared_prompts(micro, s.group_size)
+        saved = {"saved activations, all layers (prompts shared)":
+                 d.layers * shared_layer_bytes(d, w, micro, prompts, p, t, s.lora_r,
+                                               s.lora_targets, s.attention)
+                 + (prompts * p + micro * t) * (4 * d.hidden + 4 + 2 * d.head_dim * 4)}
         backward = {}
     kv_prompt = kv_cache_bytes(d, w, rows, p)
     generation = Phase({"KV cache, prompt part": kv_prompt,
@@ -254,11 +279,18 @@ def plan(s: StepSettings) -> MemoryPlan:
         "decode: rest of the KV cache + attention": kv_cache_bytes(d, w, rows, seq) - kv_prompt
         + rows * seq * 2 * (d.hidden + d.kv_dim) * w.attention  # k, v repeated per head
         + 3 * rows * d.vocab * 4})  # sampling: last-token logits, processed
-    pixels = pixel_bytes(micro, s.image_tokens)  # held by the forward, freed before the logits
-    logprobs = Phase({}, {
-        "one layer + pixels": tokens * no_grad_layer_bytes(d, w, seq) + pixels,
-        "vision tower + pixels": vision_bytes(d, micro, s.image_tokens) + pixels,
-        "logits (3 x fp32, completion only)": logits_bytes(micro, t, d.vocab, 3)})
+    # No-grad passes share each prompt (eval mode): the prompts once, then the completions on
+    # the prompts' keys and values repeated for every row.
+    prompts = shared_prompts(micro, s.group_size)
+    pixels = pixel_bytes(prompts, s.image_tokens)  # held by the forward, freed before the logits
+    kv_kind = d.kv_dim if s.attention == "flash_attention_2" else d.hidden
+    logprobs = Phase({"prompt KV cache, repeated per row": kv_cache_bytes(d, w, micro + prompts, p)},
+                     {"prompts: one layer + pixels": prompts * p * no_grad_layer_bytes(d, w, p)
+                      + pixels,
+                      "completions: one layer": micro * t * no_grad_layer_bytes(d, w, seq)
+                      + micro * seq * 2 * kv_kind * w.attention,
+                      "vision tower + pixels": vision_bytes(d, prompts, s.image_tokens) + pixels,
+                      "logits (3 x fp32, completion only)": logits_bytes(micro, t, d.vocab, 3)})
     loss = Phase({"LoRA gradients (fp32)": lora * 4, **saved},
                  {"logits + gradient (4 x fp32, completion only)":
                   logits_bytes(micro, t, d.vocab, 4), **backward})

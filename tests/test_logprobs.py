@@ -145,3 +145,63 @@ def test_sampler_records_the_teacher_forced_t1_logprobs_and_confidence(policy, s
     torch.testing.assert_close(rollout.logp[mask], ref.logp_t1[mask], rtol=0, atol=1e-4)
     torch.testing.assert_close(rollout.max_prob[mask], ref.max_prob[mask], rtol=0, atol=1e-5)
     assert (rollout.logp[~mask] == 0).all() and (rollout.max_prob[~mask] == 0).all()
+
+
+@pytest.mark.parametrize("rows", [slice(None), slice(1, 5), slice(2, 4), slice(4, 5)],
+                         ids=["all", "across-groups", "group-boundary", "one-row"])
+def test_shared_prompt_gives_the_unshared_logits(policy, sampled, rows):
+    # The prompts (two lengths: the shorter is left-padded) run once, the completions on their
+    # repeated keys and values; mrope positions and padding must come out as in whole rows.
+    model, rollout = policy[0], sampled[0]
+    assert rollout.prompt_mask.sum(1).unique().numel() == 2
+    with torch.no_grad():
+        whole = completion_logits(model, rollout, rows, share_prompt=False)
+        shared = completion_logits(model, rollout, rows, share_prompt=True)
+    mask = rollout.completion_mask[rows].bool()
+    torch.testing.assert_close(shared[mask], whole[mask], atol=1e-5, rtol=0)
+
+
+def test_shared_prompt_gives_the_unshared_gradients(policy, sampled):
+    # The gradient of every row flows into its prompt's shared activations.
+    model, rollout = policy[0], sampled[0]
+    weights = torch.linspace(-1, 1, rollout.completion_ids.numel()).view_as(
+        rollout.completion_ids) * rollout.completion_mask
+
+    def grads(share: bool) -> dict[str, torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        logits = completion_logits(model, rollout, slice(None), share_prompt=share)
+        (token_logprobs(logits, rollout.completion_ids) * weights).sum().backward()
+        out = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        return out
+
+    whole, shared = grads(False), grads(True)
+    assert whole.keys() == shared.keys() and len(whole) == 28  # every LoRA matrix
+    for name in whole:
+        torch.testing.assert_close(shared[name], whole[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_prompt_sharing_is_off_only_where_it_cannot_work(policy, sampled):
+    model, rollout = policy[0], sampled[0]
+    calls: list[int] = []
+    hook = model.get_base_model().lm_head.register_forward_hook(
+        lambda m, args, out: calls.append(out.shape[1]))
+    base = model.get_base_model()
+    try:
+        completion_logits(model, rollout, slice(0, 3))  # one prompt, 3 rows: shared
+        assert calls == [1, rollout.completion_ids.shape[1]]
+        calls.clear()
+        completion_logits(model, rollout, slice(2, 4))
+        assert len(calls) == 1  # no two rows share a prompt: whole rows
+        calls.clear()
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()  # transformers drops caches in checkpointed layers in training mode
+        completion_logits(model, rollout, slice(0, 3))
+        assert len(calls) == 1
+        calls.clear()
+        rollout_logprobs(model, rollout, micro_batch_size=3)  # eval mode: shared again
+        assert calls == [1, rollout.completion_ids.shape[1]] * 2
+    finally:
+        base.gradient_checkpointing_disable()
+        hook.remove()
+        model.zero_grad(set_to_none=True)

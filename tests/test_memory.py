@@ -146,10 +146,13 @@ def test_saved_activations_match_the_formula(quantization, dtype, autocast, chec
     dims, _ = memory.model_dims("tiny:tiny")
     w = memory.widths(2 if dtype == "bfloat16" else 4, quantization != "none", autocast)
     n, p, t = len(rollout), rollout.prompt_ids.shape[1], rollout.completion_ids.shape[1]
-    tokens = n * (p + t)
-    per_layer = tokens * (dims.hidden * w.residual if checkpointing else
-                          memory.layer_activation_bytes(dims, w, p + t, 8,
-                                                        tuple(LoraArgs().target_modules)))
+    if checkpointing:  # each row's whole sequence, layer inputs kept
+        tokens = n * (p + t)
+        per_layer = tokens * dims.hidden * w.residual
+    else:  # the 2 prompts once, the 8 completions on their keys and values
+        tokens = 2 * p + n * t
+        per_layer = memory.shared_layer_bytes(dims, w, n, 2, p, t, 8,
+                                              tuple(LoraArgs().target_modules))
     outside = tokens * (4 * dims.hidden + 4) + n * t * dims.vocab * 4  # final norm, log-softmax
     estimate = dims.layers * per_layer + outside
     assert estimate == pytest.approx(measured, rel=0.10)
@@ -165,11 +168,16 @@ def test_no_full_vocabulary_logits_in_generation_or_the_loss_pass():
         rollout = sample(model, processor, two_images(), QUESTIONS,
                          SamplingArgs(group_size=2, max_new_tokens=8), temperature=1.0)
         generated = list(lengths)
-        completion_logits(model, rollout, slice(0, 2))
+        completion_logits(model, rollout, slice(0, 2))  # one prompt, shared by 2 rows
+        shared = list(lengths)
+        completion_logits(model, rollout, slice(0, 2), share_prompt=False)
     finally:
         hook.remove()
     assert generated and {n for _, n in generated} == {1}  # sampling: the last position only
-    assert lengths[len(generated):] == [(True, rollout.completion_ids.shape[1] + 1)]
+    width = rollout.completion_ids.shape[1]
+    # The prompt's last position once, then the completions' own; or each whole row's.
+    assert shared[len(generated):] == [(True, 1), (True, width)]
+    assert lengths[len(shared):] == [(True, width + 1)]
 
 
 # ---------------------------------------------------------------- configs and the CLI
