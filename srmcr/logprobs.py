@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import torch
 from PIL import Image, ImageStat
 from torch import Tensor
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.cache_utils import DynamicCache
 
+from srmcr.prefix import checkpointing, language_core, prompt_groups, repeated
 from srmcr.rollout import Rollout, select_images
 
 
@@ -39,12 +40,12 @@ def completion_logits(model, rollout: Rollout, rows: slice,
     drops the cache inside checkpointed layers; the no-grad passes run in eval mode, so only the
     loss pass is affected) and when no two rows share a prompt (G = 1).
     """
-    first = torch.arange(len(rollout), device=rollout.prompt_ids.device)[rows]
-    prompt_of = first // rollout.group_size
-    prompts, counts = torch.unique_consecutive(prompt_of, return_counts=True)
+    indices = torch.arange(len(rollout), device=rollout.prompt_ids.device)[rows]
+    prompt_of = indices // rollout.group_size
+    prompts, counts, heads = prompt_groups(indices, rollout.group_size)
     if share_prompt is None:
-        share_prompt = len(prompts) < len(first) and not (
-            model.training and _checkpointing(model))
+        share_prompt = len(prompts) < len(indices) and not (
+            model.training and checkpointing(model))
     completion = rollout.completion_ids[rows]
     ids = torch.cat([rollout.prompt_ids[rows], completion], dim=1)
     mask = torch.cat([rollout.prompt_mask[rows], rollout.completion_mask[rows]], dim=1)
@@ -60,9 +61,9 @@ def completion_logits(model, rollout: Rollout, rows: slice,
         return out.logits[:, :-1].float()
     # Rope positions of the whole sequences, as the unshared forward computes them (mrope: the
     # image's tokens have 3-D positions, the text after it continues from their maximum).
-    positions, _ = _rope_index(model)(ids, mm_token_type_ids=mm_types, attention_mask=mask,
-                                      image_grid_thw=rollout.image_grid_thw[prompt_of])
-    heads = torch.cumsum(counts, 0) - counts  # first row of each prompt within ``rows``
+    positions, _ = language_core(model).get_rope_index(
+        ids, mm_token_type_ids=mm_types, attention_mask=mask,
+        image_grid_thw=rollout.image_grid_thw[prompt_of])
     P = rollout.prompt_ids.shape[1]
     pixels, grid = select_images(
         rollout.pixel_values if pixel_values is None else pixel_values,
@@ -72,43 +73,11 @@ def completion_logits(model, rollout: Rollout, rows: slice,
                    mm_token_type_ids=mm_types[heads, :P], pixel_values=pixels,
                    image_grid_thw=grid, position_ids=positions[:, heads, :P],
                    past_key_values=cache, use_cache=True, logits_to_keep=1)
-    shared = Cache(layers=[_SharedPrefix(layer.keys.repeat_interleave(counts, dim=0),
-                                         layer.values.repeat_interleave(counts, dim=0))
-                           for layer in prefix.past_key_values.layers])
     out = model(input_ids=completion, attention_mask=mask, position_ids=positions[:, :, P:],
-                past_key_values=shared, use_cache=True, logits_to_keep=width)
+                past_key_values=repeated(prefix.past_key_values, counts, read_only=True),
+                use_cache=True, logits_to_keep=width)
     return torch.cat([prefix.logits.repeat_interleave(counts, dim=0), out.logits[:, :-1]],
                      dim=1).float()
-
-
-class _SharedPrefix(DynamicLayer):
-    """A cache layer that holds a prompt's keys and values (repeated over its group) and never
-    grows: each forward attends to prefix + its own tokens. Read-only, so a second forward (or a
-    recomputation) sees the same prefix."""
-
-    def __init__(self, keys: Tensor, values: Tensor) -> None:
-        super().__init__()
-        self.dtype, self.device = keys.dtype, keys.device
-        self.keys, self.values, self.is_initialized = keys, values, True
-
-    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs):
-        return (torch.cat([self.keys, key_states], dim=-2),
-                torch.cat([self.values, value_states], dim=-2))
-
-
-def _rope_index(model):
-    """The ``get_rope_index`` of a Qwen-VL model, through PEFT's wrappers."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    inner = getattr(base, "model", base)
-    if not hasattr(inner, "get_rope_index"):
-        raise TypeError(f"{type(base).__name__} has no get_rope_index: prompt sharing needs a "
-                        "Qwen-VL model; pass share_prompt=False")
-    return inner.get_rope_index
-
-
-def _checkpointing(model) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return bool(getattr(base, "is_activation_checkpointing", False))
 
 
 def token_logprobs(logits: Tensor, ids: Tensor, temperature: float = 1.0) -> Tensor:

@@ -272,10 +272,12 @@ def plan(s: StepSettings) -> MemoryPlan:
                  + (prompts * p + micro * t) * (4 * d.hidden + 4 + 2 * d.head_dim * 4)}
         backward = {}
     kv_prompt = kv_cache_bytes(d, w, rows, p)
-    generation = Phase({"KV cache, prompt part": kv_prompt,
-                        "pixels of each row's image": pixel_bytes(rows, s.image_tokens)}, {
-        "prefill, one layer": rows * p * no_grad_layer_bytes(d, w, p),
-        "vision tower (each row's image)": vision_bytes(d, rows, s.image_tokens),
+    prefilled = shared_prompts(rows, s.group_size)  # each prompt prefilled once
+    generation = Phase({"KV cache, prompt part (repeated per row)": kv_prompt,
+                        "pixels of each prompt's image": pixel_bytes(prefilled, s.image_tokens)}, {
+        "prefill, one layer": prefilled * p * no_grad_layer_bytes(d, w, p)
+        + kv_cache_bytes(d, w, prefilled, p),
+        "vision tower (each prompt's image)": vision_bytes(d, prefilled, s.image_tokens),
         "decode: rest of the KV cache + attention": kv_cache_bytes(d, w, rows, seq) - kv_prompt
         + rows * seq * 2 * (d.hidden + d.kv_dim) * w.attention  # k, v repeated per head
         + 3 * rows * d.vocab * 4})  # sampling: last-token logits, processed

@@ -14,9 +14,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers.cache_utils import Cache, DynamicCache
 
 from srmcr import prompts
 from srmcr.parsing import Parsed, parse
+from srmcr.prefix import language_core, prompt_groups, repeated
 
 if TYPE_CHECKING:  # policy_view imports this module
     from srmcr.policy_view import PolicyView
@@ -157,12 +159,34 @@ def _generation_config(args: SamplingArgs, temperature: float, tokenizer,
                             suppress_tokens=suppress, use_cache=True)
 
 
+def _shared_prefill(model, enc, prompts: Tensor, counts: Tensor) -> Cache:
+    """Each prompt but its last token through the model once (image included); the cache
+    repeated ``counts`` times per prompt, for ``generate`` to continue from.
+
+    ``generate`` then runs the last prompt token of every row and samples; it places the rows'
+    text positions after the image's with the model's stored ``rope_deltas`` (continuing from a
+    cache), which are set here per row as the unshared prefill would set them."""
+    if enc["mm_token_type_ids"][prompts, -1].any():
+        raise RuntimeError("the prompt must end in text to be prefilled once per group")
+    pixels, grid = select_images(enc["pixel_values"], enc["image_grid_thw"], prompts)
+    cache = DynamicCache()
+    model(input_ids=enc["input_ids"][prompts, :-1], attention_mask=enc["attention_mask"][prompts, :-1],
+          mm_token_type_ids=enc["mm_token_type_ids"][prompts, :-1], pixel_values=pixels,
+          image_grid_thw=grid, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    core = language_core(model)
+    core.rope_deltas = core.rope_deltas.repeat_interleave(counts, dim=0)
+    return repeated(cache, counts, read_only=False)
+
+
 @torch.no_grad()
 def sample(model, processor, images: Sequence[Image.Image], questions: Sequence[str],
            args: SamplingArgs, temperature: float, ids: Sequence[str] | None = None,
-           greedy: bool = False) -> Rollout:
+           greedy: bool = False, share_prompt: bool = True) -> Rollout:
     """Sample ``args.group_size`` completions for each (image, question) pair, or with
-    ``greedy`` one deterministic completion (G = 1; evaluation)."""
+    ``greedy`` one deterministic completion (G = 1; evaluation).
+
+    ``share_prompt``: prefill each prompt once for its G rows (``_shared_prefill``) rather than
+    once per row; the same samples, to float rounding."""
     G, B = 1 if greedy else args.group_size, len(questions)
     device = next(model.parameters()).device
     enc = processor(text=prompts.render(processor, questions, args.system_prompt),
@@ -179,11 +203,16 @@ def sample(model, processor, images: Sequence[Image.Image], questions: Sequence[
     model.eval()  # no dropout while sampling
     for start in range(0, B * G, args.generation_batch_size):
         part = slice(start, start + args.generation_batch_size)
-        pixels, grid = select_images(enc["pixel_values"], enc["image_grid_thw"], rows[part])
+        distinct, counts, _ = prompt_groups(torch.arange(B * G, device=device)[part], G)
+        if share_prompt and len(distinct) < len(rows[part]):  # each prompt prefilled once
+            inputs = {"past_key_values": _shared_prefill(model, enc, distinct, counts)}
+        else:
+            pixels, grid = select_images(enc["pixel_values"], enc["image_grid_thw"], rows[part])
+            inputs = {"pixel_values": pixels, "image_grid_thw": grid}
         stats = SampledTokenStats()
         out = model.generate(input_ids=prompt_ids[part], attention_mask=prompt_mask[part],
-                             mm_token_type_ids=mm_types[part], pixel_values=pixels,
-                             image_grid_thw=grid, generation_config=config,
+                             mm_token_type_ids=mm_types[part], **inputs,
+                             generation_config=config,
                              logits_processor=LogitsProcessorList([stats]))
         pieces.append((out[:, prompt_ids.shape[1]:], *stats.finish(out[:, -1])))
     model.train(was_training)

@@ -147,6 +147,26 @@ def test_sampling_is_reproducible_with_a_seed(policy):
     assert not torch.equal(a.completion_ids, c.completion_ids)
 
 
+@pytest.mark.parametrize("chunk", [64, 4], ids=["one-call", "chunks-across-groups"])
+def test_prefilling_each_prompt_once_samples_what_row_by_row_prefill_does(policy, chunk):
+    # Same seed, same logits (to rounding) -> the same tokens; the prompts have two lengths
+    # (left padding) and mrope positions after the image must continue as in a full prefill.
+    model, processor = policy
+    args = SamplingArgs(group_size=3, max_new_tokens=16, generation_batch_size=chunk)
+
+    def run(share):
+        torch.manual_seed(3)
+        return sample(model, processor, two_images(), QUESTIONS, args, temperature=2.0,
+                      share_prompt=share)
+
+    shared, whole = run(True), run(False)
+    assert shared.prompt_mask.sum(1).unique().numel() == 2
+    assert torch.equal(shared.completion_ids, whole.completion_ids)
+    mask = whole.completion_mask.bool()
+    torch.testing.assert_close(shared.logp[mask], whole.logp[mask], atol=1e-5, rtol=0)
+    torch.testing.assert_close(shared.max_prob[mask], whole.max_prob[mask], atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_sampling_runs_in_eval_and_restores_the_mode(policy, training):
     model, processor = policy
