@@ -53,3 +53,70 @@ def test_scaling_points_cover_both_sweeps_once():
     assert len(pairs) == len(set(pairs))
     assert {g for g, t in pairs if t == FIXED_TOKENS} == {2, 4, 8, 16}
     assert {t for g, t in pairs if g == FIXED_G} == {32, 64, 128}
+
+
+# ---- benchmarks/toy_world.py -------------------------------------------------------------------
+def test_toy_world_variants_configure_what_they_name(tmp_path, capsys, monkeypatch):
+    """Each variant's fit command, parsed by main.py itself (--print_config: nothing is built)."""
+    import yaml
+
+    monkeypatch.setattr("sys.argv", ["main.py"])  # the CLI warns when pytest's argv is there too
+
+    from benchmarks.toy_world import (COOLING, CUES, ROOT, all_variants, fit_args, parse_args,
+                                      write_no_cooling)
+    from main import main
+
+    a = parse_args(["--out", str(tmp_path), "--steps", "40"])
+    write_no_cooling(a.out)
+    for name, v in all_variants().items():
+        with pytest.raises(SystemExit):
+            main([*fit_args(v, 7, a, tmp_path / "runs" / name / "s7"), "--print_config"])
+        config = yaml.safe_load(capsys.readouterr().out)
+        model = config["model"]["init_args"]
+        reward = model["reward"]["init_args"]
+        callbacks = [c["class_path"] for c in config["trainer"]["callbacks"]]
+        recipe = ROOT / "configs" / "recipes" / f"{name}.yaml"
+        expected = (yaml.safe_load(recipe.read_text())["model"]["reward"]["init_args"]["cues"]
+                    if v.group == "recipe" else [c for c in CUES if name != f"no_{c}"])
+        assert reward["cues"] == expected, name
+        assert reward["reliability"] == (name not in ("no_reliability", "mm_upt",
+                                                      "vision_sr1_labelfree")), name
+        assert (COOLING in callbacks) == (name not in ("no_cooling", "mm_upt")), name
+        assert model["sampling"]["temperature"] == 1.0
+        assert (config["seed_everything"], config["data"]["init_args"]["seed"]) == (7, 7)
+        assert (config["trainer"]["max_steps"], config["trainer"]["val_check_interval"]) == (40, 10)
+        assert model["policy"]["model"] == "warm:small"
+        assert config["trainer"]["logger"]["init_args"]["version"] == "s7"
+
+
+def test_toy_world_aggregates_seeds_and_schedules_longest_first():
+    from benchmarks.toy_world import CUES, DETECTORS, makespan
+    from benchmarks.toy_world_report import aggregate, table
+
+    def run(variant, seed, acc):
+        return {"variant": variant, "seed": seed, "fit_s": 60.0, "eval": {
+            "accuracy": acc, "format_rate": 1.0, "cues": {c: 0.5 for c in CUES},
+            "flaw_rate": 0.1, "flaws": {f: 0.0 for f in DETECTORS}}}
+    rows = aggregate([run("warm", 0, 0.25), run("srmcr", 0, 0.25), run("srmcr", 1, 0.5),
+                      run("srmcr", 2, 0.75)])
+    assert [r["variant"] for r in rows] == ["warm", "srmcr"]
+    assert rows[1]["accuracy"] == pytest.approx(0.5) and rows[1]["accuracy_sd"] == 0.25
+    assert rows[0]["accuracy_sd"] is None  # one seed: no spread
+    assert "| SR-MCR | 3 | 0.500 ± 0.250 | +0.250 |" in table(rows, {"srmcr": "SR-MCR"})
+    assert makespan([3, 3, 2, 2, 2], 2) == 7 and makespan([5, 1], 4) == 5
+
+
+@pytest.mark.slow
+def test_toy_world_quick_runs_end_to_end(tmp_path):
+    """warm:tiny, 2 steps: baseline and SR-MCR through main.py fit / predict (~35 s)."""
+    from benchmarks.toy_world import main
+
+    summary = main(["--quick", "--out", str(tmp_path)])
+    assert not summary["failed"]
+    assert [r["variant"] for r in summary["rows"]] == ["warm", "srmcr"]
+    for run in summary["runs"]:
+        assert run["eval"]["n"] == 8 and 0 <= run["eval"]["flaw_rate"] <= 1
+    trained = summary["runs"][1]
+    assert [s for s, _ in trained["curves"]["val/accuracy"]] == [1, 2]
+    assert len(trained["curves"]["train/reward_raw"]) == 2
+    assert "| SR-MCR | 1 |" in (tmp_path / "toy_world.md").read_text()

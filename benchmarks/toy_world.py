@@ -1,0 +1,331 @@
+"""Does label-free training help? Warm start -> evaluate -> SR-MCR without labels -> evaluate.
+
+    .venv/bin/python -m benchmarks.toy_world                 # everything: ~60 min on 2 cores
+    .venv/bin/python -m benchmarks.toy_world --quick         # plumbing check on warm:tiny, ~35 s
+    .venv/bin/python -m benchmarks.toy_world --variants srmcr,no_cooling --seeds 0 --steps 40
+
+The warm start is ``warm:<size>`` (tiny:<size> fine-tuned on shapes-world reasoning traces, built
+and cached on first use). Every run trains from it through the real entry point, ``main.py fit
+-c configs/tiny.yaml -c <overlays> ...`` in a subprocess, with its seed (``seed_everything`` and
+the data shuffle) and its log folder under ``--out``, validating every quarter of the run (the
+curves) on a held-out split that nothing else uses (``shapes:heldout``, not the ``shapes:val``
+that tiny.yaml and the warm-up validate on). The evaluation is ``main.py predict`` on that
+split, greedy: before training the warm model itself (its LoRA adapter starts at zero), after
+it each run's last checkpoint. The scorer is always the five SR-MCR cues, whatever reward the run
+trained on (the checkpoint's reward state is dropped: it does not change what the model
+generates), so the cue columns compare. Labels enter only the accuracy. A trace is
+flawed-looking when ``datamodules.flaws`` finds a loop, a hallucinated shape or a contradiction
+in its steps, judged against the record's scene.
+
+Variants: ``srmcr`` (configs/recipes/srmcr.yaml; every ``--seeds``); the ablations ``no_<cue>``,
+``no_cooling`` (no ConfidenceCooling: T = 1) and ``no_reliability`` (fixed equal weights); the
+recipes ``mm_upt``, ``vision_sr1_labelfree``, ``srmcr_plus``; these run the first seed only. Each
+run uses 1 torch thread (at 2, OpenMP spin-waiting on the 2-core machine makes steps several
+times slower), ``--jobs`` at once. A finished run keeps its ``result.json`` and is reused under
+the same settings (``--fresh`` reruns), so an interrupted experiment resumes. Writes
+``<out>/toy_world.md`` (the table), ``<out>/toy_world.json`` (every number) and the plot
+(``--png``, default docs/toy_world.png; needs matplotlib).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.toy_world_report import aggregate, plot, table  # noqa: E402
+from datamodules.flaws import DETECTORS, find_flaws  # noqa: E402
+from datamodules.records import parse_shapes  # noqa: E402
+from datamodules.shapes import make_record  # noqa: E402
+
+BASE, SRMCR = "configs/tiny.yaml", "configs/recipes/srmcr.yaml"
+_REWARD = yaml.safe_load((ROOT / SRMCR).read_text())["model"]["reward"]
+CUES: list[str] = _REWARD["init_args"]["cues"]  # the main variant's, and every evaluation's
+COOLING, NO_COOLING = "callbacks.cooling.ConfidenceCooling", "no_cooling.yaml"
+HELD_OUT = "heldout"  # a split no config, test or warm-up uses: nothing was ever tuned on it
+# Planning figures (2-core machine, 1 torch thread, warm:small, tiny.yaml's B = 4 x G = 4, 48 new
+# tokens): seconds per SR-MCR step (1.3 quiet, 1.8 beside other work), per evaluated record, per
+# process start (imports, model load); recipe steps relative to SR-MCR's, measured with
+# benchmarks/step_time.py --recipes: mm_upt 1.18 s, srmcr 1.83, srmcr_plus 2.43, vision_sr1 1.74.
+STEP_S, RECORD_S, START_S = 1.6, 0.15, 15.0
+STEP_COST = {"mm_upt": 0.65, "vision_sr1_labelfree": 0.95, "srmcr_plus": 1.33}
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    group: Literal["main", "ablation", "recipe"]
+    label: str  # the table's row name
+    overlays: tuple[str, ...] = (SRMCR,)
+    overrides: tuple[str, ...] = ()
+    cooling: bool = True
+
+
+def all_variants() -> dict[str, Variant]:
+    out = [Variant("srmcr", "main", "SR-MCR")]
+    out += [Variant(f"no_{cue}", "ablation", f"− {cue}", overrides=(
+        f"--model.reward.init_args.cues=[{','.join(c for c in CUES if c != cue)}]",))
+        for cue in CUES]
+    out += [Variant("no_cooling", "ablation", "− cooling (T = 1)", cooling=False),
+            Variant("no_reliability", "ablation", "− reliability weighting",
+                    overrides=("--model.reward.init_args.reliability=false",))]
+    out += [Variant(name, "recipe", label, overlays=(f"configs/recipes/{name}.yaml",))
+            for name, label in (("mm_upt", "MM-UPT"), ("vision_sr1_labelfree",
+                                "Vision-SR1 (label-free)"), ("srmcr_plus", "SR-MCR+"))]
+    return {v.name: v for v in out}
+
+
+def write_no_cooling(out: Path) -> None:
+    """``<out>/no_cooling.yaml``: tiny.yaml's callbacks without ConfidenceCooling (a YAML list
+    replaces the base's), sampling at a fixed T = 1. Written once, before runs start."""
+    callbacks = yaml.safe_load((ROOT / BASE).read_text())["trainer"]["callbacks"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / NO_COOLING).write_text(yaml.safe_dump({
+        "trainer": {"callbacks": [c for c in callbacks if c["class_path"] != COOLING]},
+        "model": {"sampling": {"temperature": 1.0}}}, sort_keys=False))
+
+
+def _logger(folder: Path) -> list[str]:
+    return [f"--trainer.logger.init_args.save_dir={folder.parent.parent}",
+            f"--trainer.logger.init_args.name={folder.parent.name}",
+            f"--trainer.logger.init_args.version={folder.name}"]
+
+
+def fit_args(v: Variant, seed: int, a: argparse.Namespace, folder: Path) -> list[str]:
+    overlays = [*v.overlays, *([] if v.cooling else [str(a.out / NO_COOLING)])]
+    return ["fit", "-c", BASE, *(x for o in overlays for x in ("-c", o)), *v.overrides,
+            f"--model.policy.model={a.model}", f"--seed_everything={seed}", f"--data.seed={seed}",
+            f"--trainer.max_steps={a.steps}", f"--trainer.val_check_interval={a.val_every}",
+            f"--data.val={a.split}", *_logger(folder)]
+
+
+def eval_args(a: argparse.Namespace, folder: Path, ckpt: Path | None) -> list[str]:
+    return ["predict", "-c", BASE, "-c", SRMCR, f"--model.policy.model={a.model}",
+            f"--data.predict={a.split}", *_logger(folder),
+            *([f"--ckpt_path={ckpt}"] if ckpt else [])]
+
+
+def run_main(args: list[str], log: Path) -> float:
+    """``main.py <args>`` in a subprocess at 1 torch thread; its wall seconds."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    start = time.monotonic()
+    with log.open("w") as f:
+        code = subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, env=env, stdout=f,
+                              stderr=subprocess.STDOUT).returncode
+    if code:
+        raise RuntimeError(f"main.py {args[0]} failed ({code}); log: {log}\n"
+                           + log.read_text()[-3000:])
+    return time.monotonic() - start
+
+
+def strip_reward_state(ckpt: Path, dest: Path) -> Path:
+    """The checkpoint without the reward's state, so the 5-cue scorer loads any recipe's run."""
+    import torch
+
+    state = torch.load(ckpt, weights_only=True, map_location="cpu")
+    state["state_dict"] = {k: v for k, v in state["state_dict"].items()
+                           if not k.startswith("reward.")}
+    torch.save(state, dest)
+    return dest
+
+
+def summarize(predictions: Path, split: str) -> dict:
+    """Accuracy, format rate, each cue's mean, flaw rates of one evaluation's predictions."""
+    source = parse_shapes(split)
+    rows = [json.loads(line) for line in predictions.read_text().splitlines() if line]
+    flaws = []
+    for row in rows:
+        index = int(row["source"].rsplit(":", 1)[1])
+        scene = make_record(source.seed, source.split, index, source.size).scene
+        flaws.append(find_flaws(row["steps"], scene))
+
+    def mean(values: list[float]) -> float | None:
+        return statistics.fmean(values) if values else None
+    return {"n": len(rows), "accuracy": mean([float(r["correct"]) for r in rows]),
+            "format_rate": mean([float(r["well_formed"]) for r in rows]),
+            "completion_len": mean([r["completion_len"] for r in rows]),
+            "cues": {c: mean([r["scores"][c] for r in rows if r["scores"].get(c) is not None])
+                     for c in CUES},
+            "flaw_rate": mean([float(bool(f)) for f in flaws]),
+            "flaws": {name: mean([float(name in f) for f in flaws]) for name in DETECTORS}}
+
+
+def curves(folder: Path) -> tuple[dict[str, list[tuple[int, float]]], float | None]:
+    """(optimizer steps done, value): ``val/accuracy`` after each validation, and the raw reward
+    of each step's rollouts (``train/reward_raw``, sampled after ``step`` updates); and the
+    median seconds between steps (what ``STEP_S`` plans with)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    out = {tag: [(e.step + shift, e.value) for e in events.Scalars(tag)] if tag in tags else []
+           for tag, shift in (("val/accuracy", 1), ("val/format_rate", 1),
+                              ("train/reward_raw", 0))}
+    rewards = events.Scalars("train/reward_raw") if "train/reward_raw" in tags else []
+    gaps = [b.wall_time - a.wall_time for a, b in zip(rewards, rewards[1:])]
+    return out, statistics.median(gaps) if gaps else None
+
+
+def run_variant(v: Variant | None, seed: int, a: argparse.Namespace) -> dict:
+    """Train (unless ``v`` is None: the warm baseline) and evaluate one run; cached."""
+    folder = a.out / "runs" / (v.name if v else "warm") / f"s{seed}"
+    done = folder / "result.json"
+    if done.exists() and not a.fresh:
+        result = json.loads(done.read_text())
+        if result["settings"] == a.settings:
+            return result
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(folder.with_name(folder.name + "-eval"), ignore_errors=True)
+    folder.mkdir(parents=True)
+    result = {"variant": v.name if v else "warm", "seed": seed, "settings": a.settings,
+              "fit_s": 0.0, "curves": {}}
+    ckpt = None
+    if v is not None:
+        print(f"  start {v.name} seed {seed}", flush=True)
+        log = folder.parent / f"{folder.name}.fit.log"
+        result["fit_s"] = run_main(fit_args(v, seed, a, folder), log)
+        result["curves"], result["step_s"] = curves(folder)
+        ckpt = strip_reward_state(folder / "checkpoints" / "last.ckpt",
+                                  folder.parent / f"{folder.name}.eval.ckpt")
+    evaluation = folder.with_name(folder.name + "-eval")
+    result["eval_s"] = run_main(eval_args(a, evaluation, ckpt),
+                                folder.parent / f"{folder.name}.eval.log")
+    result["eval"] = summarize(evaluation / "predictions.jsonl", a.split)
+    done.write_text(json.dumps(result, indent=1))
+    print(f"  done  {result['variant']} seed {seed}: accuracy {result['eval']['accuracy']:.3f}, "
+          f"fit {result['fit_s'] / 60:.1f} min", flush=True)
+    return result
+
+
+# ---- the plan ------------------------------------------------------------------------------
+def planned_seconds(v: Variant | None, a: argparse.Namespace) -> float:
+    evals = a.val_n * RECORD_S
+    if v is None:
+        return START_S + evals
+    return (2 * START_S + a.steps * STEP_S * STEP_COST.get(v.name, 1.0)
+            + (a.steps // a.val_every + 1) * evals)
+
+
+def makespan(costs: list[float], jobs: int) -> float:
+    """Wall time of running ``costs`` longest first on ``jobs`` workers (what the pool does)."""
+    load = [0.0] * jobs
+    for cost in sorted(costs, reverse=True):
+        load[load.index(min(load))] += cost
+    return max(load, default=0.0)
+
+
+# ---- the experiment --------------------------------------------------------------------------
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="warm:small", help="the warm start (a policy.model spec)")
+    p.add_argument("--steps", type=int, default=240, help="SR-MCR optimizer steps per run")
+    p.add_argument("--val-every", type=int, help="validate every N steps (default steps / 4)")
+    p.add_argument("--val-n", type=int, default=128, help="held-out records (shapes:heldout)")
+    p.add_argument("--seeds", default="0,1,2", help="seeds of the main variant; the others "
+                   "run the first")
+    p.add_argument("--variants", default=",".join(all_variants()),
+                   help="comma-separated, from: " + ", ".join(all_variants()))
+    p.add_argument("--jobs", type=int, default=2, help="runs at once (1 torch thread each)")
+    p.add_argument("--out", type=Path, default=ROOT / "lightning_logs" / "toy_world")
+    p.add_argument("--png", type=Path, help="the plot (default docs/toy_world.png; --quick: "
+                   "<out>/toy_world.png)")
+    p.add_argument("--fresh", action="store_true", help="rerun finished runs too")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and its budget, run "
+                   "nothing")
+    p.add_argument("--quick", action="store_true", help="plumbing check: warm:tiny, 2 steps, "
+                   "8 records, SR-MCR only, 1 seed")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.model, a.steps, a.val_n, a.seeds, a.variants = "warm:tiny", 2, 8, "0", "srmcr"
+    a.val_every = a.val_every or max(1, a.steps // 4)
+    a.seed_list = [int(s) for s in a.seeds.split(",")]
+    a.variant_list = [n.strip() for n in a.variants.split(",") if n.strip()]
+    unknown = sorted(set(a.variant_list) - set(all_variants()))
+    if unknown:
+        p.error(f"unknown variants {unknown}; choose from {list(all_variants())}")
+    a.split = f"shapes:{HELD_OUT}?n={a.val_n}"
+    a.settings = {"model": a.model, "steps": a.steps, "val_every": a.val_every, "split": a.split}
+    a.png = a.png or (a.out / "toy_world.png" if a.quick else ROOT / "docs" / "toy_world.png")
+    return a
+
+
+def main(argv: list[str] | None = None) -> dict:
+    a = parse_args(argv)
+    variants = {n: v for n, v in all_variants().items() if n in a.variant_list}
+    plan = [(v, s) for v in variants.values() for s in (a.seed_list if v.group == "main"
+                                                         else a.seed_list[:1])]
+    costs = {(v.name, s): planned_seconds(v, a) for v, s in plan}
+    planned = planned_seconds(None, a) + makespan(list(costs.values()), a.jobs)
+    print(f"toy world: {a.model}, {len(plan)} training runs of {a.steps} steps + the warm "
+          f"baseline, held-out {a.split}, validation every {a.val_every} steps, {a.jobs} at once "
+          f"(1 torch thread each); planned ~{planned / 60:.0f} min at {STEP_S} s/step, "
+          f"{RECORD_S} s/evaluated record, {START_S:.0f} s/process start (+ ~5 min once if "
+          f"{a.model} is not cached yet)", flush=True)
+    if a.dry_run:
+        for (name, seed), cost in sorted(costs.items(), key=lambda kv: -kv[1]):
+            print(f"  {name} seed {seed}: ~{cost / 60:.1f} min")
+        return {"planned_s": planned, "runs": [f"{n} seed {s}" for n, s in costs]}
+    start = time.monotonic()
+    write_no_cooling(a.out)
+    results = [run_variant(None, 0, a)]  # alone first: builds the warm model if not cached
+    failed = []
+    with ThreadPoolExecutor(a.jobs) as pool:
+        order = sorted(plan, key=lambda p: -costs[(p[0].name, p[1])])
+        futures = [(v, s, pool.submit(run_variant, v, s, a)) for v, s in order]
+        for v, s, future in futures:
+            try:
+                results.append(future.result())
+            except (RuntimeError, OSError) as error:  # one broken run must not lose the others
+                failed.append(f"{v.name} seed {s}")
+                print(error, file=sys.stderr)
+    order = ["warm", *variants]
+    results.sort(key=lambda r: (order.index(r["variant"]), r["seed"]))
+    return report(a, variants, results, failed, time.monotonic() - start, planned)
+
+
+def report(a: argparse.Namespace, variants: dict[str, Variant], results: list[dict],
+           failed: list[str], wall: float, planned: float) -> dict:
+    """Print and write the table, the JSON of every number, and the plot."""
+    rows = aggregate(results)
+    labels = {"warm": f"warm start ({a.model}, before training)",
+              **{n: v.label for n, v in variants.items()}}
+    title = (f"toy world: {a.model} -> {a.steps} label-free steps; held-out {a.split}; "
+             f"seeds {a.seeds} (SR-MCR), {a.seed_list[0]} (others); {os.cpu_count()} CPU cores")
+    md = (f"{title}\n\n{table(rows, labels)}\n\naccuracy and flawed: mean ± std over seeds; "
+          f"cues: the five SR-MCR cues scoring every variant's greedy completions; fit min: "
+          f"training + in-run validation per run; this invocation {wall / 60:.1f} min "
+          f"(planned {planned / 60:.0f}; runs reused from an earlier one cost nothing)"
+          + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    print("\n" + md)
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "toy_world.md").write_text(md + "\n")
+    summary = {"title": title, "settings": a.settings, "wall_s": wall, "planned_s": planned,
+               "planning": {"step_s": STEP_S, "record_s": RECORD_S, "start_s": START_S},
+               "failed": failed, "rows": rows, "runs": results,
+               "variants": {n: asdict(v) for n, v in variants.items()}}
+    (a.out / "toy_world.json").write_text(json.dumps(summary, indent=1))
+    try:
+        plot(results, variants, a.png, title)
+    except ImportError:
+        print("no matplotlib: no plot (pip install -e '.[bench]')")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""The toy-world experiment's report: seeds aggregated, the markdown table, the plot.
+
+Plain data in: the runs' ``result.json`` dicts that ``benchmarks/toy_world.py`` writes (rerunning
+that command with the same settings reuses them, so it re-tables and re-plots in seconds).
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from benchmarks.toy_world import Variant
+
+
+def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
+    values = [x for x in values if x is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def aggregate(results: list[dict]) -> list[dict]:
+    """One row per variant, in the order first seen: means (and spreads) over its seeds."""
+    rows: dict[str, list[dict]] = {}
+    for r in results:
+        rows.setdefault(r["variant"], []).append(r)
+    out = []
+    for name, runs in rows.items():
+        ev = [r["eval"] for r in runs]
+        acc, acc_sd = _mean_sd([e["accuracy"] for e in ev])
+        flaw, flaw_sd = _mean_sd([e["flaw_rate"] for e in ev])
+        fmt = _mean_sd([e["format_rate"] for e in ev])[0]
+        out.append({"variant": name, "seeds": [r["seed"] for r in runs], "accuracy": acc,
+                    "accuracy_sd": acc_sd, "format_rate": fmt,
+                    "cues": {c: _mean_sd([e["cues"][c] for e in ev])[0] for c in ev[0]["cues"]},
+                    "flaw_rate": flaw, "flaw_rate_sd": flaw_sd,
+                    "flaws": {f: _mean_sd([e["flaws"][f] for e in ev])[0] for f in ev[0]["flaws"]},
+                    "fit_min": statistics.fmean(r["fit_s"] for r in runs) / 60})
+    return out
+
+
+def _num(x: float | None, sd: float | None = None, signed: bool = False) -> str:
+    if x is None:
+        return "–"
+    text = f"{x:+.3f}" if signed else f"{x:.3f}"
+    return text + (f" ± {sd:.3f}" if sd is not None else "")
+
+
+SHORT = {"semantic_alignment": "sem. align.", "lexical_fidelity": "lex. fid.",
+         "non_redundancy": "non-red.", "visual_grounding": "vis. ground.",
+         "step_consistency": "step cons."}
+
+
+def table(rows: list[dict], labels: dict[str, str]) -> str:
+    """The markdown table: one row per variant, the warm start's first."""
+    warm = next((r["accuracy"] for r in rows if r["variant"] == "warm"), None)
+    cues = list(rows[0]["cues"])
+    head = ["variant", "seeds", "accuracy", "Δ acc. vs warm", "format", *(SHORT.get(c, c)
+            for c in cues), "flawed", "fit min"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        delta = None if warm is None or r["accuracy"] is None else r["accuracy"] - warm
+        cells = [labels.get(r["variant"], r["variant"]), str(len(r["seeds"])),
+                 _num(r["accuracy"], r["accuracy_sd"]),
+                 "" if r["variant"] == "warm" else _num(delta, signed=True),
+                 _num(r["format_rate"]), *(_num(r["cues"][c]) for c in cues),
+                 _num(r["flaw_rate"], r["flaw_rate_sd"]),
+                 "" if r["variant"] == "warm" else f"{r['fit_min']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _band(series: list[list[tuple[int, float]]]) -> tuple[list[int], list[float], list[float]]:
+    """Mean and spread over seeds at the steps every seed has."""
+    steps = sorted(set.intersection(*(set(s for s, _ in one) for one in series)))
+    values = [[dict(one)[s] for one in series] for s in steps]
+    return steps, [statistics.fmean(v) for v in values], \
+        [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
+
+
+def _smooth(points: list[tuple[int, float]], window: int) -> list[tuple[int, float]]:
+    values = [v for _, v in points]
+    return [(s, statistics.fmean(values[max(0, i - window + 1):i + 1]))
+            for i, (s, _) in enumerate(points)]
+
+
+def plot(results: list[dict], variants: dict[str, Variant], path: Path, title: str) -> None:
+    """Held-out accuracy (from the warm start's at step 0) and the smoothed raw train reward over
+    optimizer steps: SR-MCR as mean ± std over seeds, ablations solid, recipes dashed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    warm = next(r["eval"]["accuracy"] for r in results if r["variant"] == "warm")
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    window = max(1, max((r["settings"]["steps"] for r in results), default=1) // 20)
+    colours = iter(plt.get_cmap("tab10").colors)
+    for name, v in variants.items():
+        runs = [r for r in results if r["variant"] == name]
+        if not runs:
+            continue
+        main = v.group == "main"
+        style = {"color": "black" if main else next(colours), "lw": 2.2 if main else 1.1,
+                 "ls": "--" if v.group == "recipe" else "-",
+                 "label": f"{v.label} (mean ± std, {len(runs)} seeds)" if main else v.label}
+        for ax, tag in zip(axes, ("val/accuracy", "train/reward_raw")):
+            start = [(0, warm)] if tag == "val/accuracy" else []  # the same split, before
+            series = [start + r["curves"][tag] for r in runs]
+            if tag == "train/reward_raw":
+                series = [_smooth(s, window) for s in series]
+            steps, mean, sd = _band(series)
+            ax.plot(steps, mean, **style)
+            if main and len(runs) > 1:
+                ax.fill_between(steps, [m - s for m, s in zip(mean, sd)],
+                                [m + s for m, s in zip(mean, sd)], color="black", alpha=0.15)
+    axes[0].axhline(warm, color="grey", lw=0.8, ls=":", label="warm start")
+    axes[0].set(xlabel="optimizer steps", ylabel="held-out accuracy (greedy)")
+    axes[1].set(xlabel="optimizer steps", ylabel=f"train/reward_raw (mean of {window} steps; "
+                "each variant's own cues)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, ncol=2)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
