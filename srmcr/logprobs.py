@@ -51,10 +51,9 @@ def completion_logits(model, rollout: Rollout, rows: slice,
     mask = torch.cat([rollout.prompt_mask[rows], rollout.completion_mask[rows]], dim=1)
     mm_types = torch.cat([rollout.mm_token_type_ids[rows], torch.zeros_like(completion)], dim=1)
     width = completion.shape[1]
+    source = rollout.pixel_values if pixel_values is None else pixel_values
     if not share_prompt:
-        pixels, grid = select_images(
-            rollout.pixel_values if pixel_values is None else pixel_values,
-            rollout.image_grid_thw, prompt_of)
+        pixels, grid = select_images(source, rollout.image_grid_thw, prompt_of)
         out = model(input_ids=ids, attention_mask=mask, mm_token_type_ids=mm_types,
                     pixel_values=pixels, image_grid_thw=grid, logits_to_keep=width + 1,
                     use_cache=False)
@@ -65,9 +64,7 @@ def completion_logits(model, rollout: Rollout, rows: slice,
         ids, mm_token_type_ids=mm_types, attention_mask=mask,
         image_grid_thw=rollout.image_grid_thw[prompt_of])
     P = rollout.prompt_ids.shape[1]
-    pixels, grid = select_images(
-        rollout.pixel_values if pixel_values is None else pixel_values,
-        rollout.image_grid_thw, prompts)
+    pixels, grid = select_images(source, rollout.image_grid_thw, prompts)
     cache = DynamicCache()
     prefix = model(input_ids=ids[heads, :P], attention_mask=mask[heads, :P],
                    mm_token_type_ids=mm_types[heads, :P], pixel_values=pixels,
