@@ -23,7 +23,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from srmcr.prompts import SYSTEM_PROMPT  # noqa: E402
+
 CONFIG = "configs/tiny.yaml"
+# Random tiny:small rarely ends early, so every point samples its max_new_tokens; the 60-token
+# default system prompt (a real model's prompt is longer still, with hundreds of image tokens).
+PINNED = ["--model.policy.model=tiny:small", f"--model.sampling.system_prompt={SYSTEM_PROMPT}"]
 GROUP_SIZES = (2, 4, 8, 16)  # at max_new_tokens = FIXED_TOKENS
 TOKENS = (32, 64, 128)  # at G = FIXED_G
 FIXED_TOKENS, FIXED_G = 32, 4
@@ -44,7 +49,7 @@ def points() -> list[tuple[int, int]]:
 def measure_point(group_size: int, tokens: int, steps: int, warmup: int) -> dict:
     from benchmarks.step_time import measure
 
-    result = measure(CONFIG, steps, warmup, [f"--model.sampling.group_size={group_size}",
+    result = measure(CONFIG, steps, warmup, [*PINNED, f"--model.sampling.group_size={group_size}",
                                              f"--model.sampling.max_new_tokens={tokens}"])
     phases = result["phases"]
     step = phases["step"]

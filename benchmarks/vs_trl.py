@@ -49,6 +49,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from srmcr.prompts import SYSTEM_PROMPT  # noqa: E402
+
 CONFIG = "configs/tiny.yaml"
 REWARDS: dict[str, tuple[str, ...]] = {  # text: the four text cues; trivial: ~0 cost, no encoder
     "text": ("semantic_alignment", "lexical_fidelity", "non_redundancy", "step_consistency"),
@@ -61,6 +63,8 @@ PHASES = ("generate", "policy pass", "blank-image pass", "reference pass", "rewa
 class Setup:
     """What both trainers share (tiny.yaml's values)."""
 
+    model: str = "tiny:small"  # random weights: both sides sample to max_new_tokens alike
+    system_prompt: str = SYSTEM_PROMPT  # the 60-token default (tiny.yaml uses a 20-token one)
     group_size: int = 4  # G
     prompts: int = 4  # B per optimizer step
     max_new_tokens: int = 48
@@ -100,6 +104,7 @@ def srmcr_overrides(s: Setup, cues: Sequence[str]) -> list[str]:
         f"{sampling}top_p=1.0", f"{sampling}top_k=0", f"{grpo}beta={s.beta}",
         f"{grpo}num_iterations=1", f"{grpo}aggregation=grpo", f"{grpo}max_grad_norm=1.0",
         f"{grpo}micro_batch_size={s.prompts * s.group_size}",  # TRL: one forward of B*G
+        f"{policy}model={s.model}", f"{sampling}system_prompt={s.system_prompt}",
         f"{policy}lora.r={s.lora_r}", f"{policy}lora.alpha={s.lora_alpha}",
         f"{policy}dtype=float32", f"{policy}max_pixels={s.max_pixels}",
         f"--model.optimizer.init_args.lr={s.lr}", "--model.optimizer.init_args.weight_decay=0.0",
@@ -192,11 +197,10 @@ def run_trl(s: Setup, cues: Sequence[str], steps: int, warmup: int) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     from srmcr.policy import LoraArgs, PolicyArgs, load_processor, resolve_model
-    from srmcr.prompts import SYSTEM_PROMPT
     from srmcr.rollout import end_token_ids
 
-    path = resolve_model("tiny:small")
-    processor = load_processor(PolicyArgs(model="tiny:small", max_pixels=s.max_pixels), path)
+    path = resolve_model(s.model)
+    processor = load_processor(PolicyArgs(model=s.model, max_pixels=s.max_pixels), path)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
         path, dtype=torch.float32, attn_implementation="sdpa")
     tok, ends = processor.tokenizer, end_token_ids(processor.tokenizer)
@@ -206,7 +210,7 @@ def run_trl(s: Setup, cues: Sequence[str], steps: int, warmup: int) -> dict:
     suppress = [i for i in tok.all_special_ids if i not in ends] + list(range(len(tok), vocab))
     examples = shapes_examples(s, (warmup + steps) * s.prompts)
     dataset = Dataset.from_dict({
-        "prompt": [[{"role": "system", "content": SYSTEM_PROMPT},
+        "prompt": [[{"role": "system", "content": s.system_prompt},
                     {"role": "user", "content": e.question}] for e in examples],
         "image": [e.image for e in examples], "question": [e.question for e in examples]})
     config = GRPOConfig(
