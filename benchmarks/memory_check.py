@@ -34,7 +34,9 @@ from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 import srmcr.module as module_lib  # noqa: E402
+from srmcr.policy import register_builder  # noqa: E402
 from datamodules.image_question import ImageQuestionDataModule  # noqa: E402
+from datamodules.traces import warm_model  # noqa: E402
 from datamodules.records import parse_shapes  # noqa: E402
 from datamodules.shapes import make_record  # noqa: E402
 from srmcr import encoder as encoder_lib  # noqa: E402
@@ -98,6 +100,7 @@ def tensor_bytes(tensors) -> int:
 
 
 def measure(config: Path, overrides: list[str], steps: int, warmup: int) -> dict[str, float]:
+    register_builder("warm", warm_model)  # as main.py: tiny.yaml starts from warm:small
     cli = LightningCLI(module_lib.SRMCRModule, ImageQuestionDataModule, run=False,
                        args=["-c", str(config), *overrides, "--trainer.logger=false",
                              "--trainer.callbacks=[]", "--trainer.enable_checkpointing=false"])

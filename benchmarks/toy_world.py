@@ -58,10 +58,11 @@ CUES: list[str] = _REWARD["init_args"]["cues"]  # the main variant's, and every 
 COOLING, NO_COOLING = "callbacks.cooling.ConfidenceCooling", "no_cooling.yaml"
 HELD_OUT = "heldout"  # a split no config, test or warm-up uses: nothing was ever tuned on it
 # Planning figures (2-core machine, 1 torch thread, warm:small, tiny.yaml's B = 4 x G = 4, 48 new
-# tokens): seconds per SR-MCR step (1.3 quiet, 1.8 beside other work), per evaluated record, per
-# process start (imports, model load); recipe steps relative to SR-MCR's, measured with
-# benchmarks/step_time.py --recipes: mm_upt 1.18 s, srmcr 1.83, srmcr_plus 2.43, vision_sr1 1.74.
-STEP_S, RECORD_S, START_S = 1.6, 0.15, 15.0
+# tokens): seconds per SR-MCR step (1.0 quiet, with prompt sharing and tiny.yaml's 20-token
+# system prompt), per evaluated record, per process start (imports, model load); recipe steps
+# relative to SR-MCR's, measured with benchmarks/step_time.py --recipes: mm_upt 1.18 s, srmcr
+# 1.83, srmcr_plus 2.43, vision_sr1 1.74 (beside other work, before prompt sharing).
+STEP_S, RECORD_S, START_S = 1.1, 0.15, 15.0
 STEP_COST = {"mm_upt": 0.65, "vision_sr1_labelfree": 0.95, "srmcr_plus": 1.33}
 
 

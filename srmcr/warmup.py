@@ -17,11 +17,18 @@ SR-MCR then puts its LoRA adapter on top of the warmed-up weights. Why the visio
 frozen by default: trained along, the random tiny tower collapsed to one large near-constant
 output per image (measured: mean |feature| 0.05 -> 15, spread across tokens unchanged at 0.03),
 which erases what SR-MCR's LoRA, on the language model only, could later learn to read.
+Frozen as they are, though, the random tower's features are nearly the same for every image, and
+the language model learned to ignore them (answers identical with real and blank images, at the
+per-question-type majority). ``vision_scale`` standardizes them once, before training
+(``standardize_merger``), as a pretrained tower's features would be: with it, a 20-token system
+prompt and 1500 steps, warm:small answers 41% of held-out questions against 31% with blank
+images and 34% for the majority answer per question type.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import random
 import time
@@ -45,7 +52,7 @@ from srmcr.parsing import parse
 from srmcr.policy import PolicyArgs, load_processor, resolve_model
 from srmcr.rollout import Rollout, SamplingArgs, end_token_ids
 
-VERSION = 2  # bump when the recipe or the module changes what a warm:<size> build contains
+VERSION = 3  # bump when the recipe or the module changes what a warm:<size> build contains
 
 
 def teacher_forced(processor, images: Sequence[Image.Image], questions: Sequence[str],
@@ -110,6 +117,11 @@ class WarmupModule(L.LightningModule):
         sampling: Its system prompt (the same as rollouts) and, for validation, the greedy
             completion length.
         train_vision: Also train the vision tower (off: see the module docstring).
+        vision_scale: At the start of a fresh fit, standardize the vision tower's output
+            features (per dimension, over the images of ``calibration_batches`` training
+            batches) and scale them to ``vision_scale`` x the std of the text embeddings, folded
+            into the merger's last layer (``standardize_merger``). None = off.
+        calibration_batches: Training batches whose images the standardization measures.
         warmup_steps: Linear LR warm-up steps; then cosine decay to ``min_lr_ratio`` at
             ``trainer.max_steps``.
         min_lr_ratio: Final LR as a share of the optimizer's LR.
@@ -118,8 +130,10 @@ class WarmupModule(L.LightningModule):
     """
 
     def __init__(self, policy: PolicyArgs = PolicyArgs(), sampling: SamplingArgs = SamplingArgs(),
-                 train_vision: bool = False, warmup_steps: int = 30, min_lr_ratio: float = 0.1,
-                 export: Path | None = None, optimizer: OptimizerCallable = _adamw) -> None:
+                 train_vision: bool = False, vision_scale: float | None = None,
+                 calibration_batches: int = 64, warmup_steps: int = 30,
+                 min_lr_ratio: float = 0.1, export: Path | None = None,
+                 optimizer: OptimizerCallable = _adamw) -> None:
         super().__init__()
         if policy.quantization != "none":
             raise ValueError("the warm-up trains full weights: set policy.quantization=none "
@@ -127,8 +141,12 @@ class WarmupModule(L.LightningModule):
         if warmup_steps < 0 or not 0 <= min_lr_ratio <= 1:
             raise ValueError(f"warmup_steps must be >= 0 and min_lr_ratio in [0, 1] (got "
                              f"{warmup_steps}, {min_lr_ratio})")
+        if (vision_scale is not None and vision_scale <= 0) or calibration_batches < 1:
+            raise ValueError(f"vision_scale must be > 0 (or null) and calibration_batches >= 1 "
+                             f"(got {vision_scale}, {calibration_batches})")
         self.save_hyperparameters({"policy": asdict(policy), "sampling": asdict(sampling),
-                                   "train_vision": train_vision})
+                                   "train_vision": train_vision, "vision_scale": vision_scale})
+        self.vision_scale, self.calibration_batches = vision_scale, calibration_batches
         self.policy_args, self.sampling = policy, sampling
         self.train_vision, self.warmup_steps, self.min_lr_ratio = (train_vision, warmup_steps,
                                                                    min_lr_ratio)
@@ -151,6 +169,27 @@ class WarmupModule(L.LightningModule):
         self.model.model.visual.requires_grad_(self.train_vision)
         self.model.train()
         self.eval_metrics = evaluation.EvalMetrics()
+
+    def on_fit_start(self) -> None:
+        # Not when resuming: the checkpoint's merger is standardized already.
+        if self.vision_scale is None or self.trainer.ckpt_path is not None:
+            return
+        features = [self.image_features(batch.images) for batch in
+                    itertools.islice(self.trainer.datamodule.train_dataloader(),
+                                     self.calibration_batches)]
+        target = self.vision_scale * self.model.get_input_embeddings().weight.std().item()
+        standardize_merger(self.model.model.visual.merger, torch.cat(features), target)
+        rank_zero_info(f"vision features standardized over {sum(len(f) for f in features)} "
+                       f"image tokens, std {target:.3g} per dimension")
+
+    @torch.no_grad()
+    def image_features(self, images: Sequence[Image.Image]) -> Tensor:
+        """(image tokens, hidden) outputs of the vision tower's merger for ``images``."""
+        enc = self.processor.image_processor(images=list(images), return_tensors="pt")
+        visual = self.model.model.visual
+        out = visual(enc["pixel_values"].to(self.device, visual.dtype),
+                     grid_thw=enc["image_grid_thw"].to(self.device)).pooler_output
+        return torch.cat(list(out)) if isinstance(out, (list, tuple)) else out
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory([p for p in self.model.parameters() if p.requires_grad])
@@ -211,6 +250,22 @@ class WarmupModule(L.LightningModule):
         return out
 
 
+@torch.no_grad()
+def standardize_merger(merger: torch.nn.Module, features: Tensor, std: float) -> None:
+    """Fold ``(x - mean) / sd * std`` per output dimension, with the mean and sd of
+    ``features`` (the merger's outputs on calibration images), into the merger's last Linear.
+
+    Why: a random vision tower's features are nearly the same for every image (measured on
+    tiny:small: between-image spread 0.006 against a mean size of 0.05). A probe reads them, but
+    the language model, which sees them beside text embeddings, learned to ignore them: greedy
+    answers were identical with real and blank images. Standardized, they are image-dependent at
+    the text embeddings' scale, as a pretrained tower's would be."""
+    last = merger.mlp[-1]
+    mean, sd = features.mean(0), features.std(0).clamp(min=1e-6)
+    last.weight.mul_((std / sd)[:, None])
+    last.bias.copy_((last.bias - mean) / sd * std)
+
+
 def _to(rollout: Rollout, device: torch.device) -> Rollout:
     for name in ("prompt_ids", "prompt_mask", "mm_token_type_ids", "completion_ids",
                  "completion_mask", "pixel_values", "image_grid_thw"):
@@ -231,6 +286,8 @@ class WarmRecipe:
     minutes: float  # measured on 2 shared CPU cores, for the log line
     beta2: float = 0.95
     max_pixels: int = 112 * 112  # the tiny configs' image size: 16 image tokens
+    vision_scale: float | None = 4.0  # WarmupModule's: standardized vision features
+    system_prompt: str = prompts.TINY_SYSTEM_PROMPT  # configs/tiny.yaml's, which rollouts use
     seed: int = 0
 
 
@@ -238,7 +295,11 @@ RECIPES: dict[str, WarmRecipe] = {
     # tests only: checks the plumbing in seconds, learns little
     "tiny": WarmRecipe(steps=8, batch_size=4, lr=3e-3, warmup_steps=2, minutes=0.1,
                        max_pixels=56 * 56),
-    "small": WarmRecipe(steps=600, batch_size=8, lr=7e-4, warmup_steps=30, minutes=5),
+    # Measured (1 torch thread, greedy, 128 shapes:val records): 41% correct against 31% with
+    # blank images and 34% for the per-type majority answer; 98% well-formed. Without the
+    # standardized vision features, or with 600 steps, or with the 60-token system prompt in
+    # 600 steps, answers did not depend on the image (32-34%, real = blank).
+    "small": WarmRecipe(steps=1500, batch_size=8, lr=7e-4, warmup_steps=30, minutes=7),
 }
 
 
@@ -266,7 +327,8 @@ def build(size: str, out: Path, data: L.LightningDataModule, cache_dir: Path = t
         base = str(tiny.cached(size, cache_dir))  # type: ignore[arg-type]
         module = WarmupModule(
             policy=PolicyArgs(model=base, max_pixels=recipe.max_pixels),
-            warmup_steps=recipe.warmup_steps, export=out,
+            sampling=SamplingArgs(system_prompt=recipe.system_prompt),
+            vision_scale=recipe.vision_scale, warmup_steps=recipe.warmup_steps, export=out,
             optimizer=partial(torch.optim.AdamW, lr=recipe.lr, betas=(0.9, recipe.beta2),
                               weight_decay=0.0))
         trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=recipe.steps, logger=False,

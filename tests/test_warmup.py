@@ -126,6 +126,47 @@ def test_language_model_trains_and_the_vision_tower_only_if_asked():
     assert all(p.requires_grad for p in tiny_module(train_vision=True).model.parameters())
 
 
+def test_standardize_merger_folds_mean_and_spread_into_the_last_layer():
+    # A merger whose last Linear maps a 2-d hidden to 2 outputs; calibration outputs:
+    # dim 0 = [1, 3] (mean 2, sd sqrt(2)), dim 1 = [10, 10.5] (mean 10.25, sd sqrt(0.125)).
+    merger = torch.nn.Module()
+    merger.mlp = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    with torch.no_grad():
+        merger.mlp[0].weight.copy_(torch.eye(2))
+        merger.mlp[0].bias.zero_()
+    hidden = torch.tensor([[1.0, 10.0], [3.0, 10.5]])
+    warmup.standardize_merger(merger, merger.mlp(hidden).detach(), std=0.5)
+    out = merger.mlp(hidden).detach()
+    # (x - mean) / sd * 0.5: dim 0 -> -/+ 1/sqrt(2) * 0.5, dim 1 -> -/+ (0.25/sqrt(0.125)) * 0.5
+    expected = torch.tensor([[-0.5 / 2**0.5, -0.5 / 2**0.5], [0.5 / 2**0.5, 0.5 / 2**0.5]])
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(out.std(0), torch.tensor([0.5, 0.5]))
+
+
+def test_fit_start_standardizes_the_vision_features_once(batch):
+    module = tiny_module(vision_scale=2.0, calibration_batches=1)
+    embed_std = module.model.get_input_embeddings().weight.std().item()
+
+    class Trainer:  # what on_fit_start reads
+        ckpt_path = None
+        datamodule = TraceDataModule(train="shapes:warmup?n=4&size=56", val=None, batch_size=4,
+                                     min_pixels=28 * 28, max_pixels=56 * 56)
+    module._trainer = Trainer()
+    module.on_fit_start()
+    after = module.image_features(batch.images)
+    torch.testing.assert_close(after.mean(0), torch.zeros(after.shape[1]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(after.std(0), torch.full((after.shape[1],), 2.0 * embed_std),
+                               atol=1e-4, rtol=1e-3)
+    Trainer.ckpt_path = "resumed.ckpt"  # a resumed fit keeps the checkpoint's merger
+    module.on_fit_start()
+    torch.testing.assert_close(module.image_features(batch.images), after)
+
+
+def test_vision_scale_must_be_positive():
+    with pytest.raises(ValueError, match="vision_scale must be > 0"):
+        WarmupModule(vision_scale=0.0)
+
+
 def test_quantized_warmup_is_refused():
     with pytest.raises(ValueError, match="set policy.quantization=none"):
         WarmupModule(policy=_quantized())
@@ -185,6 +226,14 @@ def test_recipe_of_warm_small_is_the_warmup_config():
     assert model["optimizer"]["init_args"]["betas"] == [0.9, small.beta2]
     assert model["warmup_steps"] == small.warmup_steps
     assert model["policy"]["max_pixels"] == data["max_pixels"] == small.max_pixels
+    assert model["vision_scale"] == small.vision_scale
+    assert model["sampling"]["system_prompt"] == small.system_prompt
+
+
+def test_tiny_config_samples_with_the_prompt_warm_small_learned():
+    config = yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())
+    assert config["model"]["policy"]["model"] == "warm:small"
+    assert config["model"]["sampling"]["system_prompt"] == RECIPES["small"].system_prompt
 
 
 @pytest.mark.slow
