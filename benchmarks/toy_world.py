@@ -18,7 +18,8 @@ flawed-looking when ``datamodules.flaws`` finds a loop, a hallucinated shape or 
 in its steps, judged against the record's scene.
 
 Variants: ``srmcr`` (configs/recipes/srmcr.yaml; every ``--seeds``); the ablations ``no_<cue>``,
-``no_cooling`` (no ConfidenceCooling: T = 1) and ``no_reliability`` (fixed equal weights); the
+``no_cooling`` (no ConfidenceCooling: T = 1), ``no_reliability`` (fixed equal weights) and
+``kl_0.1`` (β = 0.1 instead of 0.01: how much does holding the policy near the start matter); the
 recipes ``mm_upt``, ``vision_sr1_labelfree``, ``srmcr_plus``; these run the first seed only. Each
 run uses 1 torch thread (at 2, OpenMP spin-waiting on the 2-core machine makes steps several
 times slower), ``--jobs`` at once. A finished run keeps its ``result.json`` and is reused under
@@ -83,7 +84,9 @@ def all_variants() -> dict[str, Variant]:
         for cue in CUES]
     out += [Variant("no_cooling", "ablation", "− cooling (T = 1)", cooling=False),
             Variant("no_reliability", "ablation", "− reliability weighting",
-                    overrides=("--model.reward.init_args.reliability=false",))]
+                    overrides=("--model.reward.init_args.reliability=false",)),
+            Variant("kl_0.1", "ablation", "β = 0.1 (10× the KL weight)",
+                    overrides=("--model.grpo.beta=0.1",))]
     out += [Variant(name, "recipe", label, overlays=(f"configs/recipes/{name}.yaml",))
             for name, label in (("mm_upt", "MM-UPT"), ("vision_sr1_labelfree",
                                 "Vision-SR1 (label-free)"), ("srmcr_plus", "SR-MCR+"))]
@@ -157,11 +160,22 @@ def summarize(predictions: Path, split: str) -> dict:
 
     def mean(values: list[float]) -> float | None:
         return statistics.fmean(values) if values else None
+
+    def tracks_correctness(cue: str) -> float | None:
+        """Pearson correlation of the cue's score with being correct (the question a label-free
+        reward lives by: does a higher cue mean a better answer?)."""
+        pairs = [(r["scores"][cue], float(r["correct"])) for r in rows
+                 if r["scores"].get(cue) is not None]
+        try:
+            return statistics.correlation(*zip(*pairs)) if len(pairs) > 2 else None
+        except statistics.StatisticsError:  # constant scores or all (in)correct
+            return None
     return {"n": len(rows), "accuracy": mean([float(r["correct"]) for r in rows]),
             "format_rate": mean([float(r["well_formed"]) for r in rows]),
             "completion_len": mean([r["completion_len"] for r in rows]),
             "cues": {c: mean([r["scores"][c] for r in rows if r["scores"].get(c) is not None])
                      for c in CUES},
+            "correlation_with_correct": {c: tracks_correctness(c) for c in CUES},
             "flaw_rate": mean([float(bool(f)) for f in flaws]),
             "flaws": {name: mean([float(name in f) for f in flaws]) for name in DETECTORS}}
 
@@ -177,7 +191,7 @@ def curves(folder: Path) -> tuple[dict[str, list[tuple[int, float]]], float | No
     tags = events.Tags()["scalars"]
     out = {tag: [(e.step + shift, e.value) for e in events.Scalars(tag)] if tag in tags else []
            for tag, shift in (("val/accuracy", 1), ("val/format_rate", 1),
-                              ("train/reward_raw", 0))}
+                              ("train/reward_raw", 0), ("train/kl", 0))}
     rewards = events.Scalars("train/reward_raw") if "train/reward_raw" in tags else []
     gaps = [b.wall_time - a.wall_time for a, b in zip(rewards, rewards[1:])]
     return out, statistics.median(gaps) if gaps else None
@@ -187,9 +201,13 @@ def run_variant(v: Variant | None, seed: int, a: argparse.Namespace) -> dict:
     """Train (unless ``v`` is None: the warm baseline) and evaluate one run; cached."""
     folder = a.out / "runs" / (v.name if v else "warm") / f"s{seed}"
     done = folder / "result.json"
+    evaluation = folder.with_name(folder.name + "-eval")
     if done.exists() and not a.fresh:
         result = json.loads(done.read_text())
-        if result["settings"] == a.settings:
+        if result["settings"] == a.settings:  # re-read: the summary may have grown since
+            if v is not None:
+                result["curves"], result["step_s"] = curves(folder)
+            result["eval"] = summarize(evaluation / "predictions.jsonl", a.split)
             return result
     shutil.rmtree(folder, ignore_errors=True)
     shutil.rmtree(folder.with_name(folder.name + "-eval"), ignore_errors=True)
@@ -204,7 +222,6 @@ def run_variant(v: Variant | None, seed: int, a: argparse.Namespace) -> dict:
         result["curves"], result["step_s"] = curves(folder)
         ckpt = strip_reward_state(folder / "checkpoints" / "last.ckpt",
                                   folder.parent / f"{folder.name}.eval.ckpt")
-    evaluation = folder.with_name(folder.name + "-eval")
     result["eval_s"] = run_main(eval_args(a, evaluation, ckpt),
                                 folder.parent / f"{folder.name}.eval.log")
     result["eval"] = summarize(evaluation / "predictions.jsonl", a.split)
@@ -308,8 +325,15 @@ def report(a: argparse.Namespace, variants: dict[str, Variant], results: list[di
               **{n: v.label for n, v in variants.items()}}
     title = (f"toy world: {a.model} -> {a.steps} label-free steps; held-out {a.split}; "
              f"seeds {a.seeds} (SR-MCR), {a.seed_list[0]} (others); {os.cpu_count()} CPU cores")
-    md = (f"{title}\n\n{table(rows, labels)}\n\naccuracy and flawed: mean ± std over seeds; "
-          f"cues: the five SR-MCR cues scoring every variant's greedy completions; fit min: "
+    warm = next((r for r in results if r["variant"] == "warm"), None)
+    tracking = "" if warm is None else (
+        "\n\nDo the cues track correctness? Correlation of each cue's score with being correct, "
+        "over the warm start's held-out completions: " + ", ".join(
+            f"{c} {x:+.2f}" if x is not None else f"{c} –"
+            for c, x in warm["eval"]["correlation_with_correct"].items()))
+    md = (f"{title}\n\n{table(rows, labels)}{tracking}\n\naccuracy and flawed: mean ± std over seeds; "
+          f"cues: the five SR-MCR cues scoring every variant's greedy completions; KL: the "
+          f"per-token KL to the warm start over the last 10% of training steps; fit min: "
           f"training + in-run validation per run; this invocation {wall / 60:.1f} min "
           f"(planned {planned / 60:.0f}; runs reused from an earlier one cost nothing)"
           + (f"; FAILED: {', '.join(failed)}" if failed else ""))

@@ -37,8 +37,17 @@ def aggregate(results: list[dict]) -> list[dict]:
                     "cues": {c: _mean_sd([e["cues"][c] for e in ev])[0] for c in ev[0]["cues"]},
                     "flaw_rate": flaw, "flaw_rate_sd": flaw_sd,
                     "flaws": {f: _mean_sd([e["flaws"][f] for e in ev])[0] for f in ev[0]["flaws"]},
+                    "kl": _mean_sd([_tail_mean(r.get("curves", {}).get("train/kl", []))
+                                    for r in runs])[0],
                     "fit_min": statistics.fmean(r["fit_s"] for r in runs) / 60})
     return out
+
+
+def _tail_mean(points: list[tuple[int, float]]) -> float | None:
+    """Mean over the last 10% of a curve's points (the end of training, less noisy)."""
+    if not points:
+        return None
+    return statistics.fmean(v for _, v in points[-max(1, len(points) // 10):])
 
 
 def _num(x: float | None, sd: float | None = None, signed: bool = False) -> str:
@@ -58,7 +67,7 @@ def table(rows: list[dict], labels: dict[str, str]) -> str:
     warm = next((r["accuracy"] for r in rows if r["variant"] == "warm"), None)
     cues = list(rows[0]["cues"])
     head = ["variant", "seeds", "accuracy", "Δ acc. vs warm", "format", *(SHORT.get(c, c)
-            for c in cues), "flawed", "fit min"]
+            for c in cues), "flawed", "KL", "fit min"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         delta = None if warm is None or r["accuracy"] is None else r["accuracy"] - warm
@@ -66,7 +75,7 @@ def table(rows: list[dict], labels: dict[str, str]) -> str:
                  _num(r["accuracy"], r["accuracy_sd"]),
                  "" if r["variant"] == "warm" else _num(delta, signed=True),
                  _num(r["format_rate"]), *(_num(r["cues"][c]) for c in cues),
-                 _num(r["flaw_rate"], r["flaw_rate_sd"]),
+                 _num(r["flaw_rate"], r["flaw_rate_sd"]), _num(r.get("kl")),
                  "" if r["variant"] == "warm" else f"{r['fit_min']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -83,6 +83,7 @@ def test_toy_world_variants_configure_what_they_name(tmp_path, capsys, monkeypat
                                                       "vision_sr1_labelfree")), name
         assert (COOLING in callbacks) == (name not in ("no_cooling", "mm_upt")), name
         assert model["sampling"]["temperature"] == 1.0
+        assert model["grpo"]["beta"] == (0.1 if name == "kl_0.1" else 0.01), name
         assert (config["seed_everything"], config["data"]["init_args"]["seed"]) == (7, 7)
         assert (config["trainer"]["max_steps"], config["trainer"]["val_check_interval"]) == (40, 10)
         assert model["policy"]["model"] == "warm:small"
@@ -94,14 +95,16 @@ def test_toy_world_aggregates_seeds_and_schedules_longest_first():
     from benchmarks.toy_world_report import aggregate, table
 
     def run(variant, seed, acc):
-        return {"variant": variant, "seed": seed, "fit_s": 60.0, "eval": {
-            "accuracy": acc, "format_rate": 1.0, "cues": {c: 0.5 for c in CUES},
-            "flaw_rate": 0.1, "flaws": {f: 0.0 for f in DETECTORS}}}
+        kl = [(step, seed + step / 10) for step in range(20)]  # last 10%: steps 18, 19
+        return {"variant": variant, "seed": seed, "fit_s": 60.0, "curves": {"train/kl": kl},
+                "eval": {"accuracy": acc, "format_rate": 1.0, "cues": {c: 0.5 for c in CUES},
+                         "flaw_rate": 0.1, "flaws": {f: 0.0 for f in DETECTORS}}}
     rows = aggregate([run("warm", 0, 0.25), run("srmcr", 0, 0.25), run("srmcr", 1, 0.5),
                       run("srmcr", 2, 0.75)])
     assert [r["variant"] for r in rows] == ["warm", "srmcr"]
     assert rows[1]["accuracy"] == pytest.approx(0.5) and rows[1]["accuracy_sd"] == 0.25
     assert rows[0]["accuracy_sd"] is None  # one seed: no spread
+    assert rows[1]["kl"] == pytest.approx(1 + 1.85)  # seeds 0, 1, 2: 1.85 + seed, averaged
     assert "| SR-MCR | 3 | 0.500 ± 0.250 | +0.250 |" in table(rows, {"srmcr": "SR-MCR"})
     assert makespan([3, 3, 2, 2, 2], 2) == 7 and makespan([5, 1], 4) == 5
 
