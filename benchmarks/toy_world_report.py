@@ -6,6 +6,7 @@ that command with the same settings reuses them, so it re-tables and re-plots in
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -105,7 +106,7 @@ def plot(results: list[dict], variants: dict[str, Variant], path: Path, title: s
     warm = next(r["eval"]["accuracy"] for r in results if r["variant"] == "warm")
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     window = max(1, max((r["settings"]["steps"] for r in results), default=1) // 20)
-    colours = iter(plt.get_cmap("tab10").colors)
+    colours = itertools.cycle(plt.get_cmap("tab20").colors)  # 13 variants besides SR-MCR
     for name, v in variants.items():
         runs = [r for r in results if r["variant"] == name]
         if not runs:
