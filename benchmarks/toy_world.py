@@ -1,6 +1,6 @@
 """Does label-free training help? Warm start -> evaluate -> SR-MCR without labels -> evaluate.
 
-    .venv/bin/python -m benchmarks.toy_world                 # everything: ~60 min on 2 cores
+    .venv/bin/python -m benchmarks.toy_world                 # everything: ~50 min on 2 cores
     .venv/bin/python -m benchmarks.toy_world --quick         # plumbing check on warm:tiny, ~35 s
     .venv/bin/python -m benchmarks.toy_world --variants srmcr,no_cooling --seeds 0 --steps 40
 
@@ -252,7 +252,7 @@ def makespan(costs: list[float], jobs: int) -> float:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="warm:small", help="the warm start (a policy.model spec)")
-    p.add_argument("--steps", type=int, default=240, help="SR-MCR optimizer steps per run")
+    p.add_argument("--steps", type=int, default=300, help="SR-MCR optimizer steps per run")
     p.add_argument("--val-every", type=int, help="validate every N steps (default steps / 4)")
     p.add_argument("--val-n", type=int, default=128, help="held-out records (shapes:heldout)")
     p.add_argument("--seeds", default="0,1,2", help="seeds of the main variant; the others "
