@@ -299,7 +299,7 @@ RECIPES: dict[str, WarmRecipe] = {
     # blank images and 34% for the per-type majority answer; 98% well-formed. Without the
     # standardized vision features, or with 600 steps, or with the 60-token system prompt in
     # 600 steps, answers did not depend on the image (32-34%, real = blank).
-    "small": WarmRecipe(steps=1500, batch_size=8, lr=7e-4, warmup_steps=30, minutes=7),
+    "small": WarmRecipe(steps=1500, batch_size=8, lr=7e-4, warmup_steps=30, minutes=5),
 }
 
 
