@@ -4,12 +4,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from peft import PeftModel
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from main import main
 from srmcr.policy import resolve_model
+from srmcr.prompts import SYSTEM_PROMPT, TINY_SYSTEM_PROMPT
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -27,7 +29,13 @@ def test_every_config_parses(config, capsys):
     with pytest.raises(SystemExit) as done:
         main(["fit", "-c", str(ROOT / "configs/tiny.yaml"), *overlay, "--print_config"])
     assert done.value.code in (0, None)
-    assert "policy:" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "policy:" in printed
+    # tiny.yaml's short system prompt is for the tiny models; real-model overlays restore the
+    # default, or a 7B model would be trained with a prompt written for a 4M-parameter toy.
+    model = yaml.safe_load(printed)["model"]
+    prompt = model.get("init_args", model)["sampling"]["system_prompt"]
+    assert prompt == (SYSTEM_PROMPT if config.name.startswith("qwen") else TINY_SYSTEM_PROMPT)
 
 
 def test_fast_dev_run(tmp_path, monkeypatch):
