@@ -286,7 +286,8 @@ def plan(s: StepSettings) -> MemoryPlan:
     prompts = shared_prompts(micro, s.group_size)
     pixels = pixel_bytes(prompts, s.image_tokens)  # held by the forward, freed before the logits
     kv_kind = d.kv_dim if s.attention == "flash_attention_2" else d.hidden
-    logprobs = Phase({"prompt KV cache, repeated per row": kv_cache_bytes(d, w, micro + prompts, p)},
+    repeated_kv = kv_cache_bytes(d, w, micro + prompts, p)
+    logprobs = Phase({"prompt KV cache, repeated per row": repeated_kv},
                      {"prompts: one layer + pixels": prompts * p * no_grad_layer_bytes(d, w, p)
                       + pixels,
                       "completions: one layer": micro * t * no_grad_layer_bytes(d, w, seq)

@@ -170,9 +170,9 @@ def _shared_prefill(model, enc, prompts: Tensor, counts: Tensor) -> Cache:
         raise RuntimeError("the prompt must end in text to be prefilled once per group")
     pixels, grid = select_images(enc["pixel_values"], enc["image_grid_thw"], prompts)
     cache = DynamicCache()
-    model(input_ids=enc["input_ids"][prompts, :-1], attention_mask=enc["attention_mask"][prompts, :-1],
-          mm_token_type_ids=enc["mm_token_type_ids"][prompts, :-1], pixel_values=pixels,
-          image_grid_thw=grid, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    head = {k: enc[k][prompts, :-1] for k in ("input_ids", "attention_mask", "mm_token_type_ids")}
+    model(**head, pixel_values=pixels, image_grid_thw=grid, past_key_values=cache,
+          use_cache=True, logits_to_keep=1)
     core = language_core(model)
     core.rope_deltas = core.rope_deltas.repeat_interleave(counts, dim=0)
     return repeated(cache, counts, read_only=False)
