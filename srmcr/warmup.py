@@ -178,7 +178,12 @@ class WarmupModule(L.LightningModule):
                     itertools.islice(self.trainer.datamodule.train_dataloader(),
                                      self.calibration_batches)]
         target = self.vision_scale * self.model.get_input_embeddings().weight.std().item()
+        last = self.model.model.visual.merger.mlp[-1]
         standardize_merger(self.model.model.visual.merger, torch.cat(features), target)
+        # Ranks saw different images: all take rank 0's (the frozen merger is not synced by DDP).
+        weight, bias = self.trainer.strategy.broadcast((last.weight.data, last.bias.data), src=0)
+        last.weight.data.copy_(weight)
+        last.bias.data.copy_(bias)
         rank_zero_info(f"vision features standardized over {sum(len(f) for f in features)} "
                        f"image tokens, std {target:.3g} per dimension")
 

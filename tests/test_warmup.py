@@ -147,8 +147,14 @@ def test_fit_start_standardizes_the_vision_features_once(batch):
     module = tiny_module(vision_scale=2.0, calibration_batches=1)
     embed_std = module.model.get_input_embeddings().weight.std().item()
 
+    class Strategy:  # one process: broadcast returns what it is given
+        @staticmethod
+        def broadcast(obj, src=0):
+            return obj
+
     class Trainer:  # what on_fit_start reads
         ckpt_path = None
+        strategy = Strategy()
         datamodule = TraceDataModule(train="shapes:warmup?n=4&size=56", val=None, batch_size=4,
                                      min_pixels=28 * 28, max_pixels=56 * 56)
     module._trainer = Trainer()
