@@ -1,6 +1,6 @@
 """Does label-free training help? Warm start -> evaluate -> SR-MCR without labels -> evaluate.
 
-    .venv/bin/python -m benchmarks.toy_world                 # everything: ~50 min on 2 cores
+    .venv/bin/python -m benchmarks.toy_world                 # everything: ~55 min on 2 cores
     .venv/bin/python -m benchmarks.toy_world --quick         # plumbing check on warm:tiny, ~35 s
     .venv/bin/python -m benchmarks.toy_world --variants srmcr,no_cooling --seeds 0 --steps 40
 
@@ -19,7 +19,8 @@ in its steps, judged against the record's scene.
 
 Variants: ``srmcr`` (configs/recipes/srmcr.yaml; every ``--seeds``); the ablations ``no_<cue>``,
 ``no_cooling`` (no ConfidenceCooling: T = 1), ``no_reliability`` (fixed equal weights) and
-``kl_0.1`` (β = 0.1 instead of 0.01: how much does holding the policy near the start matter); the
+``kl_0.1`` (β = 0.1 instead of 0.01: how much does holding the policy near the start matter),
+``lr_1e-4`` (a 5× lower learning rate) and ``gentle`` (both); the
 recipes ``mm_upt``, ``vision_sr1_labelfree``, ``srmcr_plus``; these run the first seed only. Each
 run uses 1 torch thread (at 2, OpenMP spin-waiting on the 2-core machine makes steps several
 times slower), ``--jobs`` at once. A finished run keeps its ``result.json`` and is reused under
@@ -86,7 +87,11 @@ def all_variants() -> dict[str, Variant]:
             Variant("no_reliability", "ablation", "− reliability weighting",
                     overrides=("--model.reward.init_args.reliability=false",)),
             Variant("kl_0.1", "ablation", "β = 0.1 (10× the KL weight)",
-                    overrides=("--model.grpo.beta=0.1",))]
+                    overrides=("--model.grpo.beta=0.1",)),
+            Variant("lr_1e-4", "ablation", "lr 1e-4 (5× lower)",
+                    overrides=("--model.optimizer.init_args.lr=0.0001",)),
+            Variant("gentle", "ablation", "lr 1e-4 and β = 0.1",
+                    overrides=("--model.optimizer.init_args.lr=0.0001", "--model.grpo.beta=0.1"))]
     out += [Variant(name, "recipe", label, overlays=(f"configs/recipes/{name}.yaml",))
             for name, label in (("mm_upt", "MM-UPT"), ("vision_sr1_labelfree",
                                 "Vision-SR1 (label-free)"), ("srmcr_plus", "SR-MCR+"))]
