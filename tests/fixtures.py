@@ -6,8 +6,6 @@ the adapter's weights never leaks into another module).
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from PIL import Image
 
@@ -87,15 +85,3 @@ def sample_with_logits(model, processor, args: SamplingArgs, temperature: float,
     width = rollout.completion_ids.shape[1]
     logits = torch.cat([torch.nn.functional.pad(c, (0, 0, 0, width - c.shape[1])) for c in chunks])
     return rollout, logits.float()
-
-
-@contextlib.contextmanager
-def single_thread():
-    """One intra-op thread for the tiny model: its 64-wide matmuls gain nothing from a second
-    thread, and on shared cores OpenMP's spin-waiting made generation 10-100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

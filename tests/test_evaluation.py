@@ -14,7 +14,7 @@ from srmcr.evaluation import (EvalMetrics, correctness, eval_log_dict, generate_
 from srmcr.logprobs import completion_logits
 from srmcr.rollout import SamplingArgs
 from tests.cues.fakes import make_rollout
-from tests.fixtures import QUESTIONS, randomize_lora, single_thread, tiny_policy, two_images
+from tests.fixtures import QUESTIONS, randomize_lora, tiny_policy, two_images
 
 ROOT = Path(__file__).resolve().parents[1]
 # The FAST pattern of tests/e2e/test_main.py, plus tiny held-out sources with answers.
@@ -24,12 +24,6 @@ FAST = ["-c", str(ROOT / "configs/tiny.yaml"), "--model.policy.model=tiny:tiny",
         "--data.predict=shapes:test?n=3&size=56", "--data.batch_size=2",
         "--model.policy.max_pixels=3136", "--data.max_pixels=3136", "--data.min_pixels=784",
         "--trainer.logger.init_args.save_dir=logs"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
 
 
 # ---------------------------------------------------------------- greedy decoding

@@ -8,16 +8,10 @@ import torch
 
 from srmcr.logprobs import blank_pixel_values, completion_logits, rollout_logprobs, token_logprobs
 from srmcr.rollout import SamplingArgs
-from tests.fixtures import (GRIDS, MEAN_COLOURS, randomize_lora, sample_with_logits, single_thread,
+from tests.fixtures import (GRIDS, MEAN_COLOURS, randomize_lora, sample_with_logits,
                             tiny_policy)
 
 TEMPERATURE = 1.5
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
 
 
 def test_token_logprobs_by_hand():

@@ -18,16 +18,10 @@ from srmcr import memory
 from srmcr.logprobs import completion_logits, token_logprobs
 from srmcr.policy import LoraArgs, resolve_model
 from srmcr.rollout import SamplingArgs, sample
-from tests.fixtures import QUESTIONS, single_thread, tiny_policy, two_images
+from tests.fixtures import QUESTIONS, tiny_policy, two_images
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
 
 
 def _bnb_4bit_problem() -> str | None:

@@ -10,17 +10,11 @@ from srmcr import tiny
 from srmcr.logprobs import completion_logits
 from srmcr.policy import LoraArgs, PolicyArgs, resolve_model
 from srmcr.rollout import SamplingArgs, sample
-from tests.fixtures import QUESTIONS, single_thread, tiny_policy, two_images
+from tests.fixtures import QUESTIONS, tiny_policy, two_images
 
 LORA_PARAM = re.compile(r"base_model\.model\.model\.language_model\.layers\.\d+\."
                         r"(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)"
                         r"\.lora_[AB]\.default\.weight")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

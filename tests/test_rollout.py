@@ -5,16 +5,10 @@ import torch
 
 from srmcr.parsing import parse
 from srmcr.rollout import SamplingArgs, completion_mask, sample, select_images
-from tests.fixtures import (GRIDS, IMAGE_TOKENS, QUESTIONS, single_thread, tiny_policy,
+from tests.fixtures import (GRIDS, IMAGE_TOKENS, QUESTIONS, tiny_policy,
                             two_images)
 
 END = (2, 0)  # <|im_end|>, <|endoftext|> in the tiny tokenizer (the sampler's end tokens)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
 
 
 # (ids, mask, truncated, reason)

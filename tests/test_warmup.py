@@ -15,16 +15,9 @@ from srmcr.policy import PolicyArgs, check_model_spec, load_policy, resolve_mode
 from srmcr.rollout import SamplingArgs
 from srmcr.warmup import (RECIPES, WarmupModule, completion_nll, teacher_forced,
                           warmup_cosine)
-from tests.fixtures import single_thread
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_IMAGES = {"max_pixels": 56 * 56}  # 4 image tokens: fast
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

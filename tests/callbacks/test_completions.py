@@ -14,7 +14,6 @@ from srmcr.policy import LoraArgs, PolicyArgs
 from srmcr.reward import RewardOutput, SelfReward
 from srmcr.rollout import SamplingArgs
 from tests.cues.fakes import make_rollout
-from tests.fixtures import single_thread
 
 
 def _record() -> StepRecord:
@@ -63,8 +62,7 @@ def test_run_writes_tables_images_and_histograms(tmp_path):
                         callbacks=[CompletionTables(every_n_steps=2)],
                         enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False)
-    with single_thread():
-        trainer.fit(module, datamodule=data)
+    trainer.fit(module, datamodule=data)
     assert module.last_step is not None and len(module.last_step.advantages) == 4
     events = EventAccumulator(logger.log_dir, size_guidance={"tensors": 0, "images": 0,
                                                              "histograms": 0})

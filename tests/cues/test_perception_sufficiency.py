@@ -10,7 +10,7 @@ from srmcr.policy_view import PolicyView
 from srmcr.reward import SelfReward
 from srmcr.rollout import SamplingArgs
 from tests.cues.fakes import make_rollout
-from tests.fixtures import QUESTIONS, single_thread, tiny_policy
+from tests.fixtures import QUESTIONS, tiny_policy
 
 NAN = math.nan
 
@@ -107,8 +107,7 @@ def test_policy_view_answers_text_only_in_one_generate_call():
     model.generate = counting_generate
     view = PolicyView(model, processor, SamplingArgs(max_new_tokens=8), micro_batch_size=2)
     texts = [f"Description: step {i}\n\nQuestion: {QUESTIONS[i % 2]}" for i in range(5)]
-    with single_thread():
-        replies = view.generate_without_image(texts, SYSTEM_PROMPT, 4)
+    replies = view.generate_without_image(texts, SYSTEM_PROMPT, 4)
     assert len(replies) == 5 and all(isinstance(r, str) for r in replies)
     assert len(calls) == 1 and "pixel_values" not in calls[0]  # batched, and no image
     assert calls[0]["generation_config"].do_sample is False
@@ -116,6 +115,5 @@ def test_policy_view_answers_text_only_in_one_generate_call():
     image_pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     assert not (calls[0]["input_ids"] == image_pad).any()
     assert model.training  # the mode is restored after generating
-    with single_thread():
-        assert view.generate_without_image(texts, SYSTEM_PROMPT, 4) == replies  # greedy
+    assert view.generate_without_image(texts, SYSTEM_PROMPT, 4) == replies  # greedy
     assert view.generate_without_image([], SYSTEM_PROMPT, 4) == [] and len(calls) == 2

@@ -11,7 +11,7 @@ from srmcr.policy_view import PolicyView
 from srmcr.reward import SelfReward
 from srmcr.rollout import SamplingArgs
 from tests.cues.fakes import make_rollout
-from tests.fixtures import sample_with_logits, single_thread, tiny_policy
+from tests.fixtures import sample_with_logits, tiny_policy
 
 NAN = math.nan
 CASES = [  # logit Yes, logit No, has an answer, expected, reason
@@ -73,9 +73,9 @@ def test_reward_needs_the_policy_only_when_configured():
 @pytest.fixture(scope="module")
 def policy_and_rollout():
     model, processor = tiny_policy()
-    with single_thread():  # some completions end early: padding inside the completion block
-        rollout, _ = sample_with_logits(model, processor, SamplingArgs(group_size=3,
-                                        max_new_tokens=6), 1.0, end_bonus=4.0)
+    # Some completions end early: padding inside the completion block.
+    rollout, _ = sample_with_logits(model, processor, SamplingArgs(group_size=3,
+                                    max_new_tokens=6), 1.0, end_bonus=4.0)
     assert not rollout.truncated.all() and rollout.truncated.any()
     return model, processor, rollout
 
@@ -86,9 +86,8 @@ def test_policy_view_one_forward_per_micro_batch_with_the_image(policy_and_rollo
     hook = model.register_forward_pre_hook(lambda m, args, kwargs: calls.append(kwargs),
                                            with_kwargs=True)
     try:
-        with single_thread():
-            logits = PolicyView(model, processor, SamplingArgs(), micro_batch_size=4)\
-                .next_token_logits(rollout, VERIFY_QUESTION, WORDS)
+        logits = PolicyView(model, processor, SamplingArgs(), micro_batch_size=4)\
+            .next_token_logits(rollout, VERIFY_QUESTION, WORDS)
     finally:
         hook.remove()
     assert logits.shape == (6, 2) and logits.isfinite().all()
@@ -99,11 +98,10 @@ def test_policy_view_one_forward_per_micro_batch_with_the_image(policy_and_rollo
 def test_policy_view_reads_the_next_token_after_the_follow_up_turn(policy_and_rollout):
     model, processor, rollout = policy_and_rollout
     tok = processor.tokenizer
-    with single_thread():
-        batched = PolicyView(model, processor, SamplingArgs(), micro_batch_size=4)\
-            .next_token_logits(rollout, VERIFY_QUESTION, WORDS)
-        single = PolicyView(model, processor, SamplingArgs(), micro_batch_size=1)\
-            .next_token_logits(rollout, VERIFY_QUESTION, WORDS)
+    batched = PolicyView(model, processor, SamplingArgs(), micro_batch_size=4)\
+        .next_token_logits(rollout, VERIFY_QUESTION, WORDS)
+    single = PolicyView(model, processor, SamplingArgs(), micro_batch_size=1)\
+        .next_token_logits(rollout, VERIFY_QUESTION, WORDS)
     assert torch.allclose(batched, single, atol=1e-4)  # padding and chunking change nothing
     # Reference, row by row, without padding or logits_to_keep: prompt, the completion without
     # its end token, then the follow-up turn in Qwen's chat format.
@@ -122,7 +120,7 @@ def test_policy_view_reads_the_next_token_after_the_follow_up_turn(policy_and_ro
         image = i // rollout.group_size
         counts = rollout.image_grid_thw.prod(-1).tolist()
         start = sum(counts[:image])
-        with torch.no_grad(), single_thread():
+        with torch.no_grad():
             out = model(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=mm,
                         pixel_values=rollout.pixel_values[start:start + counts[image]],
                         image_grid_thw=rollout.image_grid_thw[image:image + 1], use_cache=False)
@@ -132,11 +130,10 @@ def test_policy_view_reads_the_next_token_after_the_follow_up_turn(policy_and_ro
 def test_policy_view_uses_the_image(policy_and_rollout):
     model, processor, rollout = policy_and_rollout
     view = PolicyView(model, processor, SamplingArgs(), micro_batch_size=6)
-    with single_thread():
-        seen = view.next_token_logits(rollout, VERIFY_QUESTION, WORDS)
+    seen = view.next_token_logits(rollout, VERIFY_QUESTION, WORDS)
+    rollout.pixel_values = -rollout.pixel_values
+    try:
+        negated = view.next_token_logits(rollout, VERIFY_QUESTION, WORDS)
+    finally:
         rollout.pixel_values = -rollout.pixel_values
-        try:
-            negated = view.next_token_logits(rollout, VERIFY_QUESTION, WORDS)
-        finally:
-            rollout.pixel_values = -rollout.pixel_values
     assert not torch.allclose(seen, negated, atol=1e-5)
