@@ -14,7 +14,7 @@ from torch import Tensor
 from transformers.cache_utils import DynamicCache
 
 from srmcr.prefix import checkpointing, language_core, prompt_groups, repeated
-from srmcr.rollout import Rollout, select_images
+from srmcr.rollout import Rollout, eval_mode, select_images
 
 
 @dataclass
@@ -94,32 +94,23 @@ def rollout_logprobs(model, rollout: Rollout, micro_batch_size: int,
     The T = 1 values exclude the tokens the sampler suppresses, as the sampler's own
     ``rollout.logp`` does, so the two compare token by token (visual grounding).
     """
-    was_training = model.training
-    model.eval()  # as the sampler: no dropout, and prompt sharing under checkpointing
-    try:
-        return _rollout_logprobs(model, rollout, micro_batch_size, pixel_values, at_temperature,
-                                 at_t1)
-    finally:
-        model.train(was_training)
-
-
-def _rollout_logprobs(model, rollout, micro_batch_size, pixel_values, at_temperature,
-                      at_t1) -> TokenLogProbs:
     parts: dict[str, list[Tensor]] = {"logp": [], "logp_t1": [], "max_prob": []}
     suppressed = torch.tensor(rollout.suppressed, dtype=torch.long,
                               device=rollout.completion_ids.device)
-    for start in range(0, len(rollout), micro_batch_size):
-        rows = slice(start, start + micro_batch_size)
-        logits = completion_logits(model, rollout, rows, pixel_values)
-        ids = rollout.completion_ids[rows]
-        if at_temperature:
-            parts["logp"].append(token_logprobs(logits, ids, rollout.temperature))
-        if at_t1:
-            logp1 = torch.log_softmax(logits.index_fill(-1, suppressed, float("-inf")), dim=-1)
-            parts["logp_t1"].append(logp1.gather(-1, ids.unsqueeze(-1)).squeeze(-1))
-            parts["max_prob"].append(logp1.max(dim=-1).values.exp())
-            del logp1
-        del logits
+    # Eval mode as the sampler: no dropout, and prompt sharing under checkpointing.
+    with eval_mode(model):
+        for start in range(0, len(rollout), micro_batch_size):
+            rows = slice(start, start + micro_batch_size)
+            logits = completion_logits(model, rollout, rows, pixel_values)
+            ids = rollout.completion_ids[rows]
+            if at_temperature:
+                parts["logp"].append(token_logprobs(logits, ids, rollout.temperature))
+            if at_t1:
+                logp1 = torch.log_softmax(logits.index_fill(-1, suppressed, float("-inf")), dim=-1)
+                parts["logp_t1"].append(logp1.gather(-1, ids.unsqueeze(-1)).squeeze(-1))
+                parts["max_prob"].append(logp1.max(dim=-1).values.exp())
+                del logp1
+            del logits
     return TokenLogProbs(**{k: torch.cat(v) if v else None for k, v in parts.items()})
 
 

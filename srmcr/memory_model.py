@@ -175,11 +175,17 @@ def lora_params(d: ModelDims, r: int, targets: tuple[str, ...]) -> int:
 
 
 # ---- activations -----------------------------------------------------------------------------
+def attended_kv_width(d: ModelDims, attention: str) -> int:
+    """Width of the keys (and values) attention reads per token: sdpa and eager repeat them per
+    query head (grouped-query attention undone), flash-attention reads the kv heads as they are."""
+    return d.kv_dim if attention == "flash_attention_2" else d.hidden
+
+
 def layer_activation_bytes(d: ModelDims, w: Widths, seq: int, r: int,
                            targets: tuple[str, ...], attention: str = "sdpa") -> float:
     """Bytes one decoder layer keeps for backward, per token of a sequence of ``seq`` tokens."""
     h, i, shapes = d.hidden, d.intermediate, projection_shapes(d)
-    kv = d.kv_dim if attention == "flash_attention_2" else h  # sdpa/eager repeat k, v per head
+    kv = attended_kv_width(d, attention)
     kept = 2 * (4 * h + 4)  # both RMSNorms keep their input in fp32, and 1/rms
     kept += (2 * h + 2 * kv) * w.attention + 4 * d.heads  # q, k, v, output; log-sum-exp
     kept += {"sdpa": seq * w.attention, "eager": 2 * d.heads * seq * w.attention}.get(attention, 0)
@@ -207,7 +213,7 @@ def shared_layer_bytes(d: ModelDims, w: Widths, rows: int, prompts: int, p: int,
     (``logprobs.completion_logits``): the prompts' tokens as sequences of ``p``, the
     completions' as sequences of ``p + t``, and the attention's copy of the prompt keys and
     values for every row (k, v repeated per head under sdpa/eager)."""
-    kv = d.kv_dim if attention == "flash_attention_2" else d.hidden
+    kv = attended_kv_width(d, attention)
     return (prompts * p * layer_activation_bytes(d, w, p, r, targets, attention)
             + rows * t * layer_activation_bytes(d, w, p + t, r, targets, attention)
             + rows * p * 2 * kv * w.attention)
@@ -285,13 +291,12 @@ def plan(s: StepSettings) -> MemoryPlan:
     # the prompts' keys and values repeated for every row.
     prompts = shared_prompts(micro, s.group_size)
     pixels = pixel_bytes(prompts, s.image_tokens)  # held by the forward, freed before the logits
-    kv_kind = d.kv_dim if s.attention == "flash_attention_2" else d.hidden
     repeated_kv = kv_cache_bytes(d, w, micro + prompts, p)
     logprobs = Phase({"prompt KV cache, repeated per row": repeated_kv},
                      {"prompts: one layer + pixels": prompts * p * no_grad_layer_bytes(d, w, p)
                       + pixels,
                       "completions: one layer": micro * t * no_grad_layer_bytes(d, w, seq)
-                      + micro * seq * 2 * kv_kind * w.attention,
+                      + micro * seq * 2 * attended_kv_width(d, s.attention) * w.attention,
                       "vision tower + pixels": vision_bytes(d, prompts, s.image_tokens) + pixels,
                       "logits (3 x fp32, completion only)": logits_bytes(micro, t, d.vocab, 3)})
     loss = Phase({"LoRA gradients (fp32)": lora * 4, **saved},

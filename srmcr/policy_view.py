@@ -17,7 +17,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from srmcr.rollout import Rollout, SamplingArgs, _generation_config, end_token_ids, select_images
+from srmcr.rollout import (Rollout, SamplingArgs, _generation_config, end_token_ids, eval_mode,
+                           select_images)
 
 _SENTINEL = "\u0000completion\u0000"  # stands for the completion when rendering a follow-up turn
 
@@ -57,10 +58,8 @@ class PolicyView:
         config = _generation_config(replace(self.sampling, max_new_tokens=max_new_tokens), 1.0,
                                     tokenizer, vocab_size)
         config.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        was_training = self.model.training
-        self.model.eval()
         replies: list[str] = []
-        try:
+        with eval_mode(self.model):
             for start in range(0, len(rendered), self.sampling.generation_batch_size):
                 part = slice(start, start + self.sampling.generation_batch_size)
                 out = self.model.generate(input_ids=enc["input_ids"][part],
@@ -69,8 +68,6 @@ class PolicyView:
                                           generation_config=config)
                 replies += processor.batch_decode(out[:, enc["input_ids"].shape[1]:],
                                                   skip_special_tokens=True)
-        finally:
-            self.model.train(was_training)
         return replies
 
     @torch.no_grad()

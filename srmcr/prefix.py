@@ -50,9 +50,14 @@ def repeated(cache: Cache, counts: Tensor, read_only: bool) -> Cache:
     return Cache(layers=layers)
 
 
+def _unwrapped(model):
+    """The transformers model under PEFT's wrapper (or ``model`` itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def language_core(model):
     """The Qwen-VL ``model.model`` (``get_rope_index``, ``rope_deltas``) through PEFT's wrappers."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _unwrapped(model)
     inner = getattr(base, "model", base)
     if not hasattr(inner, "get_rope_index"):
         raise TypeError(f"{type(base).__name__} has no get_rope_index: prompt sharing needs a "
@@ -61,5 +66,4 @@ def language_core(model):
 
 
 def checkpointing(model) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return bool(getattr(base, "is_activation_checkpointing", False))
+    return bool(getattr(_unwrapped(model), "is_activation_checkpointing", False))

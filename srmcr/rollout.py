@@ -6,7 +6,8 @@ Completions of one prompt are contiguous (``x.view(B, G, ...)`` holds).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -97,6 +98,17 @@ class Rollout:
     @property
     def well_formed(self) -> Tensor:  # (N,) float
         return torch.tensor([p.well_formed for p in self.parsed], dtype=torch.float32)
+
+
+@contextmanager
+def eval_mode(model) -> Iterator[None]:
+    """``model`` in eval mode inside (no dropout), its own mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def select_images(pixel_values: Tensor, grid: Tensor, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -199,23 +211,21 @@ def sample(model, processor, images: Sequence[Image.Image], questions: Sequence[
     if greedy:
         config.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     pieces = []
-    was_training = model.training
-    model.eval()  # no dropout while sampling
-    for start in range(0, B * G, args.generation_batch_size):
-        part = slice(start, start + args.generation_batch_size)
-        distinct, counts, _ = prompt_groups(torch.arange(B * G, device=device)[part], G)
-        if share_prompt and len(distinct) < len(rows[part]):  # each prompt prefilled once
-            inputs = {"past_key_values": _shared_prefill(model, enc, distinct, counts)}
-        else:
-            pixels, grid = select_images(enc["pixel_values"], enc["image_grid_thw"], rows[part])
-            inputs = {"pixel_values": pixels, "image_grid_thw": grid}
-        stats = SampledTokenStats()
-        out = model.generate(input_ids=prompt_ids[part], attention_mask=prompt_mask[part],
-                             mm_token_type_ids=mm_types[part], **inputs,
-                             generation_config=config,
-                             logits_processor=LogitsProcessorList([stats]))
-        pieces.append((out[:, prompt_ids.shape[1]:], *stats.finish(out[:, -1])))
-    model.train(was_training)
+    with eval_mode(model):  # no dropout while sampling
+        for start in range(0, B * G, args.generation_batch_size):
+            part = slice(start, start + args.generation_batch_size)
+            distinct, counts, _ = prompt_groups(torch.arange(B * G, device=device)[part], G)
+            if share_prompt and len(distinct) < len(rows[part]):  # each prompt prefilled once
+                inputs = {"past_key_values": _shared_prefill(model, enc, distinct, counts)}
+            else:
+                pixels, grid = select_images(enc["pixel_values"], enc["image_grid_thw"], rows[part])
+                inputs = {"pixel_values": pixels, "image_grid_thw": grid}
+            stats = SampledTokenStats()
+            out = model.generate(input_ids=prompt_ids[part], attention_mask=prompt_mask[part],
+                                 mm_token_type_ids=mm_types[part], **inputs,
+                                 generation_config=config,
+                                 logits_processor=LogitsProcessorList([stats]))
+            pieces.append((out[:, prompt_ids.shape[1]:], *stats.finish(out[:, -1])))
     pad = config.pad_token_id
     width = max(p[0].shape[1] for p in pieces)
     completion_ids, logp, max_prob = (
