@@ -26,15 +26,16 @@ _TAG = re.compile(r"</?(?:think|answer)>")
 class Parsed:
     reasoning: str  # the reasoning text, step markers and tags removed
     steps: tuple[str, ...]  # at most MAX_STEPS, markers stripped
-    answer: str | None  # text inside the first <answer> block, stripped; None if absent
-    well_formed: bool  # exactly one think block followed by exactly one answer block
+    answer: str | None  # text inside the first <answer> block, stripped; None if absent or empty
+    well_formed: bool  # exactly one think block followed by exactly one NON-EMPTY answer block
 
 
 def parse(text: str) -> Parsed:
     """Parse one completion (see DESIGN.md, "Output format")."""
     think = _THINK.findall(text)
     answers = _ANSWER.findall(text)
-    well_formed = (len(think) == 1 and len(answers) == 1
+    answer = (answers[0].strip() or None) if answers else None  # "<answer></answer>": none
+    well_formed = (len(think) == 1 and len(answers) == 1 and answer is not None
                    and _WELL_FORMED.fullmatch(text) is not None)
     if think:
         raw = think[0]
@@ -43,7 +44,6 @@ def parse(text: str) -> Parsed:
         raw = text if cut < 0 else text[:cut]
     raw = _TAG.sub(" ", raw)
     steps = split_steps(raw)
-    answer = answers[0].strip() if answers else None
     return Parsed(" ".join(steps), tuple(steps), answer, well_formed)
 
 

@@ -62,6 +62,11 @@ CASES = [
      "stray closing tag inside a step removed"),
     ("<think> </think><answer>3</answer>", (), "3", True, "empty reasoning: no steps"),
     ("", (), None, False, "empty string"),
+    ("<think>Step 1: I count three circles.</think><answer></answer>",
+     ("I count three circles.",), None, False,
+     "empty answer block: no answer and not well-formed (it must not keep a format bonus)"),
+    ("<think>Step 1: I count three circles.</think><answer>  </answer>",
+     ("I count three circles.",), None, False, "blank answer block: same as empty"),
     ("<think>Step 1: il y a trois cercles — très nets ✓\nStep 2: ils sont tous rouges 🔴</think>"
      "<answer>trois ✓</answer>",
      ("il y a trois cercles — très nets ✓", "ils sont tous rouges 🔴"), "trois ✓", True,

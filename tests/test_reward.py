@@ -194,7 +194,7 @@ def test_each_distinct_text_is_encoded_once_per_step_across_all_cues():
 
 def test_visual_grounding_needs_blank_logprobs_in_the_rollout():
     reward = SelfReward(cues=["visual_grounding", "lexical_fidelity"])
-    rollout = make_rollout(["q"] * 2, ["<think>a b c</think>"] * 2, group_size=2)
+    rollout = make_rollout(["q"] * 2, ["<think>a b c</think><answer>c</answer>"] * 2, group_size=2)
     with pytest.raises(ValueError, match="blank_logp"):
         reward(rollout)
     rollout.logp, rollout.blank_logp = torch.tensor([[-1.0] * 4] * 2), torch.full((2, 4), -2.0)

@@ -1,10 +1,12 @@
 """Answer agreement (MM-UPT, Wei et al., 2025): does the answer agree with its group's majority?
 
 score = 1 when the completion's normalized answer equals the most frequent normalized answer of
-its group, 0 otherwise; NaN (abstain) without an answer. Answers are compared after
+its group, 0 otherwise, and 0 without an answer: a missing answer is disagreement, never neutral
+(version 1 abstained, and an abstention takes its group mean, which let a completion without an
+answer out-score one that answered against the majority). Answers are compared after
 ``srmcr.answers.normalize`` (lower case, no punctuation or articles, number words as digits,
-plurals folded), so "Three circles." and "3 circle" agree. Completions without an answer neither
-vote nor score. Ties: among the most frequent answers, the one that appears first in the group
+plurals folded), so "Three circles." and "3 circle" agree. Completions without an answer do not
+vote. Ties: among the most frequent answers, the one that appears first in the group
 wins (deterministic, independent of the order of other groups). A group where every completion
 gives the same answer scores 1 everywhere: agreement alone cannot tell them apart, and the
 group-normalized reward gives them z = 0.
@@ -37,7 +39,7 @@ def answer_key(answer: str | None) -> str | None:
 
 def majority_agreement(keys: Sequence[str | None], group_size: int) -> Tensor:  # (N,)
     """1 where a key equals its group's most frequent key (first in the group on ties), 0
-    elsewhere, NaN where the key is None."""
+    elsewhere, None (no answer) included."""
     n = len(keys)
     if group_size < 1 or n % group_size:
         raise ValueError(f"{n} answers do not split into groups of {group_size}")
@@ -48,8 +50,8 @@ def majority_agreement(keys: Sequence[str | None], group_size: int) -> Tensor:  
     same = (ids[:, :, None] == ids[:, None, :]) & valid[:, None, :]  # (B, G, G)
     votes = same.sum(-1).masked_fill(~valid, -1)  # (B, G): count of each completion's answer
     first_top = votes.argmax(-1, keepdim=True)  # torch returns the FIRST maximal index
-    agree = (ids == ids.gather(1, first_top)).float()
-    return agree.masked_fill(~valid, float("nan")).view(n)
+    agree = (ids == ids.gather(1, first_top)) & valid
+    return agree.float().view(n)
 
 
 def answer_agreement(completions: Sequence[str], group_size: int) -> Tensor:  # (N,)

@@ -1,9 +1,15 @@
 """Lexical fidelity: does the reasoning use the question's terms and contain the answer's?
 
-C(x) = content tokens: lower-cased words of >= 3 letters minus ``STOP_WORDS``, plus numbers
-(``12``, ``3.5``), as a set. score = ½·|C(q)∩C(r)|/|C(q)| + ½·|C(a)∩C(r)|/|C(a)|; a term whose
-denominator is 0 drops out and the other counts alone; if both drop, the cue abstains (NaN).
-Empty reasoning scores 0. No encoder: the ``encoder`` argument exists for the shared signature.
+C(q) = the question's content tokens: lower-cased words of >= 3 letters minus ``STOP_WORDS``,
+plus numbers (``12``, ``3.5``), as a set. A(a) = the answer's terms: its words of ANY length
+minus stop words and articles, or all its words if nothing else is left, so that "no", "2" and
+"B" count like "yes" (version 1 dropped words under 3 letters: "no" vanished and scored higher
+than "yes"). W(r) = every word of the reasoning.
+
+score = ½·|C(q)∩W(r)|/|C(q)| + ½·|A(a)∩W(r)|/|A(a)|. Without an answer (absent, empty, or no
+word) the answer term is 0, never dropped, so removing the answer never raises the score; a
+question without content tokens leaves the answer term alone. Empty reasoning scores 0. Never
+abstains. No encoder: the ``encoder`` argument exists for the shared signature.
 """
 
 from __future__ import annotations
@@ -41,10 +47,19 @@ will with won would wouldn you your yours yourself yourselves also
 _TOKEN = re.compile(r"\d+(?:\.\d+)?|[^\W\d_]+")
 
 
+_ARTICLES = frozenset({"a", "an", "the"})
+
+
 def content_tokens(text: str) -> set[str]:
-    """C(text): the content-token set of DESIGN.md's lexical fidelity."""
+    """C(text): the question's content tokens (words of >= 3 letters, no stop words; numbers)."""
     return {t for t in _TOKEN.findall(text.lower())
             if t[0].isdigit() or (len(t) >= 3 and t not in STOP_WORDS)}
+
+
+def answer_terms(answer: str | None) -> set[str]:
+    """A(answer): its words of any length minus stop words and articles, else all its words."""
+    words = set(_TOKEN.findall((answer or "").lower()))
+    return (words - STOP_WORDS - _ARTICLES) or words
 
 
 def lexical_fidelity(questions: Sequence[str], completions: Sequence[str],
@@ -56,10 +71,13 @@ def lexical_fidelity(questions: Sequence[str], completions: Sequence[str],
 def _one(question: str, parsed: Parsed) -> float:
     if not parsed.steps:
         return 0.0
-    reasoning = content_tokens(parsed.reasoning)
-    terms = [len(c & reasoning) / len(c)
-             for c in (content_tokens(question), content_tokens(parsed.answer or "")) if c]
-    return sum(terms) / len(terms) if terms else float("nan")
+    reasoning = set(_TOKEN.findall(parsed.reasoning.lower()))
+    answer = answer_terms(parsed.answer)
+    answer_term = len(answer & reasoning) / len(answer) if answer else 0.0
+    asked = content_tokens(question)
+    if not asked:
+        return answer_term
+    return 0.5 * len(asked & reasoning) / len(asked) + 0.5 * answer_term
 
 
 def _score(questions: Sequence[str], parsed: Sequence[Parsed],

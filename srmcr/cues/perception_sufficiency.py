@@ -50,11 +50,11 @@ def blind_answer(reply: str) -> str:
 def perception_sufficiency(answers: Sequence[str | None],
                            blind_answers: Sequence[str | None]) -> Tensor:  # (N,)
     """1 where the blind answer matches the completion's own answer, 0 where it does not (or is
-    missing), NaN where the completion has no answer."""
+    missing), and 0 where the completion has no answer (never neutral)."""
     if len(answers) != len(blind_answers):
         raise ValueError(f"{len(answers)} answers for {len(blind_answers)} blind answers")
     own = [answer_key(a) for a in answers]
-    return torch.tensor([float("nan") if o is None else float(o == answer_key(b))
+    return torch.tensor([0.0 if o is None else float(o == answer_key(b))
                          for o, b in zip(own, blind_answers)])
 
 
@@ -73,7 +73,7 @@ class PerceptionSufficiency(Cue):
         answers = [p.answer for p in rollout.parsed]
         rows = [i for i, a in enumerate(answers) if answer_key(a) is not None]
         blind: list[str | None] = [None] * len(answers)
-        if rows:  # completions without an answer abstain: no need to ask about them
+        if rows:  # completions without an answer score 0: no need to ask about them
             replies = policy.generate_without_image(
                 [blind_prompt(rollout.questions[i], rollout.parsed[i].reasoning) for i in rows],
                 SYSTEM_PROMPT, ANSWER_TOKENS)

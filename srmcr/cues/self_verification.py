@@ -4,7 +4,8 @@ After each completion, a new user turn asks ``VERIFY_QUESTION`` and the assistan
 the reply; the score is p(Yes) / (p(Yes) + p(No)) of the next token, at T = 1:
 sigmoid(logit_Yes − logit_No). No generation: one no-grad forward per micro-batch with the
 rollout's own image and prompt, keeping only the last position's logits. A completion without an
-answer (none, or an empty one) abstains (NaN): there is nothing to verify. "Yes" and "No" are
+answer (none, or an empty one) scores 0: nothing to verify, and a missing answer is never
+neutral (an abstention would take its group's mean). "Yes" and "No" are
 single tokens in Qwen's vocabulary; with another tokenizer, the first token of each is read.
 """
 
@@ -27,9 +28,9 @@ WORDS = ("Yes", "No")
 
 def self_verification(yes_no_logits: Tensor, has_answer: Tensor) -> Tensor:  # (N, 2), (N,)
     """p(Yes) / (p(Yes) + p(No)) from the next-token logits (or log-probs) of "Yes" and "No";
-    NaN where ``has_answer`` is false."""
+    0 where ``has_answer`` is false."""
     p_yes = torch.sigmoid(yes_no_logits[:, 0].float() - yes_no_logits[:, 1].float())
-    return p_yes.masked_fill(~has_answer.to(p_yes.device, torch.bool), float("nan"))
+    return p_yes.masked_fill(~has_answer.to(p_yes.device, torch.bool), 0.0)
 
 
 class SelfVerification(Cue):
@@ -46,6 +47,6 @@ class SelfVerification(Cue):
                              "(reward.needs_policy is True)")
         has_answer = torch.tensor([bool(p.answer) for p in rollout.parsed])  # "" is no answer
         if not has_answer.any():  # nothing to verify: skip the forward pass
-            return torch.full((len(rollout),), float("nan"))
+            return torch.zeros(len(rollout))
         logits = policy.next_token_logits(rollout, VERIFY_QUESTION, WORDS)  # (N, 2)
         return self_verification(logits, has_answer)

@@ -1,7 +1,9 @@
 """Semantic alignment: does the reasoning address the question, and does it lead to the answer?
 
-score = ½·cos⁺(E(q), E(r)) + ½·cos⁺(E(s_K), E(a)); without an answer (absent or empty), the
-first term alone; empty reasoning scores 0. Never abstains.
+score = ½·cos⁺(E(q), E(r)) + ½·cos⁺(E(s_K), E(a)); without an answer (absent or empty) the
+second term is 0, so removing or emptying the answer never raises the score (version 1 scored
+the first term alone, which a policy could game by dropping its answer). Empty reasoning scores
+0. Never abstains.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def _score(questions: Sequence[str], parsed: Sequence[Parsed],
     q, r, last, a = encoder.embed(texts).view(4, len(rows), -1)  # each (M, D)
     has_answer = torch.tensor([bool(parsed[i].answer) for i in rows], device=out.device)
     first = cos_pos(q, r)
-    out[rows] = torch.where(has_answer, 0.5 * first + 0.5 * cos_pos(last, a), first)
+    out[rows] = 0.5 * first + 0.5 * torch.where(has_answer, cos_pos(last, a), 0.0)
     return out
 
 

@@ -5,7 +5,8 @@ the same image filled with its mean colour; score = sigmoid(Δ / κ), κ = 0.5.
 
 "Reasoning tokens" are all completion tokens (``completion_mask``): the think span cannot be
 cut out of the mask alone, and the answer tokens are exactly the ones that should depend on the
-image most. A completion without tokens abstains (NaN).
+image most. A completion without tokens abstains (NaN); one without an answer (none or empty)
+scores 0, so dropping the answer never pays (a missing answer is never neutral).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ if TYPE_CHECKING:  # the rollout module imports transformers: seconds
     from srmcr.rollout import Rollout
 
 
-def visual_grounding(logp: Tensor, blank_logp: Tensor, mask: Tensor,
-                     kappa: float = 0.5) -> Tensor:  # (N, T), (N, T), (N, T) -> (N,)
-    """sigmoid(Δ / κ) per completion, Δ the masked mean log-prob gain from seeing the image."""
+def visual_grounding(logp: Tensor, blank_logp: Tensor, mask: Tensor, kappa: float = 0.5,
+                     has_answer: Tensor | None = None) -> Tensor:  # (N, T) x 3, (N,) -> (N,)
+    """sigmoid(Δ / κ) per completion, Δ the masked mean log-prob gain from seeing the image;
+    0 where ``has_answer`` (default: all true) is false."""
     if kappa <= 0:
         raise ValueError(f"kappa must be > 0, got {kappa}")
     keep = mask.bool()
@@ -31,7 +33,10 @@ def visual_grounding(logp: Tensor, blank_logp: Tensor, mask: Tensor,
     gain = torch.where(keep, logp.float() - blank_logp.float(), 0.0).sum(-1)  # (N,)
     tokens = keep.sum(-1)  # (N,)
     delta = gain / tokens.clamp(min=1)
-    return torch.sigmoid(delta / kappa).masked_fill(tokens == 0, float("nan"))
+    score = torch.sigmoid(delta / kappa)
+    if has_answer is not None:
+        score = score.masked_fill(~has_answer.to(score.device, torch.bool), 0.0)
+    return score.masked_fill(tokens == 0, float("nan"))
 
 
 class VisualGrounding(Cue):
@@ -48,5 +53,6 @@ class VisualGrounding(Cue):
         if rollout.logp is None or rollout.blank_logp is None:
             raise ValueError("visual_grounding needs rollout.logp and rollout.blank_logp: fill "
                              "them before scoring (reward.needs_blank_logprobs is True)")
+        has_answer = torch.tensor([p.answer is not None for p in rollout.parsed])
         return visual_grounding(rollout.logp, rollout.blank_logp, rollout.completion_mask,
-                                self.kappa)
+                                self.kappa, has_answer)

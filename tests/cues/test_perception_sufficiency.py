@@ -21,8 +21,8 @@ CASES = [  # own answer, blind answer, expected, reason
     ("Yes", "yes!", 1.0, "case and punctuation ignored"),
     ("3", None, 0.0, "no blind answer: the reasoning did not suffice"),
     ("3", "", 0.0, "empty blind answer"),
-    (None, "3", NAN, "no own answer: abstain"),
-    ("", "3", NAN, "empty own answer: abstain"),
+    (None, "3", 0.0, "no own answer: 0, never neutral"),
+    ("", "3", 0.0, "empty own answer: 0, never neutral"),
 ]
 
 
@@ -64,7 +64,7 @@ def _rollout(answers, policy, group_size=2):
 def test_one_batched_call_per_step_for_the_answered_completions_only():
     view = CountingView(["<answer>3</answer>", "4", "<answer>7</answer>"])
     scores = PerceptionSufficiency()(_rollout(["3", None, "5", "7"], view))
-    assert scores.tolist() == pytest.approx([1.0, NAN, 0.0, 1.0], nan_ok=True)
+    assert scores.tolist() == pytest.approx([1.0, 0.0, 0.0, 1.0], nan_ok=True)
     assert len(view.calls) == 1
     texts, system, tokens = view.calls[0]
     assert system == SYSTEM_PROMPT and tokens == ANSWER_TOKENS
@@ -74,7 +74,7 @@ def test_one_batched_call_per_step_for_the_answered_completions_only():
 
 def test_no_answer_no_call_and_no_policy_is_an_error():
     view = CountingView([])
-    assert PerceptionSufficiency()(_rollout([None, None], view)).isnan().all()
+    assert (PerceptionSufficiency()(_rollout([None, None], view)) == 0).all()
     assert view.calls == []
     with pytest.raises(ValueError, match="rollout.policy"):
         PerceptionSufficiency()(_rollout(["3", "4"], None))

@@ -20,7 +20,7 @@ CASES = [  # logit Yes, logit No, has an answer, expected, reason
     (-1.0, 1.0, True, 1 / (1 + math.exp(2.0)), "leans No"),
     (-3.0, -5.0, True, 1 / (1 + math.exp(-2.0)), "log-probs give the same as logits"),
     (40.0, -40.0, True, 1.0, "certain Yes, no overflow"),
-    (2.0, 0.0, False, NAN, "no answer: abstain"),
+    (2.0, 0.0, False, 0.0, "no answer: 0, never neutral"),
 ]
 
 
@@ -53,14 +53,14 @@ def _rollout(answers, policy):
 def test_one_call_per_step_and_abstentions():
     view = CountingView([[1.0, 1.0], [3.0, 0.0], [0.0, 2.0], [5.0, 5.0]])
     scores = SelfVerification()(_rollout(["2", None, "3", ""], view))
-    expected = [0.5, NAN, 1 / (1 + math.exp(2.0)), NAN]
+    expected = [0.5, 0.0, 1 / (1 + math.exp(2.0)), 0.0]
     assert scores.tolist() == pytest.approx(expected, nan_ok=True)
     assert view.calls == [(4, VERIFY_QUESTION, WORDS)]
 
 
 def test_no_answer_no_call_and_no_policy_is_an_error():
     view = CountingView([])
-    assert SelfVerification()(_rollout([None, None], view)).isnan().all() and not view.calls
+    assert (SelfVerification()(_rollout([None, None], view)) == 0).all() and not view.calls
     with pytest.raises(ValueError, match="rollout.policy"):
         SelfVerification()(_rollout(["1", "2"], None))
 

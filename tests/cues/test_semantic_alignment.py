@@ -1,4 +1,4 @@
-"""semantic_alignment = ½·cos⁺(E(q),E(r)) + ½·cos⁺(E(s_K),E(a)); no answer: first term alone."""
+"""semantic_alignment = ½·cos⁺(E(q),E(r)) + ½·cos⁺(E(s_K),E(a)); no answer: second term 0."""
 
 import math
 
@@ -13,9 +13,9 @@ Q = "alpha beta"
 CASES = [
     ("<think>alpha beta</think><answer>alpha beta</answer>", 1.0, "all aligned"),
     ("<think>alpha beta</think><answer>gamma delta</answer>", 0.5, "answer unrelated to reasoning"),
-    ("<think>alpha beta</think>", 1.0, "missing answer: first term alone"),
-    ("<think>alpha beta</think><answer></answer>", 1.0, "empty answer counts as missing"),
-    ("<think>alpha gamma</think>", 0.5, "reasoning shares half the question"),
+    ("<think>alpha beta</think>", 0.5, "missing answer: the answer term is 0, not dropped"),
+    ("<think>alpha beta</think><answer></answer>", 0.5, "empty answer counts as missing"),
+    ("<think>alpha gamma</think>", 0.25, "reasoning shares half the question, no answer"),
     ("<think>gamma delta</think><answer>gamma</answer>", 1 / (2 * math.sqrt(2)),
      "reasoning ignores question, answer half of last step"),
     ("<think></think><answer>alpha beta</answer>", 0.0, "empty reasoning scores 0"),
@@ -26,6 +26,20 @@ CASES = [
 @pytest.mark.parametrize(("completion", "expected", "reason"), CASES, ids=[c[2] for c in CASES])
 def test_values(fake, completion, expected, reason):
     assert semantic_alignment([Q], [completion], fake).item() == pytest.approx(expected, abs=1e-6)
+
+
+ANSWERED = [  # removing or emptying the answer never raises the score (a loophole of version 1)
+    "<think>Step 1: alpha beta gamma.</think><answer>delta</answer>",
+    "<think>Step 1: alpha beta.\nStep 2: so it is gamma.</think><answer>gamma</answer>",
+    "<think>Step 1: alpha.</think><answer>no</answer>",
+]
+
+
+@pytest.mark.parametrize("completion", ANSWERED)
+def test_removing_the_answer_never_raises_the_score(fake, completion):
+    think = completion[:completion.index("<answer>")]
+    got = semantic_alignment([Q] * 3, [completion, think, think + "<answer></answer>"], fake)
+    assert got[0] >= got[1] and got[0] >= got[2]
 
 
 def test_unrelated_answer_scores_lower_with_minilm(minilm):

@@ -9,6 +9,7 @@ from srmcr.cues import VisualGrounding, visual_grounding
 from tests.cues.fakes import make_rollout
 
 INF = math.inf
+A = "<think>Step 1: a red circle.</think><answer>1</answer>"
 CASES = [
     ([-1.0, -1.0, -1.0], [-1.5, -1.5, -1.5], [1, 1, 1], 0.5, 1 / (1 + math.exp(-1.0)),
      "image makes reasoning likelier: Δ = 0.5"),
@@ -29,6 +30,12 @@ def test_values(logp, blank, mask, kappa, expected, reason):
     assert got == pytest.approx(expected, abs=1e-6, nan_ok=True)
 
 
+def test_no_answer_scores_zero_even_when_the_image_helps():
+    logp, blank = torch.tensor([[-0.5, -0.5]] * 2), torch.tensor([[-3.0, -3.0]] * 2)
+    got = visual_grounding(logp, blank, torch.ones(2, 2), has_answer=torch.tensor([True, False]))
+    assert got[0] > 0.9 and got[1] == 0.0  # dropping the answer must not pay
+
+
 def test_grounded_reasoning_scores_higher():
     logp = torch.tensor([[-0.5, -0.7, -0.2], [-2.0, -2.5, -1.8]])
     blank = torch.tensor([[-2.0, -2.5, -1.8], [-0.5, -0.7, -0.2]])
@@ -42,10 +49,10 @@ def test_metric_needs_blank_logprobs_and_matches_function():
     metric = VisualGrounding()
     assert metric.needs_blank_logprobs
     with pytest.raises(ValueError, match="blank_logp"):
-        metric(make_rollout(["q"] * 4, ["x"] * 4, logp=logp, mask=mask))
-    first = metric(make_rollout(["q"] * 2, ["x"] * 2, logp=logp[:2], blank_logp=blank[:2],
+        metric(make_rollout(["q"] * 4, [A] * 4, logp=logp, mask=mask))
+    first = metric(make_rollout(["q"] * 2, [A] * 2, logp=logp[:2], blank_logp=blank[:2],
                                 mask=mask[:2]))
-    metric.update(make_rollout(["q"] * 2, ["x"] * 2, logp=logp[2:], blank_logp=blank[2:],
+    metric.update(make_rollout(["q"] * 2, [A] * 2, logp=logp[2:], blank_logp=blank[2:],
                                mask=mask[2:]))
     expected = visual_grounding(logp, blank, mask)
     assert torch.equal(first, expected[:2])
