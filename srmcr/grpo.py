@@ -94,6 +94,15 @@ def loss_normalizer(mask: Tensor, aggregation: Aggregation = "grpo") -> float:
     return _NORMALIZERS[aggregation](mask)
 
 
+def k3_divergence(logp: Tensor, ref_logp: Tensor, mask: Tensor) -> Tensor:  # (N, T) x 3 -> ()
+    """Mean over masked tokens of k3 = exp(ref − logp) − (ref − logp) − 1 (>= 0): the KL
+    estimate of the loss, here for logging at T = 1 whatever the sampling temperature."""
+    keep = mask.bool()
+    gap = torch.where(keep, ref_logp - logp, 0.0)
+    k3 = torch.exp(gap) - gap - 1.0
+    return (k3 * keep).sum() / keep.sum().clamp(min=1)
+
+
 def policy_loss(
     logp: Tensor,
     old_logp: Tensor,

@@ -6,7 +6,8 @@ rollout -> log-prob passes -> reward -> advantages -> clipped GRPO loss (micro-b
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 import lightning as L
@@ -15,9 +16,11 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
-from srmcr import evaluation, grpo
+from srmcr import evaluation, grpo, validity
+from srmcr.cues import AnswerAgreement, SelfCertainty
 from srmcr.guards import CollapseMonitor, UpdateGuard
-from srmcr.logprobs import blank_pixel_values, completion_logits, rollout_logprobs, token_logprobs
+from srmcr.logprobs import (TokenLogProbs, blank_pixel_values, completion_logits,
+                            rollout_logprobs, token_logprobs)
 from srmcr.policy import PolicyArgs, load_policy
 from srmcr.policy_view import PolicyView
 from srmcr.reward import RewardOutput, SelfReward
@@ -124,6 +127,7 @@ class SRMCRModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         self.eval_metrics = evaluation.EvalMetrics()
+        self.validity_metrics = validity.RewardValidity(self.validity_names)
         # Cross-object checks, before configure_model loads any weights.
         batch_size = getattr(self.trainer.datamodule, "batch_size", None)
         if stage == "fit" and batch_size is not None:
@@ -180,11 +184,14 @@ class SRMCRModule(L.LightningModule):
         rollout = sample(self.model, self.processor, batch.images, batch.questions, self.sampling,
                          self.temperature, ids=batch.ids)
         old_logp = self.score_passes(rollout)
-        ref_logp = self.reference_logp(rollout) if self.grpo_args.beta > 0 else None
+        ref = self.reference_logp(rollout) if self.grpo_args.beta > 0 else None
         out = self.reward(rollout)
         advantages = grpo.group_advantages(out.rewards.to(self.device), rollout.group_size,
                                            scale=self.grpo_args.advantage_scale)
-        stats = self.optimize(rollout, advantages, old_logp, ref_logp)
+        stats = self.optimize(rollout, advantages, old_logp, None if ref is None else ref.logp)
+        if ref is not None:  # the loss's KL is at the sampling temperature: "kl_t"; "kl" at T = 1
+            stats["kl_t"] = stats.pop("kl")
+            stats["kl"] = grpo.k3_divergence(rollout.logp, ref.logp_t1, rollout.completion_mask)
         self.log_step(rollout, out, advantages, stats)
         self.last_step = StepRecord(rollout, out, advantages)
         return stats["loss"]
@@ -207,10 +214,11 @@ class SRMCRModule(L.LightningModule):
             return None
         return rollout_logprobs(self.model, rollout, mb, at_t1=False).logp
 
-    def reference_logp(self, rollout: Rollout) -> Tensor:
+    def reference_logp(self, rollout: Rollout) -> TokenLogProbs:
+        """The adapter-disabled model's log-probs at the sampling temperature (the loss's KL)
+        and at T = 1 (``train/kl``, comparable across temperatures, against ``rollout.logp``)."""
         with self.model.disable_adapter():
-            return rollout_logprobs(self.model, rollout, self.grpo_args.micro_batch_size,
-                                    at_t1=False).logp
+            return rollout_logprobs(self.model, rollout, self.grpo_args.micro_batch_size)
 
     def optimize(self, rollout: Rollout, advantages: Tensor, old_logp: Tensor | None,
                  ref_logp: Tensor | None) -> dict[str, Tensor]:
@@ -313,9 +321,53 @@ class SRMCRModule(L.LightningModule):
         self.score_passes(rollout)
         return rollout, self.reward.score(rollout)
 
-    def validation_step(self, batch, batch_idx: int) -> None:
+    @property
+    def validity_names(self) -> list[str]:
+        """The signals of the sampled validation: the reward, its cues, then diagnostics."""
+        extra = [n for n in ("well_formed", "answer_agreement", "self_certainty")
+                 if n not in self.reward.names]
+        return ["reward", *self.reward.names, *extra]
+
+    @property
+    def val_group_size(self) -> int:
+        G = self.sampling.val_group_size
+        return self.sampling.group_size if G is None else G
+
+    def sample_validity(self, batch) -> validity.ValidityBatch | None:
+        """G completions per labelled question at the training temperature, scored by the
+        reward (its reliability state untouched) and every diagnostic signal; None when the
+        batch has no labelled question or the sampled validation is off."""
+        rows = [i for i, a in enumerate(batch.answers) if a is not None]
+        G = self.val_group_size
+        if not rows or G == 0:
+            return None
+        rollout = sample(self.model, self.processor, [batch.images[i] for i in rows],
+                         [batch.questions[i] for i in rows], replace(self.sampling, group_size=G),
+                         self.temperature, ids=[batch.ids[i] for i in rows])
+        self.score_passes(rollout)
+        scores = self.reward.score(rollout, update_means=False)  # (N, K)
+        out = self.reward.combine(scores, rollout.well_formed, G, update=False)
+        agree = AnswerAgreement().score(rollout)
+        extra = {"well_formed": rollout.well_formed, "answer_agreement": agree,
+                 "self_certainty": SelfCertainty().score(rollout)}
+        names = self.validity_names
+        columns = [out.rewards, *scores.unbind(-1), *(extra[n] for n in names[1 + len(scores[0]):])]
+        correct = torch.tensor(evaluation.correctness(
+            [p.answer for p in rollout.parsed], [batch.answers[i] for i in rows for _ in range(G)]))
+        signals = torch.stack([c.float().cpu() for c in columns], -1)
+        return validity.ValidityBatch(G, names, signals, correct,
+                                      validity.majority_correct(agree.cpu(), correct, G))
+
+    def validation_step(self, batch, batch_idx: int) -> validity.ValidityBatch | None:
         rollout, _ = self.evaluate_batch(batch)
         self.eval_metrics.update(rollout, batch.answers)
+        limit = self.sampling.val_sample_batches
+        if limit is not None and batch_idx >= limit:
+            return None
+        sampled = self.sample_validity(batch)
+        if sampled is not None:
+            self.validity_metrics.update(sampled)
+        return sampled  # for callbacks (the pre-flight report)
 
     test_step = validation_step
 
@@ -335,6 +387,7 @@ class SRMCRModule(L.LightningModule):
         # the cues' states in place afterwards (not allowed on inference tensors).
         with torch.inference_mode(False):
             self.eval_metrics.reset()
+            self.validity_metrics.reset()
             for cue in self.reward.cues.values():
                 cue.reset()
 
@@ -342,7 +395,11 @@ class SRMCRModule(L.LightningModule):
         """``<prefix>/accuracy``, ``format_rate``, ``completion_len``, ``truncated``, counts, and
         ``reward/<cue>``: epoch means, already summed across ranks by torchmetrics."""
         cue_means = {name: cue.compute() for name, cue in self.reward.cues.items()}
-        metrics = evaluation.eval_log_dict(prefix, self.eval_metrics.compute(), cue_means)
+        stats = self.eval_metrics.compute()
+        with warnings.catch_warnings():  # every rank syncs, also one that sampled nothing
+            warnings.filterwarnings("ignore", message=".*before the ``update`` method")
+            stats |= self.validity_metrics.compute()
+        metrics = evaluation.eval_log_dict(prefix, stats, cue_means)
         self.reset_eval_metrics()
         self.log_dict(metrics, batch_size=1, sync_dist=True)  # equal on every rank: no-op mean
 

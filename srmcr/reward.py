@@ -6,7 +6,7 @@ the reliability state together. Shape letters: B groups, G completions per group
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import math
 from collections.abc import Sequence
@@ -47,12 +47,42 @@ def group_zscores(filled: Tensor, group_size: int) -> Tensor:  # (N, K) -> (N, K
     return torch.where(flat | s.isnan(), 0.0, z).view_as(filled)
 
 
-def consensus_correlation(z: Tensor, group_size: int) -> tuple[Tensor, Tensor]:  # (K,), (K,)
-    """Sum over groups of Pearson corr(z_k, mean of the other cues' z), and the number of groups
-    where it is defined (both sides vary). Sums, not means, so ranks can all-reduce them."""
+def batch_scaled(filled: Tensor, group_size: int) -> Tensor:  # (N, K) -> (N, K)
+    """Scores centred in their group and divided by the cue's spread over the whole batch
+    (RMS of the centred values), not by each group's own: a cue whose scores barely move inside
+    a group keeps a small say instead of being blown up to unit scale. Whole-group abstentions
+    give 0."""
+    s = _grouped(filled, group_size)  # (B, G, K)
+    centred = torch.nan_to_num(s - s.mean(1, keepdim=True))
+    scale = centred.square().mean((0, 1), keepdim=True).sqrt()  # (1, 1, K)
+    return torch.where(scale > 1e-6, centred / (scale + EPS), 0.0).view_as(filled)
+
+
+NORMALIZERS = {"group": group_zscores, "batch": batch_scaled}
+
+
+def gate_unanswered(rewards: Tensor, well_formed: Tensor, group_size: int,
+                    margin: float = 1.0) -> Tensor:  # (N,), (N,) -> (N,)
+    """The format gate: an ill-formed completion (no usable answer) ends at least ``margin``
+    below every well-formed completion of its group, whatever its cue scores (ill-formed ones
+    keep their order below that line). Groups without a well-formed completion are unchanged."""
+    r, ok = rewards.view(-1, group_size), well_formed.bool().view(-1, group_size)
+    line = torch.where(ok, r, torch.inf).amin(1, keepdim=True) - margin  # (B, 1); inf: none
+    return torch.where(ok, r, torch.minimum(r, line)).view_as(rewards)
+
+
+def consensus_correlation(z: Tensor, group_size: int,
+                          anchor: int | None = None) -> tuple[Tensor, Tensor]:  # (K,), (K,)
+    """Sum over groups of Pearson corr(z_k, reference), and the number of groups where it is
+    defined (both sides vary); the reference is the mean of the other cues' z (consensus), or
+    with ``anchor`` the z of that cue (its own correlation is 1 by definition). Sums, not
+    means, so ranks can all-reduce them."""
     k = z.shape[-1]
     zg = _grouped(z, group_size)  # (B, G, K)
-    others = (zg.sum(-1, keepdim=True) - zg) / (k - 1)  # (B, G, K)
+    if anchor is None:
+        others = (zg.sum(-1, keepdim=True) - zg) / (k - 1)  # (B, G, K)
+    else:
+        others = zg[..., anchor:anchor + 1].expand_as(zg)
     x, y = zg - zg.mean(1, keepdim=True), others - others.mean(1, keepdim=True)
     norm = ((x * x).sum(1) * (y * y).sum(1)).sqrt()  # (B, K)
     defined = norm > 1e-12
@@ -89,7 +119,7 @@ def weighted_raw(filled: Tensor, weights: Tensor) -> Tensor:  # (N, K), (K,) -> 
 
 @dataclass
 class RewardOutput:
-    rewards: Tensor  # (N,) Σ w_k z_k + λ_fmt·well_formed: what the advantages are computed from
+    rewards: Tensor  # (N,) Σ w_k z_k, gated (or + λ_fmt·well_formed): what advantages come from
     scores: Tensor  # (N, K) raw cue scores, NaN = abstain
     raw: Tensor  # (N,) Σ w_k s_k: the interpretable raw reward, for logging
     stats: dict[str, float]  # log keys without the "train/" prefix
@@ -109,22 +139,42 @@ class SelfReward(nn.Module):
             step_consistency]'`` (one flag, no spaces).
         priors: prior weight per cue name (> 0; default 1.0 each). Priors of cues not enabled
             are ignored, so one YAML of priors serves every ablation.
-        reliability: weight cues by their agreement with the others; false = normalized priors.
+        reliability: weight cues by their agreement with a reference (``anchor``); false =
+            normalized priors.
+        anchor: the cue whose within-group ranking the others' reliability is measured
+            against (it must be enabled; e.g. answer_agreement, the group's consensus answer);
+            null = the mean of the other cues (version 1's consensus).
+        normalize: ``group``: z-scores within each group; ``batch``: centred within the group
+            and divided by the cue's spread over the whole batch, so a cue that barely moves
+            inside a group keeps a small say.
+        format: ``gate``: a completion without a usable answer (not well-formed) ranks at least
+            1 below every well-formed completion of its group; ``bonus``: version 1's additive
+            ``format_weight``·well_formed, which a high cue score can outweigh.
         momentum: EMA momentum of the reliability.
         tau: temperature of the weights, w_k ∝ prior_k · exp(ρ_k / tau).
         floor: minimum weight of an enabled cue (needs floor · K <= 1).
-        format_weight: λ_fmt, added to the reward of a well-formed completion.
+        format_weight: λ_fmt, added to the reward of a well-formed completion (``bonus`` only).
         encoder_model: sentence-transformers folder or hub id for E(x); null = packaged MiniLM.
         encoder_batch_size: texts per encoder forward pass.
     """
 
     def __init__(self, cues: Sequence[CueName] = CUE_NAMES, priors: dict[str, float] | None = None,
-                 reliability: bool = True, momentum: float = 0.9, tau: float = 0.5,
-                 floor: float = 0.05, format_weight: float = 0.5,
+                 reliability: bool = True, anchor: CueName | None = None,
+                 normalize: Literal["group", "batch"] = "group",
+                 format: Literal["gate", "bonus"] = "gate", momentum: float = 0.9,
+                 tau: float = 0.5, floor: float = 0.05, format_weight: float = 0.5,
                  encoder_model: str | None = None, encoder_batch_size: int = 64) -> None:
         super().__init__()
         names, prior_values = _check(list(cues), priors or {}, momentum, tau, floor, format_weight)
+        if anchor is not None and anchor not in names:
+            raise ValueError(f"reward.anchor={anchor!r} is not an enabled cue; add it to "
+                             f"reward.cues or set anchor: null (consensus of the cues)")
+        if normalize not in NORMALIZERS or format not in ("gate", "bonus"):
+            raise ValueError(f"reward.normalize must be one of {sorted(NORMALIZERS)} and "
+                             f"reward.format 'gate' or 'bonus'; got {normalize!r}, {format!r}")
         self.names = names
+        self.anchor = None if anchor is None else names.index(anchor)
+        self.normalize, self.format = normalize, format
         self.use_reliability = reliability and len(names) > 1  # one cue: nothing to agree with
         self.momentum, self.tau, self.floor = momentum, tau, floor
         self.format_weight = format_weight
@@ -169,19 +219,24 @@ class SelfReward(nn.Module):
         return self.combine(self.score(rollout), rollout.well_formed, rollout.group_size)
 
     @torch.no_grad()
-    def score(self, rollout: Rollout) -> Tensor:  # (N, K), NaN = abstain
+    def score(self, rollout: Rollout, update_means: bool = True) -> Tensor:  # (N, K), NaN = abstain
+        """Raw cue scores; ``update_means=False`` leaves the cues' running means alone (the
+        sampled validation must not mix into ``val/reward/<cue>``, a mean over greedy ones)."""
         device = self.reliability_ema.device
         self._encoder.device = device  # follow the module, wherever Lightning moved it
         texts = [t for cue in self.cues.values() for t in cue.texts(rollout)]
         with self._encoder.step(texts):  # one batched encoder call for every text cue
-            columns = [cue(rollout).to(device) for cue in self.cues.values()]
+            columns = [(cue(rollout) if update_means else cue.score(rollout)).to(device)
+                       for cue in self.cues.values()]
         if not columns:
             return torch.zeros(len(rollout.texts), 0, device=device)
         return torch.stack(columns, -1)
 
     @torch.no_grad()
-    def combine(self, scores: Tensor, well_formed: Tensor, group_size: int) -> RewardOutput:
-        """DESIGN's steps 1-5 on raw scores (N, K) and well_formed (N,); updates the EMA."""
+    def combine(self, scores: Tensor, well_formed: Tensor, group_size: int,
+                update: bool = True) -> RewardOutput:
+        """DESIGN's steps 1-5 on raw scores (N, K) and well_formed (N,); updates the EMA
+        unless ``update`` is false (validation measures the reward, it must not move it)."""
         n, k = scores.shape
         if group_size < 1 or n % group_size:
             raise ValueError(f"{n} completions do not split into groups of {group_size}")
@@ -189,17 +244,21 @@ class SelfReward(nn.Module):
             raise ValueError(f"got scores for {k} cues, expected {len(self.names)}: {self.names}")
         scores = scores.to(self.reliability_ema)
         filled = fill_abstentions(scores, group_size)
-        z = group_zscores(filled, group_size)
-        if self.use_reliability:
+        z = NORMALIZERS[self.normalize](filled, group_size)
+        if self.use_reliability and update:
             self._update_reliability(z, group_size)
         w = self.weights()
         well_formed = well_formed.to(z)
-        rewards = z @ w + self.format_weight * well_formed
+        rewards = z @ w
+        if self.format == "bonus":
+            rewards = rewards + self.format_weight * well_formed
+        else:
+            rewards = gate_unanswered(rewards, well_formed, group_size)
         raw = weighted_raw(filled, w)
         return RewardOutput(rewards, scores, raw, self._stats(rewards, raw, scores, w, well_formed))
 
     def _update_reliability(self, z: Tensor, group_size: int) -> None:
-        corr_sum, groups = consensus_correlation(z, group_size)  # (K,), (K,)
+        corr_sum, groups = consensus_correlation(z, group_size, self.anchor)  # (K,), (K,)
         if dist.is_available() and dist.is_initialized():
             packed = torch.stack([corr_sum, groups])  # one all-reduce: mean over all groups
             dist.all_reduce(packed)

@@ -103,3 +103,44 @@ def test_checkpoint_of_another_lora_configuration_is_rejected(tmp_path):
     state["state_dict"] = {k: v for k, v in state["state_dict"].items() if "q_proj" not in k}
     with pytest.raises(ValueError, match=r"lacks \d+ of the \d+ LoRA weights .*policy.lora"):
         other.on_load_checkpoint(state)
+
+
+def _validate(module: SRMCRModule, tmp_path, callbacks=()) -> dict[str, float]:
+    data = ImageQuestionDataModule(val="shapes:val?n=4&size=56", batch_size=2,
+                                   min_pixels=28 * 28, max_pixels=56 * 56)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path,
+                        callbacks=list(callbacks))
+    trainer.validate(module, datamodule=data, verbose=False)
+    return {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+def test_sampled_validation_logs_validity_without_moving_the_reward(tmp_path, monkeypatch):
+    module = _module(cues=("lexical_fidelity", "answer_agreement"))
+    module.sampling.val_group_size = 3
+    module.reward.reliability_ema.fill_(0.25)
+    # The random tiny model answers nothing: make every other sampled completion "right", so
+    # each group mixes right and wrong and the AUCs are defined.
+    from srmcr import evaluation
+    real = evaluation.correctness
+    monkeypatch.setattr(evaluation, "correctness", lambda answers, refs: [
+        i % 2 == 0 for i in range(len(answers))] if len(answers) > 2 else real(answers, refs))
+    from callbacks.preflight import PreflightReport
+    report = PreflightReport(bootstrap_samples=50)
+    metrics = _validate(module, tmp_path, [report])
+    assert metrics["val/sample_accuracy"] == pytest.approx(6 / 12)  # 4 questions x G = 3
+    assert metrics["val/mixed_groups"] == 4
+    for key in ("val/reward_auc", "val/auc/lexical_fidelity", "val/auc/answer_agreement",
+                "val/auc/well_formed", "val/auc/self_certainty", "val/majority_accuracy"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert "val/accuracy" in metrics  # greedy, as before
+    assert module.reward.reliability_ema.tolist() == [0.25, 0.25]  # measured, never trained
+    assert [b.group_size for b in report.batches] == [3, 3] and report.summary["questions"] == 4
+    assert "reward_auc" not in report.text and "\nmaj@3" in report.text
+
+
+def test_sampled_validation_off_logs_greedy_metrics_only(tmp_path):
+    module = _module(cues=("lexical_fidelity",))
+    module.sampling.val_group_size = 0
+    metrics = _validate(module, tmp_path)
+    assert "val/accuracy" in metrics and not any("auc" in k or "sample_acc" in k for k in metrics)

@@ -8,8 +8,8 @@ import torch.distributed as dist
 from jsonargparse import ArgumentParser
 
 from srmcr.cues import CUE_NAMES
-from srmcr.reward import (SelfReward, fill_abstentions, floored_weights,
-                          group_zscores)
+from srmcr.reward import (SelfReward, batch_scaled, consensus_correlation, fill_abstentions,
+                          floored_weights, gate_unanswered, group_zscores)
 from tests.cues.fakes import HashingEncoder, make_rollout
 
 NAN = math.nan
@@ -63,7 +63,8 @@ def test_floored_weights(logits, floor, expected, reason):
 def test_hand_computed_reliability_weights_and_rewards():
     # One group of 3, cues A, B agree, C half-agrees. z_A = z_B = A·(-1, 0, 1), z_C = A·(0, -1, 1).
     # corr(z_A, (z_B+z_C)/2) = 1.5/sqrt(2·1.5) = sqrt(3)/2, same for B; corr(z_C, z_A) = 1/2.
-    reward = SelfReward(cues=["semantic_alignment", "lexical_fidelity", "non_redundancy"])
+    reward = SelfReward(cues=["semantic_alignment", "lexical_fidelity", "non_redundancy"],
+                        format="bonus")
     scores = torch.tensor([[0.0, 0.0, 0.5], [0.5, 0.5, 0.0], [1.0, 1.0, 1.0]])
     out = reward.combine(scores, torch.tensor([1.0, 0.0, 1.0]), group_size=3)
     rho = [math.sqrt(3) / 2, math.sqrt(3) / 2, 0.5]
@@ -112,7 +113,7 @@ def test_identical_completions_give_zero_z_and_no_nan():
     reward = SelfReward(cues=TEXT_CUES)
     reward.encoder = HashingEncoder()
     out = reward(make_rollout(["How many circles?"] * 4, [text] * 4, group_size=4))
-    assert torch.equal(out.rewards, torch.full((4,), 0.5))  # z = 0, only λ_fmt·well_formed
+    assert torch.equal(out.rewards, torch.zeros(4))  # z = 0, all well-formed: nothing gated
     assert all(math.isfinite(v) for v in out.stats.values())
     assert not reward.reliability_initialised.any()  # nothing to correlate: EMA untouched
 
@@ -219,3 +220,83 @@ def test_stats_keys():
     kinds = ("reward", "weight", "reliability", "abstain")
     per_cue = {f"{k}/{c}" for k in kinds for c in CUE_NAMES}
     assert set(out.stats) == {"reward", "reward_raw", "format_rate"} | per_cue
+
+
+GATE = [  # rewards of ONE group, well_formed, expected, reason
+    ([0.3, 0.9, -0.2], [1, 0, 1], [0.3, -1.2, -0.2],
+     "an unanswered completion with the best cues ends 1 below the worst answered one"),
+    ([0.3, -2.0, -0.2], [1, 0, 1], [0.3, -2.0, -0.2], "already far below: kept"),
+    ([0.5, 0.7, 0.1], [0, 0, 0], [0.5, 0.7, 0.1], "nobody answered: unchanged"),
+    ([0.5, 0.7, 0.1], [1, 1, 1], [0.5, 0.7, 0.1], "everybody answered: unchanged"),
+]
+
+
+@pytest.mark.parametrize(("rewards", "well_formed", "expected", "reason"), GATE,
+                         ids=[g[3] for g in GATE])
+def test_gate_unanswered(rewards, well_formed, expected, reason):
+    got = gate_unanswered(torch.tensor(rewards), torch.tensor(well_formed), 3)
+    assert got.tolist() == pytest.approx(expected)
+
+
+ANSWERED = ("<think>Step 1: I see two red circles and a blue square.\nStep 2: So there are two "
+            "red circles.</think><answer>{}</answer>")
+LOOPHOLES = [  # (the answered completion, its loophole twin, why the twin must not win)
+    (ANSWERED.format("2"), ANSWERED.format(""), "an EMPTY answer keeps no format bonus"),
+    (ANSWERED.format("2"), ANSWERED.split("<answer>")[0], "the answer block deleted"),
+    (ANSWERED.format("no"), ANSWERED.split("</think>")[0], "cut off before </think>"),
+    (ANSWERED.format("7"), ANSWERED.format("2").replace("<think>", "").replace("</think>", ""),
+     "no think block: not well-formed"),
+    ("<think>Step 1: I guess.</think><answer>5</answer>",
+     "<think>Step 1: How many red circles are there? I count red circles.\nStep 2: The red "
+     "circles are there.</think>", "better cue scores but no answer: the gate, not a bonus"),
+]
+
+
+@pytest.mark.parametrize("recipe", [dict(format="gate"),
+                                    dict(format="gate", normalize="batch"),
+                                    dict(cues=[*CUE_NAMES[:3], CUE_NAMES[4], "answer_agreement"],
+                                         anchor="answer_agreement")])
+@pytest.mark.parametrize(("answered", "twin", "reason"), LOOPHOLES, ids=[x[2] for x in LOOPHOLES])
+def test_no_completion_without_a_usable_answer_outscores_an_answered_one(recipe, answered, twin,
+                                                                         reason):
+    recipe = {"cues": TEXT_CUES, **recipe}
+    reward = SelfReward(**recipe)
+    reward.encoder = HashingEncoder()
+    q = "How many red circles are there?"
+    other = ANSWERED.format("3").replace("two red", "three red")
+    out = reward(make_rollout([q] * 4, [answered, twin, other, twin], group_size=4))
+    assert out.rewards[1] < min(out.rewards[0], out.rewards[2]), out.rewards
+
+
+def test_the_format_bonus_of_version_1_can_be_outscored():
+    # Why the gate is the default: with the additive bonus, cue z-scores can outweigh it.
+    scores = torch.tensor([[0.0], [1.0], [0.5], [0.5]])
+    out = SelfReward(cues=["lexical_fidelity"], format="bonus").combine(
+        scores, torch.tensor([1.0, 0.0, 1.0, 1.0]), 4)
+    assert out.rewards[1] > out.rewards[0]
+    gated = SelfReward(cues=["lexical_fidelity"]).combine(scores, torch.tensor([1.0, 0, 1, 1]), 4)
+    assert gated.rewards[1] < gated.rewards[[0, 2, 3]].min()
+
+
+def test_anchor_reliability_is_the_correlation_with_the_anchor():
+    # z_A = (-1, 1)·a, anchor z = (-1, 1)·a too: corr 1; cue B opposite: corr -1; anchor itself 1.
+    z = torch.tensor([[-1.0, 1.0, -1.0], [1.0, -1.0, 1.0]])
+    corr, groups = consensus_correlation(z, 2, anchor=2)
+    assert corr.tolist() == pytest.approx([1.0, -1.0, 1.0]) and groups.tolist() == [1, 1, 1]
+    reward = SelfReward(cues=["lexical_fidelity", "non_redundancy", "answer_agreement"],
+                        anchor="answer_agreement")
+    reward.combine(torch.tensor([[0.2, 0.9, 0.0], [0.8, 0.1, 1.0]]), torch.ones(2), 2)
+    w = reward.weights()
+    assert w[0] == pytest.approx(w[2]) and w[1] == pytest.approx(0.05)  # the floor
+    with pytest.raises(ValueError, match="anchor='answer_agreement' is not an enabled cue"):
+        SelfReward(cues=["lexical_fidelity"], anchor="answer_agreement")
+
+
+def test_batch_scaling_keeps_a_small_spread_small():
+    # Cue 0 moves by 0.02 in group 1 and by 1.0 in group 2: z-scores give both unit scale;
+    # batch scaling divides by the batch RMS of the centred values, sqrt((2·0.01² + 2·0.5²)/4).
+    filled = torch.tensor([[0.49], [0.51], [0.0], [1.0]])
+    rms = math.sqrt((2 * 0.01**2 + 2 * 0.5**2) / 4)
+    assert batch_scaled(filled, 2).flatten().tolist() == pytest.approx(
+        [-0.01 / rms, 0.01 / rms, -0.5 / rms, 0.5 / rms], rel=1e-4)
+    assert group_zscores(filled, 2).flatten().tolist() == pytest.approx([-1, 1, -1, 1], abs=1e-3)

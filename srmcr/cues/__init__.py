@@ -13,6 +13,7 @@ from srmcr.cues.base import Cue, TextCue
 from srmcr.cues.lexical_fidelity import LexicalFidelity, lexical_fidelity
 from srmcr.cues.non_redundancy import NonRedundancy, non_redundancy
 from srmcr.cues.perception_sufficiency import PerceptionSufficiency, perception_sufficiency
+from srmcr.cues.self_certainty import SelfCertainty, self_certainty
 from srmcr.cues.self_verification import SelfVerification, self_verification
 from srmcr.cues.semantic_alignment import SemanticAlignment, semantic_alignment
 from srmcr.cues.step_consistency import StepConsistency, step_consistency
@@ -20,8 +21,10 @@ from srmcr.cues.visual_grounding import VisualGrounding, visual_grounding
 
 SRMCRCueName = Literal["semantic_alignment", "lexical_fidelity", "non_redundancy",
                        "visual_grounding", "step_consistency"]
-# MM-UPT's majority vote, Vision-SR1's blind re-answer, LaSeR's self-verification (label-free).
-RecipeCueName = Literal["answer_agreement", "perception_sufficiency", "self_verification"]
+# MM-UPT's majority vote, Vision-SR1's blind re-answer, LaSeR's self-verification, and
+# Intuitor/EMPO's self-certainty (label-free).
+RecipeCueName = Literal["answer_agreement", "perception_sufficiency", "self_verification",
+                        "self_certainty"]
 CueName = Literal[SRMCRCueName, RecipeCueName]  # every cue the reward accepts
 
 CUE_NAMES: tuple[SRMCRCueName, ...] = get_args(SRMCRCueName)  # the default, DESIGN.md's order
@@ -29,13 +32,14 @@ ALL_CUE_NAMES: tuple[CueName, ...] = get_args(CueName)
 # name -> class; the reward builds its cues from these names.
 CUES: dict[str, type[Cue]] = {cls.name: cls for cls in (
     SemanticAlignment, LexicalFidelity, NonRedundancy, VisualGrounding, StepConsistency,
-    AnswerAgreement, PerceptionSufficiency, SelfVerification)}
+    AnswerAgreement, PerceptionSufficiency, SelfVerification, SelfCertainty)}
 assert list(CUES) == list(ALL_CUE_NAMES), "every CueName needs exactly one cue class"
 
 __all__ = [
     "ALL_CUE_NAMES", "AnswerAgreement", "CUES", "CUE_NAMES", "Cue", "CueName", "LexicalFidelity",
-    "NonRedundancy", "PerceptionSufficiency", "RecipeCueName", "SRMCRCueName", "SelfVerification",
+    "NonRedundancy", "PerceptionSufficiency", "RecipeCueName", "SRMCRCueName", "SelfCertainty", "SelfVerification",
     "SemanticAlignment", "StepConsistency", "TextCue", "VisualGrounding", "answer_agreement",
-    "lexical_fidelity", "non_redundancy", "perception_sufficiency", "self_verification",
+    "lexical_fidelity", "non_redundancy", "perception_sufficiency", "self_certainty",
+    "self_verification",
     "semantic_alignment", "step_consistency", "visual_grounding",
 ]

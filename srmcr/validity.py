@@ -1,0 +1,192 @@
+"""Reward validity: does a label-free signal rank the right completions of a group above the wrong?
+
+DESIGN.md, invariant 2. Labels only ever measure here (validation, pre-flight), never train.
+The figure is the within-group AUC against correctness: over groups holding both right and wrong
+completions, P(signal of a right one > signal of a wrong one), ties counting half; the AUC of a
+set of groups is the mean of its groups' AUCs, so every question weighs the same and the 95%
+interval comes from resampling questions (``bootstrap_interval``). A pair where either signal
+is NaN (the cue abstains) is left out.
+
+Shape letters: B groups, G completions per group, N = B*G, S signals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+NAN = float("nan")
+
+
+def group_auc(scores: Tensor, correct: Tensor, group_size: int) -> Tensor:  # (N,), (N,) -> (B,)
+    """Per group: the share of (right, wrong) pairs the signal orders right, ties half; NaN
+    where the group has no such pair with finite scores (all right, all wrong, or abstentions)."""
+    s = scores.detach().double().view(-1, group_size)  # (B, G)
+    ok = ~s.isnan()
+    right, wrong = correct.bool().view(-1, group_size) & ok, ~correct.bool().view(-1, group_size) & ok
+    diff = s[:, :, None] - s[:, None, :]  # (B, G, G): row i right, column j wrong
+    pairs = right[:, :, None] & wrong[:, None, :]
+    wins = torch.where(diff > 0, 1.0, torch.where(diff == 0, 0.5, 0.0)).double()
+    count = pairs.sum((1, 2))
+    auc = torch.where(pairs, wins, 0.0).sum((1, 2)) / count.clamp(min=1)
+    return torch.where(count > 0, auc, NAN)
+
+
+def bootstrap_interval(per_group: Tensor, samples: int = 2000, level: float = 0.95,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile interval of the mean of the finite ``per_group`` values, resampling groups
+    (questions) with replacement; (NaN, NaN) without any finite value."""
+    values = per_group[~per_group.isnan()].double()
+    if len(values) == 0:
+        return NAN, NAN
+    g = torch.Generator().manual_seed(seed)
+    means = values[torch.randint(len(values), (samples, len(values)), generator=g)].mean(1)
+    tail = (1 - level) / 2
+    lo, hi = torch.quantile(means, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    return lo, hi
+
+
+def majority_correct(agrees: Tensor, correct: Tensor, group_size: int) -> Tensor:  # (N,) -> (B,)
+    """maj@G per group: whether the group's majority answer is right. ``agrees`` marks the
+    completions that give the majority answer (``answer_agreement``); a group without an answer
+    has none and counts as wrong."""
+    hit = agrees.bool() & correct.bool()
+    return hit.view(-1, group_size).any(1)
+
+
+@dataclass
+class ValidityBatch:
+    """G sampled completions per labelled question, with every signal's scores.
+
+    ``signals`` holds the training reward first (``names[0] == "reward"``), then each enabled
+    cue, then diagnostics the reward may not use (``well_formed``, ``answer_agreement``,
+    ``self_certainty``)."""
+
+    group_size: int  # G
+    names: list[str]  # (S,)
+    signals: Tensor  # (N, S) NaN = abstain
+    correct: Tensor  # (N,) bool
+    majority: Tensor  # (B,) bool: maj@G
+
+    def aucs(self) -> Tensor:  # (S, B)
+        return torch.stack([group_auc(self.signals[:, k], self.correct, self.group_size)
+                            for k in range(len(self.names))])
+
+
+class RewardValidity(Metric):
+    """Validation sums for ``val/sample_accuracy`` (mean@G), ``val/majority_accuracy`` (maj@G),
+    ``val/reward_auc``, ``val/auc/<signal>`` and ``val/mixed_groups`` (groups holding both right
+    and wrong completions), summed across ranks by torchmetrics."""
+
+    full_state_update = False
+
+    def __init__(self, names: Sequence[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.names = list(names)
+        zeros = torch.zeros(len(self.names), dtype=torch.float64)
+        self.add_state("auc_sum", default=zeros.clone(), dist_reduce_fx="sum")
+        self.add_state("auc_groups", default=zeros.clone(), dist_reduce_fx="sum")
+        for name in ("sample_correct", "samples", "majority_correct", "groups", "mixed"):
+            self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64),
+                           dist_reduce_fx="sum")
+
+    def update(self, batch: ValidityBatch) -> None:
+        if batch.names != self.names:
+            raise ValueError(f"signals {batch.names} differ from the metric's {self.names}")
+        aucs = batch.aucs()  # (S, B)
+        defined = ~aucs.isnan()
+        self.auc_sum += torch.where(defined, aucs, 0.0).sum(1).to(self.auc_sum)
+        self.auc_groups += defined.sum(1).to(self.auc_groups)
+        correct = batch.correct.view(-1, batch.group_size)
+        self.sample_correct += float(correct.sum())
+        self.samples += correct.numel()
+        self.majority_correct += float(batch.majority.sum())
+        self.groups += len(batch.majority)
+        self.mixed += float((correct.any(1) & ~correct.all(1)).sum())
+
+    def compute(self) -> dict[str, Tensor]:
+        """``sample_accuracy``, ``majority_accuracy``, ``mixed_groups``, ``reward_auc`` and
+        ``auc/<signal>`` (NaN where no group was mixed); {} when nothing was sampled."""
+        if self.groups == 0:
+            return {}
+        aucs = self.auc_sum / self.auc_groups  # 0/0 = NaN: no mixed group
+        out = {"sample_accuracy": self.sample_correct / self.samples,
+               "majority_accuracy": self.majority_correct / self.groups,
+               "mixed_groups": self.mixed}
+        for name, auc in zip(self.names, aucs):
+            out["reward_auc" if name == "reward" else f"auc/{name}"] = auc
+        return out
+
+
+@dataclass
+class SignalSummary:
+    auc: float  # mean over mixed groups
+    low: float  # 95% bootstrap interval over questions
+    high: float
+    groups: int  # mixed groups where the signal is defined
+
+
+def summarize(batches: Sequence[ValidityBatch], samples: int = 2000) -> dict[str, Any]:
+    """Pre-flight figures over a validation pass: mean@G, maj@G, mixed groups, and every
+    signal's AUC with its 95% interval (``SignalSummary``)."""
+    if not batches:
+        raise ValueError("no labelled question was sampled: give validation data with answers "
+                         "(data.val) and sampling.val_group_size >= 2")
+    names, G = batches[0].names, batches[0].group_size
+    aucs = torch.cat([b.aucs() for b in batches], dim=1)  # (S, B)
+    correct = torch.cat([b.correct for b in batches]).view(-1, G)
+    majority = torch.cat([b.majority for b in batches])
+    signals = {}
+    for name, per_group in zip(names, aucs):
+        lo, hi = bootstrap_interval(per_group, samples)
+        finite = per_group[~per_group.isnan()]
+        signals[name] = SignalSummary(float(finite.mean()) if len(finite) else NAN, lo, hi,
+                                      len(finite))
+    return {"group_size": G, "questions": len(majority),
+            "sample_accuracy": float(correct.float().mean()),
+            "majority_accuracy": float(majority.float().mean()),
+            "mixed_groups": int((correct.any(1) & ~correct.all(1)).sum()), "signals": signals}
+
+
+def verdict(summary: dict[str, Any], greedy_accuracy: float) -> str:
+    """One line: go when the reward's AUC interval is above 0.5 and maj@G >= greedy (the group's
+    consensus is worth sharpening toward); otherwise say what fails and which cues point the
+    wrong way."""
+    reward: SignalSummary = summary["signals"]["reward"]
+    wrong_way = [n for n, s in summary["signals"].items()
+                 if n != "reward" and s.high < 0.5]
+    problems = []
+    if not reward.low > 0.5:
+        problems.append(f"the reward's AUC interval [{reward.low:.2f}, {reward.high:.2f}] is not "
+                        "above 0.5: it does not rank right answers above wrong ones")
+    if summary["majority_accuracy"] < greedy_accuracy:
+        problems.append(f"maj@{summary['group_size']} {summary['majority_accuracy']:.3f} < greedy "
+                        f"{greedy_accuracy:.3f}: sharpening toward the group's consensus cannot "
+                        "lift greedy accuracy")
+    tail = f"; pointing the wrong way (AUC interval below 0.5): {', '.join(wrong_way)}" \
+        if wrong_way else ""
+    if problems:
+        return "NO-GO: " + "; ".join(problems) + tail
+    return (f"GO: the reward ranks right above wrong (AUC {reward.auc:.2f}, interval "
+            f"[{reward.low:.2f}, {reward.high:.2f}]) and maj@{summary['group_size']} >= greedy"
+            + tail)
+
+
+def format_report(summary: dict[str, Any], greedy_accuracy: float) -> str:
+    """The pre-flight table: accuracies, then one row per signal, then the verdict."""
+    G = summary["group_size"]
+    lines = [f"questions: {summary['questions']} labelled, G = {G} samples each "
+             f"({summary['mixed_groups']} groups hold both right and wrong answers)",
+             f"greedy accuracy:   {greedy_accuracy:.3f}",
+             f"mean@{G} (sampled): {summary['sample_accuracy']:.3f}",
+             f"maj@{G} (majority): {summary['majority_accuracy']:.3f}",
+             "", f"{'signal':<24} {'AUC':>6}  95% interval   groups"]
+    for name, s in summary["signals"].items():
+        lines.append(f"{name:<24} {s.auc:>6.3f}  [{s.low:.3f}, {s.high:.3f}]  {s.groups:>5}")
+    lines += ["", verdict(summary, greedy_accuracy)]
+    return "\n".join(lines)
