@@ -12,6 +12,11 @@ from lightning.pytorch.utilities import rank_zero_info
 from callbacks.best import checkpoint_record
 
 
+def trainable_state(pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
+    """A copy of ``pl_module``'s trainable (LoRA) weights."""
+    return {n: p.detach().clone() for n, p in pl_module.named_parameters() if p.requires_grad}
+
+
 def load_trainable(pl_module: L.LightningModule, path: str | Path) -> None:
     """Load a checkpoint's trainable (LoRA) weights into ``pl_module``; nothing else changes.
 
@@ -32,8 +37,9 @@ class AdapterExport(L.Callback):
 
     With ``from_best`` and a ``ModelCheckpoint`` that monitors ``monitor`` (``BestCheckpoint``)
     holding a best checkpoint, ``adapter/`` has that checkpoint's weights (the starting model's
-    when no validation beat it) and ``<last_dirname>/`` the final ones; the module is left holding
-    the exported (best) weights. Otherwise ``adapter/`` has the final weights.
+    when no validation beat it) and ``<last_dirname>/`` the final ones. Otherwise ``adapter/`` has
+    the final weights. The module keeps its final weights either way, in step with the trainer's
+    step and optimizer (a checkpoint saved after fit stays consistent).
 
     Args:
         dirname: Folder name under the run's log directory.
@@ -69,8 +75,10 @@ class AdapterExport(L.Callback):
             return
         self.save(pl_module, root / self.last_dirname)
         record = checkpoint_record(best.best_model_path, best.state_key)
+        final = trainable_state(pl_module)
         load_trainable(pl_module, best.best_model_path)
         self.save(pl_module, out)
+        pl_module.load_state_dict(final, strict=False)
         score = "n/a" if record["score"] is None else f"{record['score']:.4f}"
         rank_zero_info(f"LoRA adapter from the best checkpoint, step {record['step']} of "
                        f"{trainer.global_step} ({self.monitor} = {score}), written to {out}; "
