@@ -194,7 +194,10 @@ def curves(folder: Path) -> tuple[dict[str, list[tuple[int, float]]], float | No
     events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
     events.Reload()
     tags = events.Tags()["scalars"]
-    out = {tag: [(e.step + shift, e.value) for e in events.Scalars(tag)] if tag in tags else []
+    # A validation after step k is logged at k - 1; the first one (ValidateAtStart in
+    # tiny.yaml) ran before any step.
+    out = {tag: [(0 if i == 0 and shift else e.step + shift, e.value)
+                 for i, e in enumerate(events.Scalars(tag))] if tag in tags else []
            for tag, shift in (("val/accuracy", 1), ("val/format_rate", 1),
                               ("train/reward_raw", 0), ("train/kl", 0))}
     rewards = events.Scalars("train/reward_raw") if "train/reward_raw" in tags else []

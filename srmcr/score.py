@@ -5,7 +5,8 @@
     python -m srmcr.score --jsonl predictions.jsonl     # lines with "question", "completion"
     python -m srmcr.score --jsonl runs.jsonl --json     # one JSON object per line instead
 
-Prints the parsed steps and answer, well-formedness, each text cue's raw score in [0, 1] ("abstains"
+Prints the parsed steps and answer, well-formedness and the format gate (a completion without a
+usable answer ranks below every well-formed one of its group), each text cue's raw score in [0, 1] ("abstains"
 where a cue does not apply) and, given a reference (``--answer`` or an ``answer`` field), whether
 the answer matches it. Visual grounding is not scored: it needs the policy model and the image
 (``python main.py predict`` writes it).
@@ -66,6 +67,10 @@ def format_row(row: dict[str, Any]) -> str:
     lines.append(f"answer:        {row['parsed_answer']!r}" + (
         "" if row["answer"] is None else
         f"  (reference {row['answer']!r}: {'correct' if row['correct'] else 'wrong'})"))
+    lines.append("format gate:   " + (
+        "passes (well-formed, with an answer)" if row["well_formed"] else
+        "GATED: no usable answer (none, empty, or outside one <think> + one <answer> block); "
+        "with format: gate it ranks below every well-formed completion of its group"))
     lines.append("text cues:")
     width = max(map(len, row["scores"]), default=0)
     lines += [f"  {name:<{width}}  {'abstains' if s is None else f'{s:.4f}'}"

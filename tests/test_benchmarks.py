@@ -122,6 +122,6 @@ def test_toy_world_quick_runs_end_to_end(tmp_path):
     for run in summary["runs"]:
         assert run["eval"]["n"] == 8 and 0 <= run["eval"]["flaw_rate"] <= 1
     trained = summary["runs"][1]
-    assert [s for s, _ in trained["curves"]["val/accuracy"]] == [1, 2]
+    assert [s for s, _ in trained["curves"]["val/accuracy"]] == [0, 1, 2]  # step 0: the start
     assert len(trained["curves"]["train/reward_raw"]) == 2
     assert "| SR-MCR | 1 |" in (tmp_path / "toy_world.md").read_text()

@@ -40,8 +40,12 @@ def test_cli_prints_steps_answer_scores_and_the_grounding_note(capsys):
     main(["--question", "How many circles are there?", "--completion", GOOD, "--answer", "3"])
     out = capsys.readouterr().out
     for text in ["steps (2):", "1. I see two red circles", "answer:        '3'", "correct",
-                 *TEXT_CUES, "visual_grounding (needs the policy model and the image"]:
+                 *TEXT_CUES, "visual_grounding (needs the policy model and the image",
+                 "format gate:   passes"]:
         assert text in out
+    main(["--question", "How many circles are there?", "--completion",
+          GOOD.split("<answer>")[0] + "<answer></answer>"])
+    assert "format gate:   GATED: no usable answer" in capsys.readouterr().out
 
 
 def test_cli_reads_jsonl_and_writes_json(tmp_path, capsys):

@@ -16,7 +16,8 @@ from tests.e2e.test_main import FAST, ROOT
 @pytest.mark.slow
 def test_sigterm_saves_and_ckpt_path_last_resumes(tmp_path, monkeypatch):
     args = ["fit", "-c", str(ROOT / "configs/tiny.yaml"), *FAST,
-            "--trainer.logger.init_args.save_dir=logs", "--trainer.max_steps=10000"]
+            "--trainer.logger.init_args.save_dir=logs", "--trainer.limit_val_batches=0",
+            "--trainer.max_steps=10000"]
     proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     run = tmp_path / "logs" / "tiny" / "version_0"
