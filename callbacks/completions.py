@@ -22,6 +22,8 @@ import numpy as np
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
+from srmcr.errors import ConfigError
+
 if TYPE_CHECKING:
     from srmcr.module import StepRecord
 
@@ -85,9 +87,9 @@ class CompletionTables(L.Callback):
     def __init__(self, every_n_steps: int = 50, groups: int = 2, max_chars: int = 500,
                  thumbnail_size: int = 128) -> None:
         if every_n_steps < 1 or groups < 1 or max_chars < 1 or thumbnail_size < 8:
-            raise ValueError(f"CompletionTables needs every_n_steps >= 1, groups >= 1, "
-                             f"max_chars >= 1 and thumbnail_size >= 8 (got {every_n_steps}, "
-                             f"{groups}, {max_chars}, {thumbnail_size})")
+            raise ConfigError(f"CompletionTables needs every_n_steps >= 1, groups >= 1, "
+                              f"max_chars >= 1 and thumbnail_size >= 8 (got {every_n_steps}, "
+                              f"{groups}, {max_chars}, {thumbnail_size})")
         self.every_n_steps, self.groups = every_n_steps, groups
         self.max_chars, self.thumbnail_size = max_chars, thumbnail_size
         self._warned = False

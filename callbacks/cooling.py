@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 import lightning as L
 
+from srmcr.errors import ConfigError
+
 
 def base_temperature(step: int, t_start: float, t_end: float, cooling_steps: int) -> float:
     """Linear schedule from ``t_start`` at step 0 to ``t_end`` at ``cooling_steps``, then flat."""
@@ -97,7 +99,7 @@ class ConfidenceCooling(L.Callback):
         }
         for message, ok in checks.items():
             if not ok:
-                raise ValueError(message)
+                raise ConfigError(message)
         self.rule = dict(t_start=t_start, t_end=t_end, cooling_steps=cooling_steps, kappa=kappa,
                          t_min=t_min, t_max=t_max, reheat=reheat,
                          collapse_threshold=collapse_threshold)

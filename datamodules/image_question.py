@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader
 
 from datamodules.batch import BatchProgress, ImageQuestionBatch, Stage, collate
 from datamodules.records import REASONS, SHAPES_PREFIX, DecodeArgs, Source, parse_shapes, resolve
-from datamodules.stream import RecordStream, StreamStart
+from datamodules.stream import RecordStream, StreamStart, probe
+from srmcr.errors import ConfigError, DataError, MissingFileError
 
 __all__ = ["BatchProgress", "ImageQuestionBatch", "ImageQuestionDataModule", "collate"]
 STAGES: tuple[Stage, ...] = ("train", "val", "test", "predict")
@@ -46,14 +47,14 @@ def _validate(batch_size: int, num_workers: int, shuffle_buffer: int, min_pixels
     ]
     for ok, message in rules:
         if not ok:
-            raise ValueError(message)
+            raise ConfigError(message)
 
 
 def _specs(name: str, value: str | list[str] | None) -> list[str]:
     specs = [value] if isinstance(value, str) else list(value or [])
     for spec in specs:
         if not spec:
-            raise ValueError(f"{name}: an empty source string; give a JSONL path, glob or shapes:")
+            raise ConfigError(f"{name}: an empty source string; give a JSONL path, glob or shapes:")
         if spec.startswith(SHAPES_PREFIX):
             parse_shapes(spec)  # a typo in the query fails now, not at setup
     return specs
@@ -109,6 +110,7 @@ class ImageQuestionDataModule(L.LightningDataModule):
                                       None if image_root is None else Path(image_root))
         self.rank, self.world_size = 0, 1
         self._sources: dict[Stage, list[Source]] = {}
+        self._probed: set[Stage] = set()
         self._counts: dict[int, dict[str, int]] = {}  # rank -> {"read", *REASONS}
         self._positions: dict[int, tuple[int, int]] = {}  # shard -> (pass, position), train
         self._next_role: dict[int, int] = {}  # rank -> worker role of its next train batch
@@ -121,7 +123,8 @@ class ImageQuestionDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None, *, rank: int | None = None,
               world_size: int | None = None) -> None:
-        """Resolve the stage's sources. ``rank``/``world_size`` override the trainer's (tests)."""
+        """Resolve and probe the stage's sources (see ``_probe``), before the model loads.
+        ``rank``/``world_size`` override the trainer's (tests)."""
         if self.trainer is not None:
             self.rank, self.world_size = self.trainer.global_rank, self.trainer.world_size
         self.rank = self.rank if rank is None else rank
@@ -129,21 +132,37 @@ class ImageQuestionDataModule(L.LightningDataModule):
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank={self.rank} must lie in [0, world_size={self.world_size})")
         if stage == "fit" and not self.specs["train"]:
-            raise ValueError("fitting needs data.train (a JSONL path, glob or shapes:train)")
+            raise ConfigError("fitting needs data.train (a JSONL path, glob or shapes:train)")
         for name in _NEEDS[stage]:
             self._resolve(name)
+            self._probe(name)
 
     def _resolve(self, name: Stage) -> list[Source]:
         if name not in self._sources:
             try:
                 self._sources[name] = [src for spec in self.specs[name] for src in resolve(spec)]
             except FileNotFoundError as error:
-                raise FileNotFoundError(f"data.{name}: {error}") from error
+                raise MissingFileError(f"data.{name}: {error}") from error
         return self._sources[name]
+
+    def _probe(self, name: Stage) -> None:
+        """Read each source up to its first good record: a file of bad records, or of none, fails
+        here in seconds, naming its first bad lines, rather than after the model has loaded."""
+        if name in self._probed or not self.specs[name]:
+            return
+        args = (self.decode_args, self.max_bad_fraction)
+        try:
+            found = [probe(source, *args) for source in self._resolve(name)]
+        except DataError as error:
+            raise DataError(f"data.{name}: {error}") from error
+        if not any(found):
+            raise DataError(f"data.{name}: no record in {', '.join(map(str, self._sources[name]))}"
+                            ": the files are empty")
+        self._probed.add(name)
 
     def _loader(self, stage: Stage) -> DataLoader:
         if not self.specs[stage]:
-            raise ValueError(f"no {stage} data: set data.{stage} (a JSONL path, glob or shapes:)")
+            raise ConfigError(f"no {stage} data: set data.{stage} (a JSONL path, glob or shapes:)")
         stream = RecordStream(
             self._resolve(stage), self.decode_args, rank=self.rank, world_size=self.world_size,
             num_workers=self.num_workers, infinite=stage == "train",

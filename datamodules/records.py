@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl
 from PIL import Image
 
 from datamodules.shapes import make_record
+from srmcr.errors import ConfigError, MissingFileError
 
 Reason = Literal["bad_json", "missing_field", "missing_image", "bad_image", "long_question"]
 REASONS: tuple[Reason, ...] = get_args(Reason)
@@ -150,17 +151,17 @@ def parse_shapes(spec: str) -> ShapesSource:
     """``shapes:<split>[?n=512&size=112&seed=0]`` -> ShapesSource; ValueError says what is wrong."""
     split, _, query = spec[len(SHAPES_PREFIX):].partition("?")
     if not split:
-        raise ValueError(f"{spec!r}: write the split, e.g. 'shapes:train?n=512'")
+        raise ConfigError(f"{spec!r}: write the split, e.g. 'shapes:train?n=512'")
     try:
         params = {key: int(value) for key, value in parse_qsl(query, strict_parsing=bool(query))}
     except ValueError as error:
-        raise ValueError(f"{spec!r}: expected '?n=512&size=112&seed=0' ({error})") from error
+        raise ConfigError(f"{spec!r}: expected '?n=512&size=112&seed=0' ({error})") from error
     unknown = sorted(set(params) - set(_SHAPES_KEYS))
     if unknown:
-        raise ValueError(f"{spec!r}: unknown keys {unknown}; allowed: {list(_SHAPES_KEYS)}")
+        raise ConfigError(f"{spec!r}: unknown keys {unknown}; allowed: {list(_SHAPES_KEYS)}")
     source = ShapesSource(split, **params)
     if source.n < 1 or source.size < 8:
-        raise ValueError(f"{spec!r}: n must be >= 1 and size >= 8")
+        raise ConfigError(f"{spec!r}: n must be >= 1 and size >= 8")
     return source
 
 
@@ -172,8 +173,8 @@ def resolve(spec: str) -> list[Source]:
     if any(char in pattern for char in "*?["):
         paths = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
         if not paths:
-            raise FileNotFoundError(f"no file matches the glob {spec!r}")
+            raise MissingFileError(f"no file matches the glob {spec!r}")
         return [JsonlSource(p) for p in paths]
     if not Path(pattern).is_file():
-        raise FileNotFoundError(f"no such JSONL file: {spec!r}")
+        raise MissingFileError(f"no such JSONL file: {spec!r}")
     return [JsonlSource(Path(pattern))]

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from torch.utils.data import IterableDataset, get_worker_info
 
 from datamodules.records import BadRecord, DecodeArgs, Example, Source
+from srmcr.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -64,8 +65,8 @@ def shuffled(items: Iterable[T], buffer: int, rng: random.Random) -> Iterator[T]
 class _Ledger:
     """Per-shard counts, rate-limited warnings and the give-up rules."""
 
-    def __init__(self, names: str, max_bad_fraction: float):
-        self.names, self.max_bad_fraction = names, max_bad_fraction
+    def __init__(self, names: str, max_bad_fraction: float, *, quiet: bool = False):
+        self.names, self.max_bad_fraction, self.quiet = names, max_bad_fraction, quiet
         self.read = self.bad = self.pass_read = self.pass_good = 0
         self.first_bad: list[str] = []
         self.delta_read = 0  # since the last yielded example
@@ -87,7 +88,7 @@ class _Ledger:
         self.delta_skipped[bad.reason] = self.delta_skipped.get(bad.reason, 0) + 1
         if len(self.first_bad) < SHOWN_BAD_LINES:
             self.first_bad.append(f"{label}: {bad.reason}")
-        if self.bad <= 10 or self.bad % 100 == 0:  # first 10, then every 100th
+        if not self.quiet and (self.bad <= 10 or self.bad % 100 == 0):  # first 10, every 100th
             log.warning("skipping %s: %s (%d bad of %d read in this shard)",
                         label, bad, self.bad, self.read)
         self._check_fraction()
@@ -100,19 +101,20 @@ class _Ledger:
     def end_pass(self, whole: bool) -> None:
         """``whole``: the pass was read from its start (not resumed in the middle)."""
         if whole and self.pass_read and not self.pass_good:
-            raise ValueError(f"no good record in a full pass over {self.names}: all "
-                             f"{self.pass_read} read are bad. First bad lines: {self._lines()}")
+            raise DataError(f"no good record in a full pass over {self.names}: all "
+                            f"{self.pass_read} read are bad. First bad lines: {self._lines()}. "
+                            'Each line needs {"image": <path>, "question": <text>}.')
         self.pass_read = self.pass_good = 0
 
     def _check_fraction(self) -> None:
         if self.read >= MIN_READ_FOR_FRACTION and self.bad > self.max_bad_fraction * self.read:
-            raise ValueError(
+            raise DataError(
                 f"{self.bad} of {self.read} records read from {self.names} are bad, more than "
                 f"max_bad_fraction={self.max_bad_fraction}. First bad lines: {self._lines()}. "
                 "Fix or drop those records, or raise max_bad_fraction.")
 
     def _lines(self) -> str:
-        return "; ".join(self.first_bad)
+        return "; ".join(sorted(self.first_bad, key=_file_order))  # read order may be shuffled
 
 
 class RecordStream(IterableDataset):
@@ -165,8 +167,8 @@ class RecordStream(IterableDataset):
         # Without a skip every raw record is decoded, so nothing read means an empty shard, which
         # would spin forever in an infinite stream.
         if not skip and not ledger.pass_read and self.infinite:
-            raise ValueError(f"shard {shard} of {self.shards} (ranks x workers) got no record "
-                             f"from {self._names()}: fewer records than shards; lower num_workers")
+            raise ConfigError(f"shard {shard} of {self.shards} (ranks x workers) got no record "
+                              f"from {self._names()}: fewer records than shards; lower num_workers")
         ledger.end_pass(whole=not skip)
 
     def __iter__(self) -> Iterator[Tagged]:
@@ -184,6 +186,30 @@ class RecordStream(IterableDataset):
         names = [str(s) for s in self.sources[:3]]
         more = len(self.sources) - len(names)
         return ", ".join(names) + (f" and {more} more" if more > 0 else "")
+
+
+def probe(source: Source, args: DecodeArgs, max_bad_fraction: float) -> bool:
+    """Read ``source`` in file order up to its first good record, quietly: ``DataError`` (naming
+    the first bad lines) if there is none or the bad-fraction check fires first; False if it holds
+    no record. Run before the model loads, so bad data fails in seconds, not after minutes."""
+    ledger = _Ledger(str(source), max_bad_fraction, quiet=True)
+    for label, payload in source.raws():
+        try:
+            source.decode(label, payload, args)
+        except BadRecord as bad:
+            ledger.skip(label, bad)
+            continue
+        return True
+    read = ledger.pass_read
+    ledger.end_pass(whole=True)
+    return read > 0
+
+
+def _file_order(line: str) -> tuple[str, int]:
+    """``"path:17: reason"`` -> ``("path", 17)``: sorts bad lines by file, then line number."""
+    label = line.rsplit(": ", 1)[0]
+    name, _, number = label.rpartition(":")
+    return (name, int(number)) if number.isdigit() else (label, -1)
 
 
 def _with_trailing(items: Iterator[Tagged], ledger: _Ledger) -> Iterator[Tagged]:

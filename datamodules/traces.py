@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules.records import ShapesSource, fit_pixels, parse_shapes
 from datamodules.scene import COLOURS, KINDS, Scene, Shape
 from datamodules.shapes import ShapesRecord, make_record
+from srmcr.errors import ConfigError
 
 Flaw = Literal["loop", "hallucination", "contradiction"]
 Kind = Literal["clean", "loop", "hallucination", "contradiction"]
@@ -60,15 +61,15 @@ class TraceMix:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.flaws) - {"loop", "hallucination", "contradiction"})
         if unknown:
-            raise ValueError(f"mix.flaws: unknown flaws {unknown}; use loop, hallucination, "
-                             "contradiction")
+            raise ConfigError(f"mix.flaws: unknown flaws {unknown}; use loop, hallucination, "
+                              "contradiction")
         if not 0 <= self.clean <= 1 or not 0 <= self.wrong_answer <= 1:
-            raise ValueError(f"mix.clean ({self.clean}) and mix.wrong_answer "
-                             f"({self.wrong_answer}) must lie in [0, 1]")
+            raise ConfigError(f"mix.clean ({self.clean}) and mix.wrong_answer "
+                              f"({self.wrong_answer}) must lie in [0, 1]")
         if any(w < 0 for w in self.flaws.values()) or (self.clean < 1 and
                                                        sum(self.flaws.values()) <= 0):
-            raise ValueError(f"mix.flaws {self.flaws}: weights must be >= 0 and not all 0 "
-                             "unless mix.clean is 1")
+            raise ConfigError(f"mix.flaws {self.flaws}: weights must be >= 0 and not all 0 "
+                              "unless mix.clean is 1")
 
     def share(self, kind: Kind) -> float:
         """Expected share of traces of this kind."""
@@ -347,9 +348,9 @@ class TraceDataModule(L.LightningDataModule):
                  max_pixels: int = 112 * 112, num_workers: int = 0):
         super().__init__()
         if batch_size < 1 or num_workers < 0 or max_pixels < min_pixels:
-            raise ValueError(f"data needs batch_size >= 1, num_workers >= 0 and max_pixels >= "
-                             f"min_pixels (got {batch_size}, {num_workers}, {max_pixels} < "
-                             f"{min_pixels})")
+            raise ConfigError(f"data needs batch_size >= 1, num_workers >= 0 and max_pixels >= "
+                              f"min_pixels (got {batch_size}, {num_workers}, {max_pixels} < "
+                              f"{min_pixels})")
         self.train_source = parse_shapes(train)
         self.val_source = None if val is None else parse_shapes(val)
         self.batch_size, self.mix, self.num_workers = batch_size, mix, num_workers

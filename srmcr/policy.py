@@ -17,6 +17,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_t
 from transformers import BitsAndBytesConfig, Qwen2_5_VLForConditionalGeneration
 
 from srmcr import tiny
+from srmcr.errors import ConfigError, MissingFileError
 from srmcr.tiny import ImageOnlyQwenProcessor
 
 DType = Literal["float32", "bfloat16", "float16"]
@@ -39,12 +40,12 @@ class LoraArgs:
 
     def __post_init__(self) -> None:
         if self.r < 1 or self.alpha <= 0:
-            raise ValueError(f"lora.r must be >= 1 and lora.alpha > 0 (got r={self.r}, "
+            raise ConfigError(f"lora.r must be >= 1 and lora.alpha > 0 (got r={self.r}, "
                              f"alpha={self.alpha})")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"lora.dropout must be in [0, 1) (got {self.dropout})")
+            raise ConfigError(f"lora.dropout must be in [0, 1) (got {self.dropout})")
         if not self.target_modules:
-            raise ValueError("lora.target_modules is empty: name at least one projection")
+            raise ConfigError("lora.target_modules is empty: name at least one projection")
 
     def config(self) -> LoraConfig:
         # A regex, so the vision tower's own gate/up/down projections are never adapted.
@@ -77,8 +78,8 @@ class PolicyArgs:
     def __post_init__(self) -> None:
         if self.min_pixels is not None and self.max_pixels is not None \
                 and self.max_pixels < self.min_pixels:
-            raise ValueError(f"policy.max_pixels ({self.max_pixels}) is below policy.min_pixels "
-                             f"({self.min_pixels}): raise max_pixels or lower min_pixels")
+            raise ConfigError(f"policy.max_pixels ({self.max_pixels}) is below policy.min_pixels "
+                              f"({self.min_pixels}): raise max_pixels or lower min_pixels")
         check_model_spec(self.model)
         if self.quantization != "none":
             check_bitsandbytes(self.quantization)
@@ -103,14 +104,14 @@ def check_model_spec(spec: str) -> None:
     kind, local, size = spec.partition(":")
     if local and kind in LOCAL_KINDS:
         if size not in tiny.SPECS:
-            raise ValueError(f"policy.model {spec!r}: unknown {kind} size; use one of "
-                             f"{', '.join(f'{kind}:{s}' for s in sorted(tiny.SPECS))}")
+            raise ConfigError(f"policy.model {spec!r}: unknown {kind} size; use one of "
+                              f"{', '.join(f'{kind}:{s}' for s in sorted(tiny.SPECS))}")
         return
     if Path(spec).expanduser().is_dir():
         return
     if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
-        raise FileNotFoundError(f"policy.model {spec!r} is neither an existing folder nor a hub id "
-                                "('org/name') nor tiny:<tiny|small> (or warm:<tiny|small>)")
+        raise MissingFileError(f"policy.model {spec!r} is neither an existing folder nor a hub id "
+                               "('org/name') nor tiny:<tiny|small> (or warm:<tiny|small>)")
 
 
 def resolve_model(spec: str, cache_dir: Path = tiny.DEFAULT_CACHE) -> str:
@@ -139,9 +140,9 @@ def check_bitsandbytes(quantization: str) -> None:
         else:
             bnbf.int8_vectorwise_quant(weights.half())
     except (ImportError, RuntimeError, NotImplementedError, AttributeError) as error:
-        raise RuntimeError(f"policy.quantization={quantization} needs bitsandbytes, which cannot "
-                           f"run here ({type(error).__name__}: {error}); set "
-                           "policy.quantization=none") from error
+        raise ConfigError(f"policy.quantization={quantization} needs bitsandbytes, which cannot "
+                          f"run here ({type(error).__name__}: {error}); set "
+                          "policy.quantization=none") from error
 
 
 def _quantization_config(args: PolicyArgs) -> BitsAndBytesConfig | None:

@@ -18,6 +18,7 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers.cache_utils import Cache, DynamicCache
 
 from srmcr import prompts
+from srmcr.errors import ConfigError
 from srmcr.parsing import Parsed, parse
 from srmcr.prefix import language_core, prompt_groups, repeated
 
@@ -50,14 +51,14 @@ class SamplingArgs:
 
     def __post_init__(self) -> None:
         if self.group_size < 2:
-            raise ValueError(f"sampling.group_size must be >= 2 for group-relative advantages "
-                             f"(got {self.group_size})")
+            raise ConfigError(f"sampling.group_size must be >= 2 for group-relative advantages "
+                              f"(got {self.group_size})")
         if self.max_new_tokens < 1 or self.generation_batch_size < 1:
-            raise ValueError("sampling.max_new_tokens and sampling.generation_batch_size "
-                             "must be >= 1")
+            raise ConfigError("sampling.max_new_tokens and sampling.generation_batch_size "
+                              "must be >= 1")
         if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
-            raise ValueError(f"sampling needs temperature > 0, 0 < top_p <= 1, top_k >= 0 (got "
-                             f"{self.temperature}, {self.top_p}, {self.top_k})")
+            raise ConfigError(f"sampling needs temperature > 0, 0 < top_p <= 1, top_k >= 0 (got "
+                              f"{self.temperature}, {self.top_p}, {self.top_k})")
 
 
 @dataclass

@@ -47,6 +47,7 @@ from torch import Tensor
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from srmcr import evaluation, prompts, tiny
+from srmcr.errors import ConfigError
 from srmcr.logprobs import completion_logits, token_logprobs
 from srmcr.parsing import parse
 from srmcr.policy import PolicyArgs, load_processor, resolve_model
@@ -136,14 +137,14 @@ class WarmupModule(L.LightningModule):
                  optimizer: OptimizerCallable = _adamw) -> None:
         super().__init__()
         if policy.quantization != "none":
-            raise ValueError("the warm-up trains full weights: set policy.quantization=none "
-                             f"(got {policy.quantization})")
+            raise ConfigError("the warm-up trains full weights: set policy.quantization=none "
+                              f"(got {policy.quantization})")
         if warmup_steps < 0 or not 0 <= min_lr_ratio <= 1:
-            raise ValueError(f"warmup_steps must be >= 0 and min_lr_ratio in [0, 1] (got "
-                             f"{warmup_steps}, {min_lr_ratio})")
+            raise ConfigError(f"warmup_steps must be >= 0 and min_lr_ratio in [0, 1] (got "
+                              f"{warmup_steps}, {min_lr_ratio})")
         if (vision_scale is not None and vision_scale <= 0) or calibration_batches < 1:
-            raise ValueError(f"vision_scale must be > 0 (or null) and calibration_batches >= 1 "
-                             f"(got {vision_scale}, {calibration_batches})")
+            raise ConfigError(f"vision_scale must be > 0 (or null) and calibration_batches >= 1 "
+                              f"(got {vision_scale}, {calibration_batches})")
         self.save_hyperparameters({"policy": asdict(policy), "sampling": asdict(sampling),
                                    "train_vision": train_vision, "vision_scale": vision_scale})
         self.vision_scale, self.calibration_batches = vision_scale, calibration_batches

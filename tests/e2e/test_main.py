@@ -44,11 +44,27 @@ def test_fast_dev_run(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+def test_default_root_dir_holds_logs_checkpoints_and_adapter_and_resumes(tmp_path, monkeypatch):
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    root = tmp_path / "DIR"
+    args = ["fit", "-c", str(ROOT / "configs/tiny.yaml"), *FAST,
+            "--data.val=shapes:val?n=2&size=56", f"--trainer.default_root_dir={root}"]
+    main([*args, "--trainer.max_steps=2"])
+    run = root / "lightning_logs" / "tiny" / "version_0"
+    assert list(run.glob("events.out.tfevents*")) and (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "adapter" / "adapter_config.json").is_file()
+    assert not list((tmp_path / "elsewhere").iterdir())  # nothing lands in the working folder
+    cli = main([*args, "--trainer.max_steps=3", "--ckpt_path=last"])
+    assert cli.trainer.global_step == 3 and Path(cli.trainer.log_dir) == run
+
+
+@pytest.mark.slow
 def test_tiny_config_writes_scalars_checkpoint_and_adapter(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = main(["fit", "-c", str(ROOT / "configs/tiny.yaml"), *FAST, "--trainer.max_steps=3",
-                "--trainer.logger.init_args.save_dir=logs"])
+    cli = main(["fit", "-c", str(ROOT / "configs/tiny.yaml"), *FAST, "--trainer.max_steps=3"])
     run = Path(cli.trainer.log_dir)
+    assert run.resolve() == tmp_path / "lightning_logs" / "tiny" / "version_0"  # the default
     events = EventAccumulator(str(next(run.glob("events.out.tfevents*"))))
     events.Reload()
     tags = set(events.Tags()["scalars"])

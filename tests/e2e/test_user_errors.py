@@ -1,0 +1,102 @@
+"""Mistakes the user must fix end in one line, ``error: <message>``, before any model loads."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from datamodules.image_question import ImageQuestionDataModule
+from main import main
+from srmcr.errors import DataError
+from srmcr.module import SRMCRModule
+from tests.e2e.test_main import ROOT
+
+TINY = ["fit", "-c", str(ROOT / "configs/tiny.yaml")]
+BAD_ROWS = ['{"image": "x.png"}', "not json", '{"question": "q"}', "[1]",
+            '{"image": "absent.png", "question": "What is it?"}', "{", '{"image": 3}']
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """The checks must fail before ``configure_model``: on a 7B model loading takes minutes."""
+    def fail(self):
+        raise AssertionError("the model was loaded before the mistake was reported")
+    monkeypatch.setattr(SRMCRModule, "configure_model", fail)
+    monkeypatch.delenv("SRMCR_DEBUG", raising=False)
+
+
+def _bad_file(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(BAD_ROWS) + "\n")
+    return path
+
+
+def _one_error_line(capsys, *args: str) -> str:
+    with pytest.raises(SystemExit) as done:
+        main([*TINY, *args])
+    assert done.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and err.rstrip().endswith(errors[0]), err[-2000:]
+    return errors[0]
+
+
+def test_a_file_of_bad_records_fails_before_the_model_loads(tmp_path, capsys, no_model_load):
+    path = _bad_file(tmp_path)
+    line = _one_error_line(capsys, f"--data.train={path}")
+    assert line.startswith(f"error: data.train: no good record in a full pass over {path}: all "
+                           f"{len(BAD_ROWS)} read are bad")
+    # The first bad lines, in file order (the train stream reads them shuffled).
+    shown = [f"{path}:{i}: " for i in range(1, 6)]
+    assert all(s in line for s in shown) and f"{path}:6: " not in line
+    assert [line.index(s) for s in shown] == sorted(line.index(s) for s in shown)
+
+
+def test_bad_validation_data_fails_at_setup_too(tmp_path, capsys, no_model_load):
+    line = _one_error_line(capsys, f"--data.val={_bad_file(tmp_path)}")
+    assert line.startswith("error: data.val: no good record")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data.train={tmp}/missing.jsonl"], "error: data.train: no such JSONL file: '{tmp}/missing"),
+    (["--data.val={tmp}/*.jsonl"], "error: data.val: no file matches the glob '{tmp}/*.jsonl'"),
+    (["--model.sampling.group_size=1"], "error: sampling.group_size must be >= 2"),
+    (["--model.policy.model={tmp}/no-model"], "error: policy.model '{tmp}/no-model' is neither an "
+                                              "existing folder"),
+    (["--data.batch_size=0"], "error: batch_size=0: set it to 1 or more"),
+    (["--ckpt_path=last"], "error: --ckpt_path last: no lightning_logs/tiny/version_*"),
+], ids=["missing file", "empty glob", "group_size=1", "model path", "batch_size=0", "ckpt last"])
+def test_user_errors_print_one_line(tmp_path, monkeypatch, capsys, no_model_load, args, message):
+    monkeypatch.chdir(tmp_path)
+    args = [a.format(tmp=tmp_path) for a in args]
+    assert _one_error_line(capsys, *args).startswith(message.format(tmp=tmp_path))
+
+
+def test_srmcr_debug_shows_the_traceback(tmp_path, monkeypatch, no_model_load):
+    monkeypatch.setenv("SRMCR_DEBUG", "1")
+    with pytest.raises(DataError, match="no good record"):
+        main([*TINY, f"--data.train={_bad_file(tmp_path)}"])
+    with pytest.raises(ValueError, match="group_size must be >= 2"):  # as jsonargparse wraps it
+        main([*TINY, "--model.sampling.group_size=1"])
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch, no_model_load):
+    def bug(self, stage=None, **kwargs):
+        raise ValueError("a bug in the code, not the user's to fix")
+    monkeypatch.setattr(ImageQuestionDataModule, "setup", bug)
+    with pytest.raises(ValueError, match="a bug in the code"):
+        main(TINY)
+
+
+def test_the_command_line_says_it_in_one_line_within_seconds(tmp_path):
+    # One real process: no traceback on stderr, exit status 1, long before a model could load.
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, str(ROOT / "main.py"), *TINY,
+                           f"--data.train={_bad_file(tmp_path)}"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    elapsed = time.monotonic() - start
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert done.stderr.rstrip().splitlines()[-1].startswith("error: data.train: no good record")
+    assert elapsed < 60, f"{elapsed:.0f} s: 6-8 s of imports and a few records should do"
