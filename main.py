@@ -8,6 +8,7 @@ without a good record) end in one line, ``error: <message>``, and exit status 1,
 ``SRMCR_DEBUG=1`` shows their traceback. Any other exception is a bug and keeps its traceback.
 """
 
+import argparse
 import logging
 import os
 import re
@@ -27,7 +28,8 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 from datamodules.image_question import ImageQuestionDataModule  # noqa: E402
 from datamodules.traces import warm_model  # noqa: E402
-from srmcr.errors import MissingFileError, UserError  # noqa: E402
+from callbacks.preflight import PreflightReport  # noqa: E402
+from srmcr.errors import ConfigError, MissingFileError, UserError  # noqa: E402
 from srmcr.module import SRMCRModule  # noqa: E402
 from srmcr.policy import register_builder  # noqa: E402
 
@@ -136,12 +138,40 @@ def user_errors(debug: bool) -> Iterator[None]:
 
 
 def run_cli(args: list[str] | None) -> LightningCLI:
-    """fit / validate / test / predict through LightningCLI."""
+    """fit / validate / test / predict through LightningCLI, and ``preflight``."""
     set_parsing_settings(docstring_parse_attribute_docstrings=True)  # config docs in --help
     hf_logging.disable_progress_bar()  # per-shard bars of a few-MB model are noise
     register_builder("warm", warm_model)  # policy.model warm:<size>: built once, then cached
+    args = sys.argv[1:] if args is None else list(args)
+    if args[:1] == ["preflight"]:
+        return preflight(args[1:])
     return SRMCRCLI(LightningModule, LightningDataModule, subclass_mode_model=True,
                     subclass_mode_data=True, args=args, save_config_kwargs={"overwrite": True})
+
+
+def preflight(args: list[str]) -> LightningCLI:
+    """``main.py preflight -c <config> --data.val <labelled.jsonl> [--save FILE]``: will
+    label-free training help this model on this data? One validation pass that samples
+    ``sampling.val_group_size`` completions of every labelled question and prints greedy
+    accuracy, mean@G, maj@G, the within-group AUC of the reward and of every cue with 95%
+    intervals, and a verdict (``callbacks.preflight.PreflightReport``). Nothing is trained or
+    written, except the collected signals with ``--save``."""
+    parser = argparse.ArgumentParser(prog="python main.py preflight", add_help=False)
+    parser.add_argument("--save", type=Path, help="write the collected signals (torch.save)")
+    own, rest = parser.parse_known_args(args)
+    report = PreflightReport(own.save)
+    # Every batch is sampled, and the config's loggers and callbacks are not needed.
+    cli = SRMCRCLI(LightningModule, LightningDataModule, subclass_mode_model=True,
+                   subclass_mode_data=True, run=False, args=[
+                       *rest, "--model.init_args.sampling.val_sample_batches=null",
+                       "--trainer.logger=false", "--trainer.callbacks=[]",
+                       "--trainer.enable_checkpointing=false"])
+    if not getattr(cli.datamodule, "specs", {}).get("val"):
+        raise ConfigError("preflight needs labelled validation data: --data.val <labelled.jsonl> "
+                          "(records with an \"answer\")")
+    cli.trainer.callbacks.append(report)
+    cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
+    return cli
 
 
 def main(args: list[str] | None = None) -> LightningCLI:

@@ -1,6 +1,6 @@
 """Which reward ranks right answers above wrong ones? Sample once, then score reward recipes.
 
-    python benchmarks/reward_auc.py --split val --n 256 --save /tmp/val.pt        # ~3 min
+    python benchmarks/reward_auc.py --split val --n 256 --save /tmp/val.pt        # ~4 min
     python benchmarks/reward_auc.py --load /tmp/val.pt                           # seconds
     python benchmarks/reward_auc.py --split heldout --n 256 --save /tmp/heldout.pt
 
@@ -32,7 +32,7 @@ from srmcr.reward import SelfReward  # noqa: E402
 
 FIVE = ["semantic_alignment", "lexical_fidelity", "non_redundancy", "visual_grounding",
         "step_consistency"]
-COLLECT = [*FIVE, "answer_agreement", "self_certainty"]
+COLLECT = [*FIVE, "answer_agreement", "answer_support", "self_certainty", "answer_certainty"]
 # name -> SelfReward arguments. "v1" is the first definition (consensus reliability, format
 # bonus); the rest change one thing at a time, then combine what helped.
 RECIPES: dict[str, dict[str, Any]] = {
@@ -56,6 +56,23 @@ RECIPES: dict[str, dict[str, Any]] = {
     "five + agreement (prior 5), anchor, batch": dict(
         cues=[*FIVE, "answer_agreement"], anchor="answer_agreement", normalize="batch",
         priors={"answer_agreement": 5.0}),
+    "answer_support alone": dict(cues=["answer_support"], reliability=False),
+    "support + certainty, equal": dict(cues=["answer_support", "self_certainty"],
+                                       reliability=False),
+    "five + support, anchor": dict(cues=[*FIVE, "answer_support"], anchor="answer_support"),
+    "five + support + certainty, anchor": dict(
+        cues=[*FIVE, "answer_support", "self_certainty"], anchor="answer_support"),
+    "five + support + certainty, anchor, tau 1": dict(
+        cues=[*FIVE, "answer_support", "self_certainty"], anchor="answer_support", tau=1.0),
+    "five + support + certainty, fixed equal": dict(
+        cues=[*FIVE, "answer_support", "self_certainty"], reliability=False),
+    "answer_certainty alone": dict(cues=["answer_certainty"], reliability=False),
+    "support + answer certainty, equal": dict(cues=["answer_support", "answer_certainty"],
+                                              reliability=False),
+    "five + support + answer certainty, anchor": dict(
+        cues=[*FIVE, "answer_support", "answer_certainty"], anchor="answer_support"),
+    "five + support + both certainties, anchor": dict(cues=COLLECT[:5] + COLLECT[6:],
+                                                      anchor="answer_support"),
 }
 
 

@@ -17,7 +17,8 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
 from srmcr import evaluation, grpo, validity
-from srmcr.cues import AnswerAgreement, SelfCertainty
+from srmcr.cues import AnswerAgreement, AnswerCertainty, AnswerSupport, SelfCertainty
+from srmcr.errors import ConfigError
 from srmcr.guards import CollapseMonitor, UpdateGuard
 from srmcr.logprobs import (TokenLogProbs, blank_pixel_values, completion_logits,
                             rollout_logprobs, token_logprobs)
@@ -55,10 +56,10 @@ class GRPOArgs:
 
     def __post_init__(self) -> None:
         if self.clip_low <= 0 or self.clip_high <= 0:
-            raise ValueError(f"grpo.clip_low and grpo.clip_high must be > 0 (got "
-                             f"{self.clip_low}, {self.clip_high})")
+            raise ConfigError(f"grpo.clip_low and grpo.clip_high must be > 0 (got "
+                              f"{self.clip_low}, {self.clip_high})")
         if self.beta < 0 or self.num_iterations < 1 or self.micro_batch_size < 1:
-            raise ValueError("grpo needs beta >= 0, num_iterations >= 1, micro_batch_size >= 1")
+            raise ConfigError("grpo needs beta >= 0, num_iterations >= 1, micro_batch_size >= 1")
 
 
 def _rng_state() -> dict:
@@ -135,7 +136,7 @@ class SRMCRModule(L.LightningModule):
             micro = self.grpo_args.micro_batch_size
             if micro < rows and rows % micro:
                 fits = [d for d in range(1, rows + 1) if rows % d == 0]
-                raise ValueError(
+                raise ConfigError(
                     f"grpo.micro_batch_size={micro} does not divide the "
                     f"{rows} completions of a step (data.batch_size={batch_size} x "
                     f"sampling.group_size={self.sampling.group_size}); use one of {fits}")
@@ -163,9 +164,9 @@ class SRMCRModule(L.LightningModule):
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         missing = sorted(trainable - set(checkpoint["state_dict"]))
         if missing:
-            raise ValueError(f"the checkpoint lacks {len(missing)} of the {len(trainable)} LoRA "
-                             f"weights of this model (e.g. {missing[0]}): it was written for "
-                             "another model or LoRA configuration (policy.model, policy.lora)")
+            raise ConfigError(f"the checkpoint lacks {len(missing)} of the {len(trainable)} LoRA "
+                              f"weights of this model (e.g. {missing[0]}): it was written for "
+                              "another model or LoRA configuration (policy.model, policy.lora)")
         state = checkpoint.get("srmcr")
         if state is not None:
             self.guard.load_state_dict(state["guard"])
@@ -324,7 +325,8 @@ class SRMCRModule(L.LightningModule):
     @property
     def validity_names(self) -> list[str]:
         """The signals of the sampled validation: the reward, its cues, then diagnostics."""
-        extra = [n for n in ("well_formed", "answer_agreement", "self_certainty")
+        extra = [n for n in ("well_formed", "answer_agreement", "answer_support", "self_certainty",
+                             "answer_certainty")
                  if n not in self.reward.names]
         return ["reward", *self.reward.names, *extra]
 
@@ -349,7 +351,9 @@ class SRMCRModule(L.LightningModule):
         out = self.reward.combine(scores, rollout.well_formed, G, update=False)
         agree = AnswerAgreement().score(rollout)
         extra = {"well_formed": rollout.well_formed, "answer_agreement": agree,
-                 "self_certainty": SelfCertainty().score(rollout)}
+                 "answer_support": AnswerSupport().score(rollout),
+                 "self_certainty": SelfCertainty().score(rollout),
+                 "answer_certainty": AnswerCertainty().score(rollout)}
         names = self.validity_names
         columns = [out.rewards, *scores.unbind(-1), *(extra[n] for n in names[1 + len(scores[0]):])]
         correct = torch.tensor(evaluation.correctness(

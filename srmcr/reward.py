@@ -17,12 +17,17 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from srmcr.cues import CUE_NAMES, CUES, Cue, CueName
+from srmcr.errors import ConfigError
 from srmcr.encoder import TextEncoder
 
 if TYPE_CHECKING:  # the rollout module imports transformers: seconds
     from srmcr.rollout import Rollout
 
 EPS = 1e-6  # DESIGN's z = (s − mean_g) / (std_g + 1e-6)
+# The default recipe (docs/reward.md): the five SR-MCR cues plus the group's vote share of each
+# answer, which also anchors the reliability weights; chosen by within-group AUC on shapes:val.
+DEFAULT_CUES: tuple[CueName, ...] = (*CUE_NAMES, "answer_support")
+AUTO_ANCHOR: CueName = "answer_support"
 
 
 def _grouped(x: Tensor, group_size: int) -> Tensor:  # (N, K) -> (B, G, K); explicit B for K = 0
@@ -132,9 +137,11 @@ class SelfReward(nn.Module):
     buffers); the encoder is not a submodule and the cues' running means are not persistent.
 
     Args:
-        cues: the enabled cues, by name: any of ``CUE_NAMES`` (the five SR-MCR cues, the
-            default) or of ``RecipeCueName`` (answer_agreement, perception_sufficiency,
-            self_verification; see configs/recipes/). Ablate one by leaving it out,
+        cues: the enabled cues, by name: any of ``CUE_NAMES`` (the five SR-MCR cues) or of
+            ``RecipeCueName`` (answer_support, answer_agreement, self_certainty,
+            answer_certainty, perception_sufficiency, self_verification; see
+            configs/recipes/ and docs/reward.md). Default: the five + answer_support. Ablate
+            one by leaving it out,
             e.g. ``--model.reward.cues='[semantic_alignment,lexical_fidelity,non_redundancy,
             step_consistency]'`` (one flag, no spaces).
         priors: prior weight per cue name (> 0; default 1.0 each). Priors of cues not enabled
@@ -142,8 +149,10 @@ class SelfReward(nn.Module):
         reliability: weight cues by their agreement with a reference (``anchor``); false =
             normalized priors.
         anchor: the cue whose within-group ranking the others' reliability is measured
-            against (it must be enabled; e.g. answer_agreement, the group's consensus answer);
-            null = the mean of the other cues (version 1's consensus).
+            against: each cue's weight grows with its correlation with the anchor inside the
+            groups; a named anchor must be enabled. ``auto`` (default): answer_support, the
+            group's vote for each answer, when it is enabled, else the consensus; null = the
+            mean of the other cues (version 1's consensus).
         normalize: ``group``: z-scores within each group; ``batch``: centred within the group
             and divided by the cue's spread over the whole batch, so a cue that barely moves
             inside a group keeps a small say.
@@ -158,20 +167,23 @@ class SelfReward(nn.Module):
         encoder_batch_size: texts per encoder forward pass.
     """
 
-    def __init__(self, cues: Sequence[CueName] = CUE_NAMES, priors: dict[str, float] | None = None,
-                 reliability: bool = True, anchor: CueName | None = None,
+    def __init__(self, cues: Sequence[CueName] = DEFAULT_CUES,
+                 priors: dict[str, float] | None = None,
+                 reliability: bool = True, anchor: CueName | Literal["auto"] | None = "auto",
                  normalize: Literal["group", "batch"] = "group",
                  format: Literal["gate", "bonus"] = "gate", momentum: float = 0.9,
                  tau: float = 0.5, floor: float = 0.05, format_weight: float = 0.5,
                  encoder_model: str | None = None, encoder_batch_size: int = 64) -> None:
         super().__init__()
         names, prior_values = _check(list(cues), priors or {}, momentum, tau, floor, format_weight)
+        if anchor == "auto":
+            anchor = AUTO_ANCHOR if AUTO_ANCHOR in names else None
         if anchor is not None and anchor not in names:
-            raise ValueError(f"reward.anchor={anchor!r} is not an enabled cue; add it to "
-                             f"reward.cues or set anchor: null (consensus of the cues)")
+            raise ConfigError(f"reward.anchor={anchor!r} is not an enabled cue; add it to "
+                              f"reward.cues or set anchor: null (consensus of the cues)")
         if normalize not in NORMALIZERS or format not in ("gate", "bonus"):
-            raise ValueError(f"reward.normalize must be one of {sorted(NORMALIZERS)} and "
-                             f"reward.format 'gate' or 'bonus'; got {normalize!r}, {format!r}")
+            raise ConfigError(f"reward.normalize must be one of {sorted(NORMALIZERS)} and "
+                              f"reward.format 'gate' or 'bonus'; got {normalize!r}, {format!r}")
         self.names = names
         self.anchor = None if anchor is None else names.index(anchor)
         self.normalize, self.format = normalize, format
@@ -293,16 +305,16 @@ def _check(names: list[str], priors: dict[str, float], momentum: float, tau: flo
     valid = ", ".join(CUES)
     for name in [*names, *priors]:
         if name not in CUES:
-            raise ValueError(f"unknown cue {name!r}; valid cues: {valid}")
+            raise ConfigError(f"unknown cue {name!r}; valid cues: {valid}")
     if len(set(names)) != len(names):
-        raise ValueError(f"cue listed twice in {names}")
+        raise ConfigError(f"cue listed twice in {names}")
     if not names:
-        raise ValueError(f"model.reward.cues is empty: enable at least one cue ({valid})")
+        raise ConfigError(f"model.reward.cues is empty: enable at least one cue ({valid})")
     bad = {k: v for k, v in priors.items() if not (v > 0 and math.isfinite(v))}
     if bad:
-        raise ValueError(f"priors must be finite and > 0, got {bad}; to disable a cue, leave it "
-                         f"out of `cues`")
+        raise ConfigError(f"priors must be finite and > 0, got {bad}; to disable a cue, leave it "
+                          f"out of `cues`")
     if not 0 <= momentum < 1 or tau <= 0 or not 0 <= floor * len(names) <= 1:
-        raise ValueError(f"need 0 <= momentum < 1, tau > 0 and 0 <= floor·K <= 1; got "
-                         f"momentum={momentum}, tau={tau}, floor={floor}, K={len(names)}")
+        raise ConfigError(f"need 0 <= momentum < 1, tau > 0 and 0 <= floor·K <= 1; got "
+                          f"momentum={momentum}, tau={tau}, floor={floor}, K={len(names)}")
     return names, [priors.get(n, 1.0) for n in names]

@@ -48,6 +48,13 @@ class SamplingArgs:
     """Sequences per generate call; lower it if generation runs out of memory."""
     system_prompt: str = prompts.SYSTEM_PROMPT
     """System prompt asking for the <think>/<answer> format."""
+    val_group_size: int | None = None
+    """G of the sampled validation: completions per labelled validation question, sampled at
+    the current training temperature, for val/sample_accuracy, val/majority_accuracy and
+    val/reward_auc (None: group_size; 0: off, greedy validation only)."""
+    val_sample_batches: int | None = None
+    """Sample on the first this many validation batches only (None: all), to keep validation
+    cheap; the greedy val/accuracy still covers every batch."""
 
     def __post_init__(self) -> None:
         if self.group_size < 2:
@@ -56,6 +63,13 @@ class SamplingArgs:
         if self.max_new_tokens < 1 or self.generation_batch_size < 1:
             raise ConfigError("sampling.max_new_tokens and sampling.generation_batch_size "
                               "must be >= 1")
+        if self.val_group_size is not None and (self.val_group_size < 0
+                                                or self.val_group_size == 1):
+            raise ConfigError(f"sampling.val_group_size must be 0 (off), >= 2 or null (= "
+                              f"group_size); got {self.val_group_size}")
+        if self.val_sample_batches is not None and self.val_sample_batches < 0:
+            raise ConfigError(f"sampling.val_sample_batches must be >= 0 or null (all); got "
+                              f"{self.val_sample_batches}")
         if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise ConfigError(f"sampling needs temperature > 0, 0 < top_p <= 1, top_k >= 0 (got "
                               f"{self.temperature}, {self.top_p}, {self.top_k})")
@@ -84,6 +98,8 @@ class Rollout:
     logp: Tensor | None = None  # (N, T) log pi(token | image)
     max_prob: Tensor | None = None  # (N, T) max softmax probability (confidence)
     suppressed: list[int] = field(default_factory=list)  # token ids the sampler never draws
+    # 1 on the tokens of the text inside <answer>...</answer> (the sampler finds them):
+    answer_mask: Tensor | None = None  # (N, T)
     # Filled by the module's blank-image pass, only if a cue needs it:
     blank_logp: Tensor | None = None  # (N, T) log pi(token | blank image)
     # Set by the module when a cue asks the policy itself (reward.needs_policy):
@@ -122,6 +138,28 @@ def select_images(pixel_values: Tensor, grid: Tensor, images: Tensor) -> tuple[T
 
 def end_token_ids(tokenizer) -> list[int]:
     return [tokenizer.convert_tokens_to_ids(t) for t in END_TOKENS]
+
+
+def answer_token_mask(tokenizer, ids: Tensor, mask: Tensor) -> Tensor:  # (N, T) -> (N, T)
+    """1 on the completion tokens that overlap the text inside the first ``<answer>...</answer>``
+    block (by the characters each token decodes to), 0 elsewhere and without such a block."""
+    out = torch.zeros_like(mask)
+    lengths = mask.sum(1).tolist()
+    pieces = tokenizer.batch_decode(ids.reshape(-1, 1), skip_special_tokens=True)
+    width = ids.shape[1]
+    for row, n in enumerate(lengths):
+        tokens = pieces[row * width:row * width + n]
+        text = "".join(tokens)
+        start = text.find("<answer>")
+        end = text.find("</answer>", start + 1)
+        if start < 0 or end < 0:
+            continue
+        lo, hi, pos = start + len("<answer>"), end, 0
+        for t, piece in enumerate(tokens):
+            if pos + len(piece) > lo and pos < hi:
+                out[row, t] = 1
+            pos += len(piece)
+    return out
 
 
 def completion_mask(ids: Tensor, end_ids: Sequence[int]) -> tuple[Tensor, Tensor]:
@@ -242,4 +280,5 @@ def sample(model, processor, images: Sequence[Image.Image], questions: Sequence[
         truncated=truncated, temperature=temperature, images=list(images),
         pixel_values=enc["pixel_values"], image_grid_thw=enc["image_grid_thw"],
         ids=[i for i in (ids or [str(b) for b in range(B)]) for _ in range(G)],
-        logp=logp * mask, max_prob=max_prob * mask, suppressed=list(config.suppress_tokens))
+        logp=logp * mask, max_prob=max_prob * mask, suppressed=list(config.suppress_tokens),
+        answer_mask=answer_token_mask(processor.tokenizer, completion_ids, mask))

@@ -161,7 +161,7 @@ def test_one_flag_ablation_from_the_command_line():
 
 def test_state_dict_holds_reliability_only_and_round_trips():
     reward = SelfReward()
-    reward.combine(torch.rand(8, 5), torch.ones(8), group_size=4)
+    reward.combine(torch.rand(8, 6), torch.ones(8), group_size=4)
     state = reward.state_dict()
     assert set(state) == {"reliability_ema", "reliability_initialised"}
     fresh = SelfReward()
@@ -216,9 +216,9 @@ def test_reliability_is_all_reduced_when_distributed(tmp_path):
 
 
 def test_stats_keys():
-    out = SelfReward().combine(torch.rand(4, 5), torch.ones(4), 2)
+    out = SelfReward().combine(torch.rand(4, 6), torch.ones(4), 2)
     kinds = ("reward", "weight", "reliability", "abstain")
-    per_cue = {f"{k}/{c}" for k in kinds for c in CUE_NAMES}
+    per_cue = {f"{k}/{c}" for k in kinds for c in [*CUE_NAMES, "answer_support"]}
     assert set(out.stats) == {"reward", "reward_raw", "format_rate"} | per_cue
 
 
@@ -290,6 +290,9 @@ def test_anchor_reliability_is_the_correlation_with_the_anchor():
     assert w[0] == pytest.approx(w[2]) and w[1] == pytest.approx(0.05)  # the floor
     with pytest.raises(ValueError, match="anchor='answer_agreement' is not an enabled cue"):
         SelfReward(cues=["lexical_fidelity"], anchor="answer_agreement")
+    # "auto": answer_support anchors when enabled (the default recipe), else the consensus.
+    assert SelfReward().anchor == SelfReward().names.index("answer_support") == 5
+    assert SelfReward(cues=["lexical_fidelity", "non_redundancy"]).anchor is None
 
 
 def test_batch_scaling_keeps_a_small_spread_small():

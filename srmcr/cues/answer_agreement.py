@@ -68,3 +68,37 @@ class AnswerAgreement(Cue):
     def score(self, rollout: Rollout) -> Tensor:  # (N,)
         keys = [answer_key(p.answer) for p in rollout.parsed]
         return majority_agreement(keys, rollout.group_size)
+
+
+def support_share(keys: Sequence[str | None], group_size: int) -> Tensor:  # (N,)
+    """Share of the OTHER completions of the group that give the same key; 0 where the key is
+    None (no answer: never neutral) and where the group has no other completion (G = 1)."""
+    n = len(keys)
+    if group_size < 1 or n % group_size:
+        raise ValueError(f"{n} answers do not split into groups of {group_size}")
+    if group_size == 1:
+        return torch.zeros(n)
+    index: dict[str, int] = {}
+    ids = torch.tensor([-1 if k is None else index.setdefault(k, len(index)) for k in keys],
+                       dtype=torch.long).view(-1, group_size)  # (B, G), -1 = no answer
+    valid = ids >= 0
+    same = (ids[:, :, None] == ids[:, None, :]) & valid[:, None, :] & valid[:, :, None]
+    return ((same.sum(-1) - valid.long()) / (group_size - 1)).float().view(n)
+
+
+def answer_support(completions: Sequence[str], group_size: int) -> Tensor:  # (N,)
+    """How many of the other completions of its group share each completion's answer."""
+    return support_share([answer_key(parse(c).answer) for c in completions], group_size)
+
+
+class AnswerSupport(Cue):
+    """Vote share: a graded answer agreement. Where ``answer_agreement`` gives 1 to the
+    majority and 0 to everyone else, this ranks every answer by its support, so a runner-up
+    answer held by 3 of 8 ranks above a stray one (wrong answers scatter more than right ones).
+    score = (completions of the group with the same normalized answer − 1) / (G − 1); 0 without
+    an answer. A group that all agrees (or all differs) scores alike: z = 0."""
+
+    name = "answer_support"
+
+    def score(self, rollout: Rollout) -> Tensor:  # (N,)
+        return support_share([answer_key(p.answer) for p in rollout.parsed], rollout.group_size)

@@ -68,9 +68,35 @@ def test_metric_matches_function_and_accumulates():
     assert not metric.needs_policy and not metric.needs_blank_logprobs
 
 
-def test_reward_accepts_it_and_the_default_stays_the_five_cues():
-    assert "answer_agreement" not in CUE_NAMES and SelfReward().names == list(CUE_NAMES)
+def test_reward_accepts_it_and_the_default_is_the_five_cues_and_answer_support():
+    assert "answer_agreement" not in CUE_NAMES
+    assert SelfReward().names == [*CUE_NAMES, "answer_support"]
     reward = SelfReward(cues=["answer_agreement"])
     texts = [_completion(a) for a in ["1", "1", "2", "2"]]
     out = reward(make_rollout(["q"] * 4, texts, group_size=4))
     assert out.scores[:, 0].tolist() == [1, 1, 0, 0] and not reward.needs_policy
+
+
+SUPPORT = [  # answers of ONE group, expected vote shares, reason
+    (["3", "3", "3", "3"], [1, 1, 1, 1], "all agree: everyone supported by all others"),
+    (["3", "3", "4", "5"], [1 / 3, 1 / 3, 0, 0], "the pair shares 1 of 3 others"),
+    (["red", "red", "blue", "blue"], [1 / 3, 1 / 3, 1 / 3, 1 / 3], "a 2-2 tie ranks alike"),
+    (["3", None, "3", ""], [1 / 3, 0, 1 / 3, 0],
+     "no answer (or an empty one) scores 0 and supports nobody"),
+    (["Three circles.", "3 circle", "3", "4"], [1 / 3, 1 / 3, 0, 0], "normalized answers"),
+]
+
+
+@pytest.mark.parametrize(("answers", "expected", "reason"), SUPPORT, ids=[c[2] for c in SUPPORT])
+def test_answer_support(answers, expected, reason):
+    from srmcr.cues import answer_support
+    got = answer_support([_completion(a) for a in answers], group_size=len(answers))
+    assert got.tolist() == pytest.approx(expected)
+
+
+def test_answer_support_ranks_a_runner_up_above_a_stray_answer():
+    from srmcr.cues import answer_support
+    answers = ["2", "2", "2", "3", "3", "5"]
+    got = answer_support([_completion(a) for a in answers], group_size=6)
+    assert got[0] > got[3] > got[5]  # majority > runner-up > stray; agreement ties the last two
+    assert answer_agreement([_completion(a) for a in answers], 6)[3:].tolist() == [0, 0, 0]

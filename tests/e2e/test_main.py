@@ -62,7 +62,14 @@ def test_default_root_dir_holds_logs_checkpoints_and_adapter_and_resumes(tmp_pat
 @pytest.mark.slow
 def test_tiny_config_writes_scalars_checkpoint_and_adapter(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = main(["fit", "-c", str(ROOT / "configs/tiny.yaml"), *FAST, "--trainer.max_steps=3"])
+    # The random tiny model never answers: call every other sampled completion right, so the
+    # validation's groups mix right and wrong and the AUCs are defined.
+    from srmcr import evaluation
+    real = evaluation.correctness
+    monkeypatch.setattr(evaluation, "correctness", lambda answers, refs: [
+        i % 2 == 0 for i in range(len(answers))] if len(answers) > 2 else real(answers, refs))
+    cli = main(["fit", "-c", str(ROOT / "configs/tiny.yaml"), *FAST, "--trainer.max_steps=3",
+                "--data.val=shapes:val?n=4&size=56", "--model.sampling.val_group_size=2"])
     run = Path(cli.trainer.log_dir)
     assert run.resolve() == tmp_path / "lightning_logs" / "tiny" / "version_0"  # the default
     events = EventAccumulator(str(next(run.glob("events.out.tfevents*"))))
@@ -72,12 +79,17 @@ def test_tiny_config_writes_scalars_checkpoint_and_adapter(tmp_path, monkeypatch
                 "frac_zero_std_groups", "completion_len", "temperature", "confidence",
                 "collapse", "reward/semantic_alignment", "weight/visual_grounding"]:
         assert f"train/{key}" in tags
+    for key in ["accuracy", "sample_accuracy", "majority_accuracy", "reward_auc", "mixed_groups",
+                "auc/semantic_alignment", "auc/visual_grounding", "auc/answer_agreement",
+                "auc/self_certainty", "auc/well_formed"]:
+        assert f"val/{key}" in tags, key
+    assert [e.step for e in events.Scalars("val/reward_auc")] == [0]  # the step-0 validation
     assert len(events.Scalars("train/loss")) == 3
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["state_dict"] and all("lora_" in k or k.startswith("reward.")
                                       for k in ckpt["state_dict"])
     base = Qwen2_5_VLForConditionalGeneration.from_pretrained(resolve_model("tiny:tiny"))
-    adapted = PeftModel.from_pretrained(base, run / "adapter")
+    adapted = PeftModel.from_pretrained(base, run / "adapter_last")  # the final weights
     trained = cli.model.model.state_dict()
     for name, value in adapted.state_dict().items():
         if "lora_" in name:

@@ -19,7 +19,7 @@ RECIPE_DIR = ROOT / "configs" / "recipes"
 SRMCR = ["semantic_alignment", "lexical_fidelity", "non_redundancy", "visual_grounding",
          "step_consistency"]
 RECIPES = {  # file -> the cues it enables
-    "srmcr.yaml": SRMCR,
+    "srmcr.yaml": [*SRMCR, "answer_support"],
     "mm_upt.yaml": ["answer_agreement"],
     "vision_sr1_labelfree.yaml": ["perception_sufficiency", "answer_agreement"],
     "srmcr_plus.yaml": [*SRMCR, "answer_agreement", "self_verification"],

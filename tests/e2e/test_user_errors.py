@@ -67,7 +67,13 @@ def test_bad_validation_data_fails_at_setup_too(tmp_path, capsys, no_model_load)
                                               "existing folder"),
     (["--data.batch_size=0"], "error: batch_size=0: set it to 1 or more"),
     (["--ckpt_path=last"], "error: --ckpt_path last: no lightning_logs/tiny/version_*"),
-], ids=["missing file", "empty glob", "group_size=1", "model path", "batch_size=0", "ckpt last"])
+    (["--model.grpo.micro_batch_size=3"], "error: grpo.micro_batch_size=3 does not divide the 16"),
+    (["--model.grpo.clip_low=0"], "error: grpo.clip_low and grpo.clip_high must be > 0"),
+    (["--model.reward.cues=[lexical_fidelity]", "--model.reward.anchor=answer_agreement"],
+     "error: reward.anchor='answer_agreement' is not an enabled cue"),
+    (["--model.sampling.val_group_size=1"], "error: sampling.val_group_size must be 0 (off), >= 2"),
+], ids=["missing file", "empty glob", "group_size=1", "model path", "batch_size=0", "ckpt last",
+        "micro batch", "clip", "anchor", "val_group_size=1"])
 def test_user_errors_print_one_line(tmp_path, monkeypatch, capsys, no_model_load, args, message):
     monkeypatch.chdir(tmp_path)
     args = [a.format(tmp=tmp_path) for a in args]
