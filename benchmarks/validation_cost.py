@@ -27,7 +27,7 @@ def timed_run(config: str, extra: list[str], threads: int) -> float:
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         subprocess.run([sys.executable, str(ROOT / "main.py"), "fit", "-c", config,
-                        f"--trainer.default_root_dir={out}", "--trainer.enable_progress_bar=false",
+                        f"--trainer.default_root_dir={out}",
                         *extra], check=True, cwd=out, stdout=subprocess.DEVNULL,
                        env={**os.environ, "OMP_NUM_THREADS": str(threads)})
         return time.perf_counter() - start

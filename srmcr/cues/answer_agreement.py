@@ -72,12 +72,13 @@ class AnswerAgreement(Cue):
 
 def support_share(keys: Sequence[str | None], group_size: int) -> Tensor:  # (N,)
     """Share of the OTHER completions of the group that give the same key; 0 where the key is
-    None (no answer: never neutral) and where the group has no other completion (G = 1)."""
+    None (no answer: never neutral); NaN (does not apply) when a group has one completion (the
+    greedy evaluation), which training never has."""
     n = len(keys)
     if group_size < 1 or n % group_size:
         raise ValueError(f"{n} answers do not split into groups of {group_size}")
     if group_size == 1:
-        return torch.zeros(n)
+        return torch.full((n,), float("nan"))
     index: dict[str, int] = {}
     ids = torch.tensor([-1 if k is None else index.setdefault(k, len(index)) for k in keys],
                        dtype=torch.long).view(-1, group_size)  # (B, G), -1 = no answer
