@@ -160,15 +160,19 @@ def preflight(args: list[str]) -> LightningCLI:
     parser.add_argument("--save", type=Path, help="write the collected signals (torch.save)")
     own, rest = parser.parse_known_args(args)
     report = PreflightReport(own.save)
-    # Every batch is sampled, and the config's loggers and callbacks are not needed.
+    # The config's loggers and callbacks are not needed.
     cli = SRMCRCLI(LightningModule, LightningDataModule, subclass_mode_model=True,
                    subclass_mode_data=True, run=False, args=[
-                       *rest, "--model.init_args.sampling.val_sample_batches=null",
-                       "--trainer.logger=false", "--trainer.callbacks=[]",
+                       *rest, "--trainer.logger=false", "--trainer.callbacks=[]",
                        "--trainer.enable_checkpointing=false"])
     if not getattr(cli.datamodule, "specs", {}).get("val"):
         raise ConfigError("preflight needs labelled validation data: --data.val <labelled.jsonl> "
                           "(records with an \"answer\")")
+    if getattr(cli.model, "sampling", None) is not None:
+        cli.model.sampling.val_sample_batches = None  # every batch, whatever training samples
+        if cli.model.val_group_size == 0:
+            raise ConfigError("preflight samples G completions per question: set "
+                              "--model.sampling.val_group_size to 2 or more (0 turns it off)")
     cli.trainer.callbacks.append(report)
     cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
     return cli

@@ -44,6 +44,9 @@ class PreflightReport(L.Callback):
         self.summary = validity.summarize(self.batches, self.bootstrap_samples)
         self.summary["greedy_accuracy"] = greedy
         self.text = validity.format_report(self.summary, greedy)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Here, after the validation progress bar has finished drawing.
         if trainer.is_global_zero:
             print(self.text, flush=True)
             if self.save_to is not None:

@@ -151,8 +151,8 @@ class SelfReward(nn.Module):
         anchor: the cue whose within-group ranking the others' reliability is measured
             against: each cue's weight grows with its correlation with the anchor inside the
             groups; a named anchor must be enabled. ``auto`` (default): answer_support, the
-            group's vote for each answer, when it is enabled, else the consensus; null = the
-            mean of the other cues (version 1's consensus).
+            group's vote for each answer, when it is enabled, else the consensus;
+            ``consensus``: the mean of the other cues (version 1).
         normalize: ``group``: z-scores within each group; ``batch``: centred within the group
             and divided by the cue's spread over the whole batch, so a cue that barely moves
             inside a group keeps a small say.
@@ -169,7 +169,8 @@ class SelfReward(nn.Module):
 
     def __init__(self, cues: Sequence[CueName] = DEFAULT_CUES,
                  priors: dict[str, float] | None = None,
-                 reliability: bool = True, anchor: CueName | Literal["auto"] | None = "auto",
+                 reliability: bool = True,
+                 anchor: CueName | Literal["auto", "consensus"] = "auto",
                  normalize: Literal["group", "batch"] = "group",
                  format: Literal["gate", "bonus"] = "gate", momentum: float = 0.9,
                  tau: float = 0.5, floor: float = 0.05, format_weight: float = 0.5,
@@ -177,15 +178,15 @@ class SelfReward(nn.Module):
         super().__init__()
         names, prior_values = _check(list(cues), priors or {}, momentum, tau, floor, format_weight)
         if anchor == "auto":
-            anchor = AUTO_ANCHOR if AUTO_ANCHOR in names else None
-        if anchor is not None and anchor not in names:
+            anchor = AUTO_ANCHOR if AUTO_ANCHOR in names else "consensus"
+        if anchor != "consensus" and anchor not in names:
             raise ConfigError(f"reward.anchor={anchor!r} is not an enabled cue; add it to "
-                              f"reward.cues or set anchor: null (consensus of the cues)")
+                              f"reward.cues or set anchor: consensus (the mean of the cues)")
         if normalize not in NORMALIZERS or format not in ("gate", "bonus"):
             raise ConfigError(f"reward.normalize must be one of {sorted(NORMALIZERS)} and "
                               f"reward.format 'gate' or 'bonus'; got {normalize!r}, {format!r}")
         self.names = names
-        self.anchor = None if anchor is None else names.index(anchor)
+        self.anchor = None if anchor == "consensus" else names.index(anchor)
         self.normalize, self.format = normalize, format
         self.use_reliability = reliability and len(names) > 1  # one cue: nothing to agree with
         self.momentum, self.tau, self.floor = momentum, tau, floor

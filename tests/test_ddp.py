@@ -27,6 +27,9 @@ ARGS = ["fit", "-c", str(ROOT / "configs/tiny.yaml"), "-c", str(ROOT / "configs/
         f"--data.batch_size={B}", "--model.policy.max_pixels=3136", "--data.max_pixels=3136",
         "--data.min_pixels=784", "--data.shuffle_buffer=0", "--trainer.accelerator=cpu",
         "--trainer.devices=2", f"--trainer.max_steps={STEPS}", "--trainer.logger=false",
+        # The random tiny model never answers, so the default anchor (answer_support) is flat
+        # and no correlation is defined; the consensus anchor exercises the all-reduce.
+        "--model.reward.anchor=consensus",
         "--trainer.callbacks+=tests.test_ddp.Record"]
 
 
