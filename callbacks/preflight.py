@@ -33,6 +33,7 @@ class PreflightReport(L.Callback):
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.batches = []
+        pl_module.validation_learns_reliability = True  # as the first training steps would
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int,
                                 dataloader_idx: int = 0) -> None:

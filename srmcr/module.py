@@ -322,6 +322,11 @@ class SRMCRModule(L.LightningModule):
         self.score_passes(rollout)
         return rollout, self.reward.score(rollout)
 
+    # Validation measures the reward and leaves its reliability state alone; the pre-flight,
+    # which trains nothing, lets it learn its weights from the sampled groups (label-free) as the
+    # first training steps would, so its AUC is the one training will see.
+    validation_learns_reliability = False
+
     @property
     def validity_names(self) -> list[str]:
         """The signals of the sampled validation: the reward, its cues, then diagnostics."""
@@ -348,7 +353,8 @@ class SRMCRModule(L.LightningModule):
                          self.temperature, ids=[batch.ids[i] for i in rows])
         self.score_passes(rollout)
         scores = self.reward.score(rollout, update_means=False)  # (N, K)
-        out = self.reward.combine(scores, rollout.well_formed, G, update=False)
+        out = self.reward.combine(scores, rollout.well_formed, G,
+                                  update=self.validation_learns_reliability)
         agree = AnswerAgreement().score(rollout)
         extra = {"well_formed": rollout.well_formed, "answer_agreement": agree,
                  "answer_support": AnswerSupport().score(rollout),

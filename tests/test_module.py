@@ -125,18 +125,25 @@ def test_sampled_validation_logs_validity_without_moving_the_reward(tmp_path, mo
     real = evaluation.correctness
     monkeypatch.setattr(evaluation, "correctness", lambda answers, refs: [
         i % 2 == 0 for i in range(len(answers))] if len(answers) > 2 else real(answers, refs))
-    from callbacks.preflight import PreflightReport
-    report = PreflightReport(bootstrap_samples=50)
-    metrics = _validate(module, tmp_path, [report])
+    updates = []
+    combine = module.reward.combine
+    monkeypatch.setattr(module.reward, "combine", lambda *a, update=True: updates.append(update)
+                        or combine(*a, update=update))
+    metrics = _validate(module, tmp_path)
     assert metrics["val/sample_accuracy"] == pytest.approx(6 / 12)  # 4 questions x G = 3
     assert metrics["val/mixed_groups"] == 4
     for key in ("val/reward_auc", "val/auc/lexical_fidelity", "val/auc/answer_agreement",
                 "val/auc/well_formed", "val/auc/self_certainty", "val/majority_accuracy"):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert "val/accuracy" in metrics  # greedy, as before
-    assert module.reward.reliability_ema.tolist() == [0.25, 0.25]  # measured, never trained
+    assert updates == [False, False]  # the reliability is measured, never trained
+    assert module.reward.reliability_ema.tolist() == [0.25, 0.25]
+    # The pre-flight lets the reliability learn from the sampled groups, as training would.
+    from callbacks.preflight import PreflightReport
+    report = PreflightReport(bootstrap_samples=50)
+    _validate(module, tmp_path, [report])
     assert [b.group_size for b in report.batches] == [3, 3] and report.summary["questions"] == 4
-    assert "reward_auc" not in report.text and "\nmaj@3" in report.text
+    assert "\nmaj@3" in report.text and updates[2:] == [True, True]
 
 
 def test_sampled_validation_off_logs_greedy_metrics_only(tmp_path):
