@@ -162,7 +162,7 @@ def preflight(args: list[str]) -> LightningCLI:
     report = PreflightReport(own.save)
     # The config's loggers and callbacks are not needed.
     cli = SRMCRCLI(LightningModule, LightningDataModule, subclass_mode_model=True,
-                   subclass_mode_data=True, run=False, args=[
+                   subclass_mode_data=True, run=False, save_config_callback=None, args=[
                        *rest, "--trainer.logger=false", "--trainer.callbacks=[]",
                        "--trainer.enable_checkpointing=false"])
     if not getattr(cli.datamodule, "specs", {}).get("val"):
