@@ -17,7 +17,6 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
 from srmcr import evaluation, grpo, validity
-from srmcr.cues import AnswerAgreement, AnswerCertainty, AnswerSupport, SelfCertainty
 from srmcr.errors import ConfigError
 from srmcr.guards import CollapseMonitor, UpdateGuard
 from srmcr.logprobs import (TokenLogProbs, blank_pixel_values, completion_logits,
@@ -128,7 +127,7 @@ class SRMCRModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         self.eval_metrics = evaluation.EvalMetrics()
-        self.validity_metrics = validity.RewardValidity(self.validity_names)
+        self.validity_metrics = validity.RewardValidity(validity.signal_names(self.reward.names))
         # Cross-object checks, before configure_model loads any weights.
         batch_size = getattr(self.trainer.datamodule, "batch_size", None)
         if stage == "fit" and batch_size is not None:
@@ -322,31 +321,22 @@ class SRMCRModule(L.LightningModule):
         self.score_passes(rollout)
         return rollout, self.reward.score(rollout)
 
-    # Validation measures the reward and leaves its reliability state alone; the pre-flight,
-    # which trains nothing, lets it learn its weights from the sampled groups (label-free) as the
-    # first training steps would, so its AUC is the one training will see.
+    # Validation leaves the reward's reliability alone; the pre-flight (nothing trains) lets it
+    # learn from the sampled groups, label-free, as the first training steps would.
     validation_learns_reliability = False
 
     @property
-    def validity_names(self) -> list[str]:
-        """The signals of the sampled validation: the reward, its cues, then diagnostics."""
-        extra = [n for n in ("well_formed", "answer_agreement", "answer_support", "self_certainty",
-                             "answer_certainty")
-                 if n not in self.reward.names]
-        return ["reward", *self.reward.names, *extra]
+    def val_group_size(self) -> int:  # None: the training G
+        return self.sampling.val_group_size if self.sampling.val_group_size is not None \
+            else self.sampling.group_size
 
-    @property
-    def val_group_size(self) -> int:
-        G = self.sampling.val_group_size
-        return self.sampling.group_size if G is None else G
-
-    def sample_validity(self, batch) -> validity.ValidityBatch | None:
+    def sample_validity(self, batch, batch_idx: int) -> validity.ValidityBatch | None:
         """G completions per labelled question at the training temperature, scored by the
-        reward (its reliability state untouched) and every diagnostic signal; None when the
-        batch has no labelled question or the sampled validation is off."""
+        reward and every diagnostic signal; None without a labelled question, past
+        ``val_sample_batches``, or with the sampled validation off."""
         rows = [i for i, a in enumerate(batch.answers) if a is not None]
-        G = self.val_group_size
-        if not rows or G == 0:
+        G, limit = self.val_group_size, self.sampling.val_sample_batches
+        if not rows or G == 0 or (limit is not None and batch_idx >= limit):
             return None
         rollout = sample(self.model, self.processor, [batch.images[i] for i in rows],
                          [batch.questions[i] for i in rows], replace(self.sampling, group_size=G),
@@ -355,26 +345,15 @@ class SRMCRModule(L.LightningModule):
         scores = self.reward.score(rollout, update_means=False)  # (N, K)
         out = self.reward.combine(scores, rollout.well_formed, G,
                                   update=self.validation_learns_reliability)
-        agree = AnswerAgreement().score(rollout)
-        extra = {"well_formed": rollout.well_formed, "answer_agreement": agree,
-                 "answer_support": AnswerSupport().score(rollout),
-                 "self_certainty": SelfCertainty().score(rollout),
-                 "answer_certainty": AnswerCertainty().score(rollout)}
-        names = self.validity_names
-        columns = [out.rewards, *scores.unbind(-1), *(extra[n] for n in names[1 + len(scores[0]):])]
-        correct = torch.tensor(evaluation.correctness(
-            [p.answer for p in rollout.parsed], [batch.answers[i] for i in rows for _ in range(G)]))
-        signals = torch.stack([c.float().cpu() for c in columns], -1)
-        return validity.ValidityBatch(G, names, signals, correct,
-                                      validity.majority_correct(agree.cpu(), correct, G))
+        correct = evaluation.correctness([p.answer for p in rollout.parsed],
+                                         [batch.answers[i] for i in rows for _ in range(G)])
+        return validity.validity_batch(rollout, out.rewards, scores, self.reward.names,
+                                       torch.tensor(correct))
 
     def validation_step(self, batch, batch_idx: int) -> validity.ValidityBatch | None:
         rollout, _ = self.evaluate_batch(batch)
         self.eval_metrics.update(rollout, batch.answers)
-        limit = self.sampling.val_sample_batches
-        if limit is not None and batch_idx >= limit:
-            return None
-        sampled = self.sample_validity(batch)
+        sampled = self.sample_validity(batch, batch_idx)
         if sampled is not None:
             self.validity_metrics.update(sampled)
         return sampled  # for callbacks (the pre-flight report)

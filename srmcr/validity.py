@@ -14,13 +14,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from srmcr.cues import AnswerAgreement, AnswerCertainty, AnswerSupport, SelfCertainty
+
+if TYPE_CHECKING:  # the rollout module imports transformers: seconds
+    from srmcr.rollout import Rollout
+
 NAN = float("nan")
+# Signals measured beside the reward's own cues, whether the reward uses them or not: cheap
+# (no model pass) and the usual candidates for a reward (docs/reward.md).
+DIAGNOSTICS = ("well_formed", "answer_agreement", "answer_support", "self_certainty",
+               "answer_certainty")
 
 
 def group_auc(scores: Tensor, correct: Tensor, group_size: int) -> Tensor:  # (N,), (N,) -> (B,)
@@ -76,6 +85,28 @@ class ValidityBatch:
     def aucs(self) -> Tensor:  # (S, B)
         return torch.stack([group_auc(self.signals[:, k], self.correct, self.group_size)
                             for k in range(len(self.names))])
+
+
+def signal_names(cue_names: Sequence[str]) -> list[str]:
+    """The sampled validation's signals: the reward, its cues, then the other diagnostics."""
+    return ["reward", *cue_names, *(n for n in DIAGNOSTICS if n not in cue_names)]
+
+
+def validity_batch(rollout: Rollout, rewards: Tensor, scores: Tensor, cue_names: Sequence[str],
+                   correct: Tensor) -> ValidityBatch:
+    """A ``ValidityBatch`` from a sampled rollout: its rewards (N,), raw cue scores (N, K),
+    correctness (N,), and the diagnostics computed here."""
+    agree = AnswerAgreement().score(rollout)
+    extra = {"well_formed": rollout.well_formed, "answer_agreement": agree,
+             "answer_support": AnswerSupport().score(rollout),
+             "self_certainty": SelfCertainty().score(rollout),
+             "answer_certainty": AnswerCertainty().score(rollout)}
+    names = signal_names(cue_names)
+    columns = [rewards, *scores.unbind(-1), *(extra[n] for n in names[1 + len(cue_names):])]
+    signals = torch.stack([c.float().cpu() for c in columns], -1)
+    G = rollout.group_size
+    return ValidityBatch(G, names, signals, correct.bool(),
+                         majority_correct(agree.cpu(), correct, G))
 
 
 class RewardValidity(Metric):

@@ -32,7 +32,20 @@ def _fit(module: SRMCRModule, steps: int, tmp_path) -> L.Trainer:
 
 @pytest.mark.parametrize("grpo", [dict(beta=0.04), dict(beta=0.0, num_iterations=2,
                                                         aggregation="dr_grpo")])
-def test_one_step_changes_every_lora_weight_and_nothing_frozen(tmp_path, grpo):
+def test_one_step_changes_every_lora_weight_and_nothing_frozen(tmp_path, monkeypatch, grpo):
+    # The random tiny model never answers, and every answer-reading cue scores an unanswered
+    # completion 0: give each completion an answer so the rewards (and advantages) vary.
+    import srmcr.module as module_lib
+    from srmcr.parsing import parse
+    real = module_lib.sample
+
+    def answering(*args, **kwargs):
+        rollout = real(*args, **kwargs)
+        rollout.texts = [f"<think>{t}</think><answer>{i % 3}</answer>"
+                         for i, t in enumerate(rollout.texts)]
+        rollout.parsed = [parse(t) for t in rollout.texts]
+        return rollout
+    monkeypatch.setattr(module_lib, "sample", answering)
     module = _module(**grpo)
     module.configure_model()
     # LoRA B starts at zero, so A gets no gradient in the first step: start B non-zero.
