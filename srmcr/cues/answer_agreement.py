@@ -37,21 +37,29 @@ def answer_key(answer: str | None) -> str | None:
     return normalize(answer) or None
 
 
-def majority_agreement(keys: Sequence[str | None], group_size: int) -> Tensor:  # (N,)
-    """1 where a key equals its group's most frequent key (first in the group on ties), 0
-    elsewhere, None (no answer) included."""
+def group_votes(keys: Sequence[str | None],
+                group_size: int) -> tuple[Tensor, Tensor, Tensor]:  # (B, G) x 3
+    """Per completion: an id of its key (-1 = no answer), whether it has one, and how many
+    completions of its group (itself included) give the same key (0 without an answer)."""
     n = len(keys)
     if group_size < 1 or n % group_size:
         raise ValueError(f"{n} answers do not split into groups of {group_size}")
     index: dict[str, int] = {}
     ids = torch.tensor([-1 if k is None else index.setdefault(k, len(index)) for k in keys],
-                       dtype=torch.long).view(-1, group_size)  # (B, G), -1 = no answer
+                       dtype=torch.long).view(-1, group_size)
     valid = ids >= 0
-    same = (ids[:, :, None] == ids[:, None, :]) & valid[:, None, :]  # (B, G, G)
-    votes = same.sum(-1).masked_fill(~valid, -1)  # (B, G): count of each completion's answer
+    same = (ids[:, :, None] == ids[:, None, :]) & valid[:, None, :] & valid[:, :, None]
+    return ids, valid, same.sum(-1)
+
+
+def majority_agreement(keys: Sequence[str | None], group_size: int) -> Tensor:  # (N,)
+    """1 where a key equals its group's most frequent key (first in the group on ties), 0
+    elsewhere, None (no answer) included."""
+    ids, valid, count = group_votes(keys, group_size)
+    votes = count.masked_fill(~valid, -1)  # (B, G): count of each completion's answer
     first_top = votes.argmax(-1, keepdim=True)  # torch returns the FIRST maximal index
     agree = (ids == ids.gather(1, first_top)) & valid
-    return agree.float().view(n)
+    return agree.float().view(-1)
 
 
 def answer_agreement(completions: Sequence[str], group_size: int) -> Tensor:  # (N,)
@@ -74,17 +82,10 @@ def support_share(keys: Sequence[str | None], group_size: int) -> Tensor:  # (N,
     """Share of the OTHER completions of the group that give the same key; 0 where the key is
     None (no answer: never neutral); NaN (does not apply) when a group has one completion (the
     greedy evaluation), which training never has."""
-    n = len(keys)
-    if group_size < 1 or n % group_size:
-        raise ValueError(f"{n} answers do not split into groups of {group_size}")
+    _, valid, count = group_votes(keys, group_size)
     if group_size == 1:
-        return torch.full((n,), float("nan"))
-    index: dict[str, int] = {}
-    ids = torch.tensor([-1 if k is None else index.setdefault(k, len(index)) for k in keys],
-                       dtype=torch.long).view(-1, group_size)  # (B, G), -1 = no answer
-    valid = ids >= 0
-    same = (ids[:, :, None] == ids[:, None, :]) & valid[:, None, :] & valid[:, :, None]
-    return ((same.sum(-1) - valid.long()) / (group_size - 1)).float().view(n)
+        return torch.full((len(keys),), float("nan"))
+    return ((count - valid.long()) / (group_size - 1)).float().view(-1)
 
 
 def answer_support(completions: Sequence[str], group_size: int) -> Tensor:  # (N,)
