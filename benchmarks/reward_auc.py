@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
 
 from srmcr import validity  # noqa: E402
 from srmcr.reward import SelfReward  # noqa: E402
@@ -112,8 +113,6 @@ def recipe_auc(batches: list[validity.ValidityBatch], kwargs: dict[str, Any]) ->
         per_group.append(validity.group_auc(out.rewards, b.correct, b.group_size))
     return torch.cat(per_group)
 
-
-Tensor = torch.Tensor
 
 
 def main(argv: list[str] | None = None) -> None:
