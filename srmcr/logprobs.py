@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import torch
 from PIL import Image, ImageStat
 from torch import Tensor
-from transformers.cache_utils import DynamicCache
 
-from srmcr.prefix import checkpointing, language_core, prompt_groups, repeated
+from srmcr.prefix import (cache_through_checkpoints, language_core, output_head, prompt_groups,
+                          prompt_record, reentrant_checkpointing, repeated)
 from srmcr.rollout import Rollout, eval_mode, select_images
 
 
@@ -36,16 +36,16 @@ def completion_logits(model, rollout: Rollout, rows: slice,
     prompt (~3/4 of each sequence on the shapes world, and the image through the vision tower)
     once per completion. Same logits to float rounding, gradients included: the prompt's
     activations are shared by the G rows of its group, and the gradient of every row flows
-    into them. It is off in a training-mode forward under gradient checkpointing (transformers
-    drops the cache inside checkpointed layers; the no-grad passes run in eval mode, so only the
-    loss pass is affected) and when no two rows share a prompt (G = 1).
+    into them. Under gradient checkpointing both forwards stay checkpointed (``srmcr.prefix``).
+    It is off when no two rows share a prompt (G = 1), and in a training-mode forward under
+    reentrant checkpointing (the completions' gradient would not reach the prompt).
     """
     indices = torch.arange(len(rollout), device=rollout.prompt_ids.device)[rows]
     prompt_of = indices // rollout.group_size
     prompts, counts, heads = prompt_groups(indices, rollout.group_size)
     if share_prompt is None:
         share_prompt = len(prompts) < len(indices) and not (
-            model.training and checkpointing(model))
+            model.training and reentrant_checkpointing(model))
     completion = rollout.completion_ids[rows]
     ids = torch.cat([rollout.prompt_ids[rows], completion], dim=1)
     mask = torch.cat([rollout.prompt_mask[rows], rollout.completion_mask[rows]], dim=1)
@@ -65,16 +65,19 @@ def completion_logits(model, rollout: Rollout, rows: slice,
         image_grid_thw=rollout.image_grid_thw[prompt_of])
     P = rollout.prompt_ids.shape[1]
     pixels, grid = select_images(source, rollout.image_grid_thw, prompts)
-    cache = DynamicCache()
-    prefix = model(input_ids=ids[heads, :P], attention_mask=mask[heads, :P],
-                   mm_token_type_ids=mm_types[heads, :P], pixel_values=pixels,
-                   image_grid_thw=grid, position_ids=positions[:, heads, :P],
-                   past_key_values=cache, use_cache=True, logits_to_keep=1)
-    out = model(input_ids=completion, attention_mask=mask, position_ids=positions[:, :, P:],
-                past_key_values=repeated(prefix.past_key_values, counts, read_only=True),
-                use_cache=True, logits_to_keep=width)
-    return torch.cat([prefix.logits.repeat_interleave(counts, dim=0), out.logits[:, :-1]],
-                     dim=1).float()
+    core, cache = language_core(model), prompt_record()
+    with cache_through_checkpoints(model):
+        prefix = core(input_ids=ids[heads, :P], attention_mask=mask[heads, :P],
+                      mm_token_type_ids=mm_types[heads, :P], pixel_values=pixels,
+                      image_grid_thw=grid, position_ids=positions[:, heads, :P], cache=cache,
+                      use_cache=True)
+        out = core(input_ids=completion, attention_mask=mask, position_ids=positions[:, :, P:],
+                   cache=repeated(cache, counts, read_only=True), use_cache=True)
+    # The prompt's last position predicts the first completion token. One head call for both:
+    # under autocast each call keeps its own half-precision copy of the head's weight (V x H).
+    hidden = torch.cat([prefix.last_hidden_state[:, -1:].repeat_interleave(counts, dim=0),
+                        out.last_hidden_state[:, :-1]], dim=1)
+    return output_head(model)(hidden).float()
 
 
 def token_logprobs(logits: Tensor, ids: Tensor, temperature: float = 1.0) -> Tensor:
@@ -97,7 +100,7 @@ def rollout_logprobs(model, rollout: Rollout, micro_batch_size: int,
     parts: dict[str, list[Tensor]] = {"logp": [], "logp_t1": [], "max_prob": []}
     suppressed = torch.tensor(rollout.suppressed, dtype=torch.long,
                               device=rollout.completion_ids.device)
-    # Eval mode as the sampler: no dropout, and prompt sharing under checkpointing.
+    # Eval mode as the sampler: no dropout.
     with eval_mode(model):
         for start in range(0, len(rollout), micro_batch_size):
             rows = slice(start, start + micro_batch_size)

@@ -24,7 +24,7 @@ from srmcr.memory_model import (  # noqa: F401 (re-exported: the public API)
     ALLOCATOR_SLACK, QUESTION_FILLER, KNOBS, GROUPS, ModelDims, QWEN2_5_VL, StepSettings, Widths,
     widths, Phase, MemoryPlan, projection_shapes, decoder_linear_params, vision_params,
     other_params, weight_bytes, lora_params, layer_activation_bytes, shared_layer_bytes,
-    shared_prompts, no_grad_layer_bytes,
+    shared_prompts, no_grad_layer_bytes, head_copy_bytes, checkpointed_loss_pass,
     pixel_bytes, vision_bytes, logits_bytes, kv_cache_bytes, plan, largest_fitting)
 
 

@@ -251,31 +251,65 @@ def kv_cache_bytes(d: ModelDims, w: Widths, rows: int, seq: int) -> float:
     return rows * seq * d.layers * 2 * d.kv_dim * w.linear
 
 
+def head_copy_bytes(d: ModelDims, w: Widths, autocast: bool) -> float:
+    """Under autocast an fp32 ``lm_head`` (fp32 weights, or QLoRA's upcast) keeps a bf16 copy
+    of its (V, H) weight for backward: the loss pass calls it once."""
+    return d.vocab * d.hidden * 2 if autocast and w.residual == 4 else 0.0
+
+
+def checkpointed_loss_pass(d: ModelDims, w: Widths, s: StepSettings, rows: int,
+                           prompts: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Held and backward-transient bytes of a checkpointed loss pass over ``rows`` rows whose
+    ``prompts`` distinct prompts run once (``srmcr.prefix``; whole rows when ``prompts ==
+    rows``). Held: each layer's input, the prompts' keys and values (recorded once, and their
+    copy per row that the completions read). In backward, one layer recomputed at a time, and the
+    gradients of the recorded keys and values, which pile up over the completions' layers until
+    the prompts' layers run backward."""
+    p, t = s.prompt_tokens, s.max_new_tokens
+    act = lambda seq: layer_activation_bytes(  # noqa: E731
+        d, w, seq, s.lora_r, s.lora_targets, s.attention)
+    gradients = 2 * (d.intermediate + d.hidden) * w.linear
+    recomputed = lambda n, seq: n * (act(seq) + gradients)  # noqa: E731
+    logits = logits_bytes(rows, t, d.vocab, 1)
+    if prompts == rows:  # no two rows share a prompt: whole rows
+        tokens = rows * (p + t)
+        return ({"checkpointed layer inputs": d.layers * tokens * d.hidden * w.residual},
+                {"recomputed layer + gradients": recomputed(tokens, p + t) + logits})
+    record = kv_cache_bytes(d, w, prompts, p)
+    kv = attended_kv_width(d, s.attention)
+    completion_layer = recomputed(rows * t, p + t) + rows * p * 2 * kv * w.attention
+    return ({"checkpointed layer inputs": d.layers * (prompts * p + rows * t) * d.hidden
+             * w.residual,
+             "prompts' keys and values, and their copy per row": record
+             + kv_cache_bytes(d, w, rows, p)},
+            {"recomputed layer + gradients": max(completion_layer, recomputed(prompts * p, p))
+             + logits + record})
+
+
 # ---- the plan --------------------------------------------------------------------------------
 def plan(s: StepSettings) -> MemoryPlan:
     d, w = s.dims, widths(s.dtype_bytes, s.quantization != "none", s.autocast)
     n = s.batch_size * s.group_size
     rows, micro = min(s.generation_batch_size, n), min(s.micro_batch_size, n)
     p, t = s.prompt_tokens, s.max_new_tokens
-    seq, tokens = p + t, micro * (p + t)
+    seq = p + t
     lora = lora_params(d, s.lora_r, s.lora_targets)
     resident = {"weights": weight_bytes(d, s.quantization, s.dtype_bytes),
                 "LoRA parameters (fp32)": lora * 4,
                 f"optimizer state ({s.optimizer_states} x fp32)": lora * 4 * s.optimizer_states}
     if s.encoder:
         resident["reward sentence encoder"] = ENCODER_BYTES
-    outside = tokens * (4 * d.hidden + 4 + 2 * d.head_dim * 4)  # final norm input, rotary
-    if s.checkpointing:  # the loss pass runs each row's whole sequence (no prompt sharing)
-        layer = tokens * layer_activation_bytes(d, w, seq, s.lora_r, s.lora_targets, s.attention)
-        saved = {"checkpointed layer inputs": d.layers * tokens * d.hidden * w.residual + outside}
-        backward = {"recomputed layer + gradients": layer + logits_bytes(micro, t, d.vocab, 1)
-                    + tokens * 2 * (d.intermediate + d.hidden) * w.linear}
+    prompts = shared_prompts(micro, s.group_size)  # each prompt runs once per micro-batch
+    # Outside the layers: the final norm's input and the rotary tables, the head's weight copy.
+    outside = (prompts * p + micro * t) * (4 * d.hidden + 4 + 2 * d.head_dim * 4) \
+        + head_copy_bytes(d, w, s.autocast)
+    if s.checkpointing:
+        saved, backward = checkpointed_loss_pass(d, w, s, micro, prompts)
+        saved["checkpointed layer inputs"] += outside
     else:
-        prompts = shared_prompts(micro, s.group_size)
         saved = {"saved activations, all layers (prompts shared)":
                  d.layers * shared_layer_bytes(d, w, micro, prompts, p, t, s.lora_r,
-                                               s.lora_targets, s.attention)
-                 + (prompts * p + micro * t) * (4 * d.hidden + 4 + 2 * d.head_dim * 4)}
+                                               s.lora_targets, s.attention) + outside}
         backward = {}
     kv_prompt = kv_cache_bytes(d, w, rows, p)
     prefilled = shared_prompts(rows, s.group_size)  # each prompt prefilled once
@@ -287,9 +321,8 @@ def plan(s: StepSettings) -> MemoryPlan:
         "decode: rest of the KV cache + attention": kv_cache_bytes(d, w, rows, seq) - kv_prompt
         + rows * seq * 2 * (d.hidden + d.kv_dim) * w.attention  # k, v repeated per head
         + 3 * rows * d.vocab * 4})  # sampling: last-token logits, processed
-    # No-grad passes share each prompt (eval mode): the prompts once, then the completions on
-    # the prompts' keys and values repeated for every row.
-    prompts = shared_prompts(micro, s.group_size)
+    # No-grad passes share each prompt too: the prompts once, then the completions on the
+    # prompts' keys and values repeated for every row.
     pixels = pixel_bytes(prompts, s.image_tokens)  # held by the forward, freed before the logits
     repeated_kv = kv_cache_bytes(d, w, micro + prompts, p)
     logprobs = Phase({"prompt KV cache, repeated per row": repeated_kv},

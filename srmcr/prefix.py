@@ -4,13 +4,26 @@ A rollout's G rows of one prompt share the prompt's tokens (on the shapes world 
 per row) and its image. Instead of G copies through the vision tower and the decoder, the
 prompt runs once and its keys and values are repeated for the G rows: in generation (the
 prefill) and in every log-prob and loss pass. Exact up to float rounding, gradients included.
+
+Under gradient checkpointing transformers drops the cache inside checkpointed layers (a layer
+that writes it would write again when backward recomputes it). The loss pass keeps it there
+(``cache_through_checkpoints``) with caches that a recomputation cannot change: the prompt's
+forward records each layer's keys and values once (``PromptRecord``), the completions' forward
+only reads them (``SharedPrefix``). Both forwards stay checkpointed, and the gradient of the
+recorded keys and values reaches the prompt's layers through the autograd graph, as without
+checkpointing (non-reentrant checkpointing: the reentrant kind replays a layer with its
+explicit inputs only).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor
 from transformers.cache_utils import Cache, DynamicLayer
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 
 def prompt_groups(rows: Tensor, group_size: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -18,6 +31,22 @@ def prompt_groups(rows: Tensor, group_size: int) -> tuple[Tensor, Tensor, Tensor
     and the position of each prompt's first row among ``rows``."""
     prompts, counts = torch.unique_consecutive(rows // group_size, return_counts=True)
     return prompts, counts, torch.cumsum(counts, 0) - counts
+
+
+class PromptRecord(DynamicLayer):
+    """A cache layer for the prompt's forward: keeps the first keys and values written into it
+    and returns every write as it is. A recomputation in backward then attends to its own keys,
+    not to the prompt twice, and leaves the record as the completions read it."""
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.dtype, self.device = key_states.dtype, key_states.device
+            self.keys, self.values, self.is_initialized = key_states, value_states, True
+        return key_states, value_states
+
+
+def prompt_record() -> Cache:
+    return Cache(layer_class_to_replicate=PromptRecord)
 
 
 class SharedPrefix(DynamicLayer):
@@ -65,5 +94,39 @@ def language_core(model):
     return inner
 
 
+def output_head(model):
+    """The ``lm_head`` through PEFT's wrappers."""
+    return _unwrapped(model).lm_head
+
+
 def checkpointing(model) -> bool:
     return bool(getattr(_unwrapped(model), "is_activation_checkpointing", False))
+
+
+def _checkpointed_layers(model) -> list[GradientCheckpointingLayer]:
+    return [m for m in language_core(model).language_model.layers
+            if isinstance(m, GradientCheckpointingLayer)]
+
+
+def reentrant_checkpointing(model) -> bool:
+    """Whether the decoder layers are checkpointed the reentrant way (``use_reentrant=True``),
+    under which a shared prompt would get no gradient from the completions."""
+    if not checkpointing(model):
+        return False
+    funcs = [getattr(m, "_gradient_checkpointing_func", None) for m in _checkpointed_layers(model)]
+    return any(getattr(f, "keywords", {}).get("use_reentrant", False) for f in funcs)
+
+
+@contextmanager
+def cache_through_checkpoints(model) -> Iterator[None]:
+    """Checkpointed decoder layers keep the cache they are given (transformers' own switch,
+    meant for layers that only read it). Only for ``PromptRecord`` and ``SharedPrefix``, which
+    a recomputation leaves as they were."""
+    layers = _checkpointed_layers(model)
+    for layer in layers:
+        layer._can_checkpoint_with_cache = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer._can_checkpoint_with_cache  # back to the class's False

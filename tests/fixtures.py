@@ -6,6 +6,7 @@ the adapter's weights never leaks into another module).
 
 from __future__ import annotations
 
+import pytest
 import torch
 from PIL import Image
 
@@ -27,6 +28,23 @@ def two_images() -> list[Image.Image]:
     b = Image.new("RGB", (168, 112), (0, 200, 0))
     b.paste((0, 0, 200), (0, 56, 168, 112))
     return [a, b]
+
+
+def _bnb_4bit_problem() -> str | None:
+    """Why a bitsandbytes nf4 layer cannot train here (skip reason), or None."""
+    try:
+        import bitsandbytes as bnb
+
+        x = torch.randn(2, 64, requires_grad=True)
+        layer = bnb.nn.Linear4bit(64, 64, compute_dtype=torch.float32, quant_type="nf4").to("cpu")
+        layer(x).sum().backward()
+    except Exception as err:  # any failure means "cannot test here"
+        return f"bitsandbytes 4-bit does not run here: {type(err).__name__}: {err}"
+    return None if x.grad is not None and torch.isfinite(x.grad).all() else "no finite grad"
+
+
+needs_bnb_4bit = pytest.mark.skipif((reason := _bnb_4bit_problem()) is not None,
+                                    reason=reason or "")
 
 
 def tiny_policy(**kwargs):

@@ -18,27 +18,10 @@ from srmcr import memory
 from srmcr.logprobs import completion_logits, token_logprobs
 from srmcr.policy import LoraArgs, resolve_model
 from srmcr.rollout import SamplingArgs, sample
-from tests.fixtures import QUESTIONS, tiny_policy, two_images
+from tests.fixtures import QUESTIONS, needs_bnb_4bit, tiny_policy, two_images
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-
-
-def _bnb_4bit_problem() -> str | None:
-    """Why a bitsandbytes nf4 layer cannot train here (skip reason), or None."""
-    try:
-        import bitsandbytes as bnb
-
-        x = torch.randn(2, 64, requires_grad=True)
-        layer = bnb.nn.Linear4bit(64, 64, compute_dtype=torch.float32, quant_type="nf4").to("cpu")
-        layer(x).sum().backward()
-    except Exception as err:  # any failure means "cannot test here"
-        return f"bitsandbytes 4-bit does not run here: {type(err).__name__}: {err}"
-    return None if x.grad is not None and torch.isfinite(x.grad).all() else "no finite grad"
-
-
-needs_bnb_4bit = pytest.mark.skipif((reason := _bnb_4bit_problem()) is not None,
-                                    reason=reason or "")
 
 
 def _params(model) -> int:
@@ -140,14 +123,14 @@ def test_saved_activations_match_the_formula(quantization, dtype, autocast, chec
     dims, _ = memory.model_dims("tiny:tiny")
     w = memory.widths(2 if dtype == "bfloat16" else 4, quantization != "none", autocast)
     n, p, t = len(rollout), rollout.prompt_ids.shape[1], rollout.completion_ids.shape[1]
-    if checkpointing:  # each row's whole sequence, layer inputs kept
-        tokens = n * (p + t)
+    tokens = 2 * p + n * t  # the 2 prompts once, the 8 completions on their keys and values
+    if checkpointing:  # layer inputs kept (the prompts' keys and values are not saved tensors)
         per_layer = tokens * dims.hidden * w.residual
-    else:  # the 2 prompts once, the 8 completions on their keys and values
-        tokens = 2 * p + n * t
+    else:
         per_layer = memory.shared_layer_bytes(dims, w, n, 2, p, t, 8,
                                               tuple(LoraArgs().target_modules))
     outside = tokens * (4 * dims.hidden + 4) + n * t * dims.vocab * 4  # final norm, log-softmax
+    outside += memory.head_copy_bytes(dims, w, autocast)  # the head's bf16 weight (4bit: fp32)
     estimate = dims.layers * per_layer + outside
     assert estimate == pytest.approx(measured, rel=0.10)
 
@@ -169,8 +152,9 @@ def test_no_full_vocabulary_logits_in_generation_or_the_loss_pass():
         hook.remove()
     assert generated and {n for _, n in generated} == {1}  # sampling: the last position only
     width = rollout.completion_ids.shape[1]
-    # The prompt's last position once, then the completions' own; or each whole row's.
-    assert shared[len(generated):] == [(True, 1), (True, width)]
+    # One head call either way (under autocast each call keeps a copy of the head's weight):
+    # the prompt's last position and the completions' own; or each whole row's last T + 1.
+    assert shared[len(generated):] == [(True, width)]
     assert lengths[len(shared):] == [(True, width + 1)]
 
 
