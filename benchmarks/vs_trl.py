@@ -2,6 +2,8 @@
 
     .venv-bench/bin/python -m benchmarks.vs_trl                        # both rewards, 3 rounds
     .venv-bench/bin/python -m benchmarks.vs_trl --rewards trivial --rounds 1 --steps 4
+    .venv-bench/bin/python -m benchmarks.vs_trl --rewards text --gradient-checkpointing \
+        --image-size 224                                # checkpointing, 64 image tokens
 
 From the repository root, with the ``bench`` extra in its OWN venv (never a dependency of srmcr):
 ``python3 -m venv .venv-bench && . .venv-bench/bin/activate && pip install torch==2.13.0 &&
@@ -15,6 +17,11 @@ clip 1; beta with the adapter-disabled reference; the per-sequence loss mean (``
 = ``loss_type="grpo"``); the reward: srmcr's ``SelfReward`` over the same cues, wrapped as a TRL
 reward function (which never sees log-probs, so no visual grounding on either side). ``--rewards
 trivial`` uses ``lexical_fidelity`` alone (no encoder, ~0 cost): the trainers' own overhead.
+``--gradient-checkpointing`` turns it on on both sides (non-reentrant; the real-model configs use
+it); srmcr still runs each prompt once per group in the loss pass, TRL runs every row whole (and,
+as it ships, back-propagates through the frozen vision tower, which srmcr's policy skips).
+``--image-size 224`` renders the shapes at 224 x 224 (64 image tokens instead of 16; prompt ~130
+tokens for 48 completion tokens): closer to a real model, whose prompt is most of each sequence.
 
 The random tiny model rarely samples an end token, so most completions run to max_new_tokens
 (the report prints the mean length and the truncated share; srmcr's sampler, asked for top_k=0,
@@ -32,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shlex
 import statistics
@@ -49,14 +55,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.vs_trl_report import PHASES, machine, report, versions  # noqa: E402
 from srmcr.prompts import SYSTEM_PROMPT  # noqa: E402
 
 CONFIG = "configs/tiny.yaml"
 REWARDS: dict[str, tuple[str, ...]] = {  # text: the four text cues; trivial: ~0 cost, no encoder
     "text": ("semantic_alignment", "lexical_fidelity", "non_redundancy", "step_consistency"),
     "trivial": ("lexical_fidelity",)}
-PHASES = ("generate", "policy pass", "blank-image pass", "reference pass", "reward", "update",
-          "other")
 
 
 @dataclass(frozen=True)
@@ -73,12 +78,21 @@ class Setup:
     lr: float = 5e-4
     lora_r: int = 8
     lora_alpha: int = 16
-    max_pixels: int = 12544  # 112 x 112 -> 16 image tokens
+    image_size: int = 112  # shapes rendered at 112 x 112 -> 16 image tokens; 224 -> 64
     min_pixels: int = 3136  # the datamodule's floor
+    gradient_checkpointing: bool = False
     seed: int = 0
     threads: int = 1
     """torch threads, both sides. Not 2: on the shared 2-core machine (load 4-9) OpenMP spin-waits
     made 2 threads 2-10x slower (generate 0.7 s at 1 thread, 1.5-23 s at 2): noise, not work."""
+
+    @property
+    def max_pixels(self) -> int:
+        return self.image_size**2
+
+    @property
+    def train(self) -> str:
+        return f"shapes:train?size={self.image_size}"
 
 
 def _wrap(owner, name: str, on_return: Callable) -> None:
@@ -107,9 +121,10 @@ def srmcr_overrides(s: Setup, cues: Sequence[str]) -> list[str]:
         f"{policy}model={s.model}", f"{sampling}system_prompt={s.system_prompt}",
         f"{policy}lora.r={s.lora_r}", f"{policy}lora.alpha={s.lora_alpha}",
         f"{policy}dtype=float32", f"{policy}max_pixels={s.max_pixels}",
+        f"{policy}gradient_checkpointing={str(s.gradient_checkpointing).lower()}",
         f"--model.optimizer.init_args.lr={s.lr}", "--model.optimizer.init_args.weight_decay=0.0",
         f"--model.reward.cues=[{','.join(cues)}]", f"{data}batch_size={s.prompts}",
-        f"{data}train=shapes:train", f"{data}num_workers=0", f"{data}max_pixels={s.max_pixels}",
+        f"{data}train={s.train}", f"{data}num_workers=0", f"{data}max_pixels={s.max_pixels}",
         f"{data}min_pixels={s.min_pixels}"]
 
 
@@ -171,7 +186,7 @@ def shapes_examples(s: Setup, n: int) -> list:
     from datamodules.records import DecodeArgs, resolve
     from datamodules.stream import RecordStream
 
-    stream = RecordStream(resolve("shapes:train"), DecodeArgs(s.min_pixels, s.max_pixels, 2000),
+    stream = RecordStream(resolve(s.train), DecodeArgs(s.min_pixels, s.max_pixels, 2000),
                           rank=0, world_size=1, num_workers=0, infinite=True,
                           shuffle_buffer=256, seed=s.seed, max_bad_fraction=0.1)
     return [tagged.example for tagged in islice(iter(stream), n)]
@@ -222,7 +237,8 @@ def run_trl(s: Setup, cues: Sequence[str], steps: int, warmup: int) -> dict:
                                                    "eos_token_id": ends},
         beta=s.beta, epsilon=0.2, loss_type="grpo", scale_rewards="group", learning_rate=s.lr,
         lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, optim="adamw_torch",
-        max_grad_norm=1.0, gradient_checkpointing=False, max_steps=warmup + steps,
+        max_grad_norm=1.0, gradient_checkpointing=s.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False}, max_steps=warmup + steps,
         logging_steps=1, save_strategy="no", eval_strategy="no", report_to=[],
         disable_tqdm=True, shuffle_dataset=False, dataloader_num_workers=0, use_vllm=False,
         log_completions=False)
@@ -296,7 +312,9 @@ class _TRLClock:
 # ---- orchestration ----------------------------------------------------------------------------
 def spawn(side: str, reward: str, args: argparse.Namespace) -> dict:
     command = [sys.executable, "-m", "benchmarks.vs_trl", "--worker", side, "--rewards", reward,
-               f"--steps={args.steps}", f"--warmup={args.warmup}", f"--threads={args.threads}"]
+               f"--steps={args.steps}", f"--warmup={args.warmup}", f"--threads={args.threads}",
+               f"--image-size={args.image_size}"]
+    command += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "OMP_NUM_THREADS": str(args.threads), "TRANSFORMERS_VERBOSITY": "error"}
@@ -307,60 +325,6 @@ def spawn(side: str, reward: str, args: argparse.Namespace) -> dict:
     return json.loads(lines[-1].removeprefix("RESULT "))
 
 
-def machine() -> str:
-    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text()
-                  .splitlines() if ln.startswith("model name")), platform.processor())
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return f"{os.cpu_count()} CPUs ({model}), load average {load}, {platform.platform()}"
-
-
-def versions() -> str:
-    from importlib.metadata import version
-    return ", ".join(f"{p} {version(p)}" for p in ("torch", "transformers", "peft", "trl"))
-
-
-def summary(runs: list[dict]) -> dict:
-    steps = [r for run in runs for r in run["steps"]]
-    total = sum(r["step"] for r in steps)
-    tokens = sum(r["tokens"] for r in steps)
-    completions = sum(r["completions"] for r in steps)
-    median = statistics.median
-    return {"step": median(r["step"] for r in steps), "cpu": median(r["cpu"] for r in steps),
-            "run_medians": [median(r["step"] for r in run["steps"]) for run in runs],
-            "phases": {p: median(r["phases"][p] for r in steps) for p in PHASES},
-            "tokens_per_s": tokens / total, "mean_len": tokens / completions,
-            "truncated": sum(r["truncated"] for r in steps) / completions,
-            "rss": max(run["peak_rss_mb"] for run in runs)}
-
-
-def report(results: dict[str, dict[str, list[dict]]], s: Setup) -> None:
-    print("\n| reward | trainer | median step s (run medians) | srmcr / TRL | CPU s/step "
-          "| srmcr / TRL (CPU) | completion tok/s | mean completion len | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    stats = {reward: {side: summary(runs) for side, runs in sides.items()}
-             for reward, sides in results.items()}
-    for reward, sides in stats.items():
-        ratio = sides["srmcr"]["step"] / sides["trl"]["step"]
-        cpu_ratio = sides["srmcr"]["cpu"] / sides["trl"]["cpu"]
-        for side, st in sides.items():
-            spread = ", ".join(f"{m:.2f}" for m in st["run_medians"])
-            mine = side == "srmcr"
-            print(f"| {reward} | {side} | {st['step']:.3f} ({spread}) | "
-                  f"{f'**{ratio:.2f}x**' if mine else ''} | {st['cpu']:.3f} | "
-                  f"{f'{cpu_ratio:.2f}x' if mine else ''} | {st['tokens_per_s']:.0f} | "
-                  f"{st['mean_len']:.1f} / {s.max_new_tokens} | {st['rss']:.0f} |")
-    print("\nMedian seconds per phase (other = step minus the named phases):\n")
-    columns = [(reward, side) for reward, sides in stats.items() for side in sides]
-    print("| phase | " + " | ".join(f"{side} ({reward})" for reward, side in columns) + " |")
-    print("|---|" + "---|" * len(columns))
-    for phase in PHASES:
-        print(f"| {phase} | " + " | ".join(
-            f"{stats[reward][side]['phases'][phase]:.3f}" for reward, side in columns) + " |")
-    for reward, sides in stats.items():
-        print(f"\n{reward}: completions without an end token: srmcr "
-              f"{sides['srmcr']['truncated']:.0%}, TRL {sides['trl']['truncated']:.0%}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rewards", nargs="+", choices=sorted(REWARDS),
@@ -369,9 +333,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=Setup.threads)
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="on both sides")
+    parser.add_argument("--image-size", type=int, default=Setup.image_size,
+                        help="shapes image side in pixels (224: 64 image tokens per prompt)")
     parser.add_argument("--worker", choices=["srmcr", "trl"], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    s = Setup(threads=args.threads)
+    s = Setup(threads=args.threads, image_size=args.image_size,
+              gradient_checkpointing=args.gradient_checkpointing)
     if args.worker:
         import torch
         torch.set_num_threads(args.threads)
@@ -384,7 +352,7 @@ def main() -> None:
           f"{args.steps} timed steps after {args.warmup} warm-up, {args.rounds} rounds (ABBA)")
     results = {reward: compare(reward, args) for reward in args.rewards}
     print(f"same prompts on both sides: yes; load average now {os.getloadavg()[0]:.1f}")
-    report(results, s)
+    report(results, s.max_new_tokens)
 
 
 def compare(reward: str, args: argparse.Namespace) -> dict[str, list[dict]]:

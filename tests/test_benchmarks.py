@@ -23,9 +23,13 @@ def test_trl_reward_wrapper_returns_srmcrs_own_reward():
     assert got == pytest.approx(expected.rewards.tolist())
 
 
-def test_trl_side_streams_the_same_prompts_as_the_datamodule():
-    s = Setup()
-    data = ImageQuestionDataModule(train="shapes:train", batch_size=s.prompts,
+SETUPS = [pytest.param(Setup(), id="default"),
+          pytest.param(Setup(image_size=224, gradient_checkpointing=True), id="prompt-heavy")]
+
+
+@pytest.mark.parametrize("s", SETUPS)
+def test_trl_side_streams_the_same_prompts_as_the_datamodule(s):
+    data = ImageQuestionDataModule(train=s.train, batch_size=s.prompts,
                                    max_pixels=s.max_pixels, min_pixels=s.min_pixels, seed=s.seed)
     data.setup("fit")
     batches = list(islice(iter(data.train_dataloader()), 2))
@@ -33,12 +37,13 @@ def test_trl_side_streams_the_same_prompts_as_the_datamodule():
     assert [q for b in batches for q in b.questions] == [e.question for e in examples]
     first = batches[0].images[0]
     assert first.size == examples[0].image.size and first.tobytes() == examples[0].image.tobytes()
+    assert first.size == (s.image_size, s.image_size)
 
 
-def test_srmcr_overrides_pin_the_shared_settings():
+@pytest.mark.parametrize("s", SETUPS)
+def test_srmcr_overrides_pin_the_shared_settings(s):
     from benchmarks.step_time import build
 
-    s = Setup()
     module, data = build("configs/tiny.yaml", srmcr_overrides(s, REWARDS["text"]))
     assert (module.sampling.group_size, module.sampling.max_new_tokens, data.batch_size) == \
         (s.group_size, s.max_new_tokens, s.prompts)
@@ -46,6 +51,9 @@ def test_srmcr_overrides_pin_the_shared_settings():
     assert module.grpo_args.beta == s.beta and module.grpo_args.aggregation == "grpo"
     assert list(module.reward.names) == list(REWARDS["text"])
     assert not module.reward.needs_blank_logprobs  # TRL's rewards cannot see log-probs
+    assert module.policy_args.gradient_checkpointing == s.gradient_checkpointing
+    assert (module.policy_args.max_pixels, data.decode_args.max_pixels) == (s.max_pixels,) * 2
+    assert data.specs["train"] == [s.train]
 
 
 def test_scaling_points_cover_both_sweeps_once():

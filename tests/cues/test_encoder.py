@@ -1,10 +1,11 @@
-"""TextEncoder: unit float32 rows, one batched model call per step, empty texts never encoded."""
+"""TextEncoder: unit float32 rows, one batched model call per step, empty texts never encoded,
+batches cut by padded tokens."""
 
 import pytest
 import torch
 
 from srmcr import encoder as encoder_module
-from srmcr.encoder import TextEncoder
+from srmcr.encoder import TextEncoder, token_batches
 
 
 def test_prime_encodes_distinct_texts_once_then_embed_hits_cache(fake):
@@ -53,3 +54,26 @@ def test_minilm_rows_are_unit_float32_and_the_model_is_loaded_once(minilm):
 def test_batch_size_must_be_positive():
     with pytest.raises(ValueError, match="batch_size"):
         TextEncoder(batch_size=0)
+    with pytest.raises(ValueError, match="max_batch_tokens"):
+        TextEncoder(max_batch_tokens=0)
+
+
+@pytest.mark.parametrize(("lengths", "rows", "tokens", "expected"), [
+    ([3, 10, 5, 10, 1], 64, 20, [[1, 3], [2, 0, 4]]),  # 2 x 10 fits 20, 3 x 10 does not
+    ([3, 10, 5, 10, 1], 2, 100, [[1, 3], [2, 0], [4]]),  # the row cap
+    ([30, 4, 4], 64, 8, [[0], [1, 2]]),  # longer than the budget: alone
+    ([7, 7, 7], 64, 21, [[0, 1, 2]]),  # ties keep their order; exactly the budget fits
+    ([], 64, 512, []),
+])
+def test_token_batches_by_hand(lengths, rows, tokens, expected):
+    assert token_batches(lengths, rows, tokens) == expected
+
+
+def test_minilm_rows_come_back_in_the_texts_order_whatever_the_batches(minilm):
+    texts = ["A red circle.", "Step 1: I count every blue square in the left half of the "
+             "picture, then the ones on the right.", "yes", "Two green triangles overlap.",
+             "Step 2: there are three."]
+    small = TextEncoder(max_batch_tokens=16)  # several batches, longest text first
+    alone = torch.cat([minilm._encode([t]) for t in texts])
+    torch.testing.assert_close(small.embed(texts), alone, atol=1e-5, rtol=0)
+    torch.testing.assert_close(minilm.embed(texts), alone, atol=1e-5, rtol=0)

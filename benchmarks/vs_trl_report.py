@@ -1,0 +1,65 @@
+"""The report of ``benchmarks/vs_trl.py``: the machine, the versions, and per-step figures."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+from pathlib import Path
+
+PHASES = ("generate", "policy pass", "blank-image pass", "reference pass", "reward", "update",
+          "other")
+
+
+def machine() -> str:
+    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text()
+                  .splitlines() if ln.startswith("model name")), platform.processor())
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return f"{os.cpu_count()} CPUs ({model}), load average {load}, {platform.platform()}"
+
+
+def versions() -> str:
+    from importlib.metadata import version
+    return ", ".join(f"{p} {version(p)}" for p in ("torch", "transformers", "peft", "trl"))
+
+
+def summary(runs: list[dict]) -> dict:
+    steps = [r for run in runs for r in run["steps"]]
+    total = sum(r["step"] for r in steps)
+    tokens = sum(r["tokens"] for r in steps)
+    completions = sum(r["completions"] for r in steps)
+    median = statistics.median
+    return {"step": median(r["step"] for r in steps), "cpu": median(r["cpu"] for r in steps),
+            "run_medians": [median(r["step"] for r in run["steps"]) for run in runs],
+            "phases": {p: median(r["phases"][p] for r in steps) for p in PHASES},
+            "tokens_per_s": tokens / total, "mean_len": tokens / completions,
+            "truncated": sum(r["truncated"] for r in steps) / completions,
+            "rss": max(run["peak_rss_mb"] for run in runs)}
+
+
+def report(results: dict[str, dict[str, list[dict]]], max_new_tokens: int) -> None:
+    print("\n| reward | trainer | median step s (run medians) | srmcr / TRL | CPU s/step "
+          "| srmcr / TRL (CPU) | completion tok/s | mean completion len | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    stats = {reward: {side: summary(runs) for side, runs in sides.items()}
+             for reward, sides in results.items()}
+    for reward, sides in stats.items():
+        ratio = sides["srmcr"]["step"] / sides["trl"]["step"]
+        cpu_ratio = sides["srmcr"]["cpu"] / sides["trl"]["cpu"]
+        for side, st in sides.items():
+            spread = ", ".join(f"{m:.2f}" for m in st["run_medians"])
+            mine = side == "srmcr"
+            print(f"| {reward} | {side} | {st['step']:.3f} ({spread}) | "
+                  f"{f'**{ratio:.2f}x**' if mine else ''} | {st['cpu']:.3f} | "
+                  f"{f'{cpu_ratio:.2f}x' if mine else ''} | {st['tokens_per_s']:.0f} | "
+                  f"{st['mean_len']:.1f} / {max_new_tokens} | {st['rss']:.0f} |")
+    print("\nMedian seconds per phase (other = step minus the named phases):\n")
+    columns = [(reward, side) for reward, sides in stats.items() for side in sides]
+    print("| phase | " + " | ".join(f"{side} ({reward})" for reward, side in columns) + " |")
+    print("|---|" + "---|" * len(columns))
+    for phase in PHASES:
+        print(f"| {phase} | " + " | ".join(
+            f"{stats[reward][side]['phases'][phase]:.3f}" for reward, side in columns) + " |")
+    for reward, sides in stats.items():
+        print(f"\n{reward}: completions without an end token: srmcr "
+              f"{sides['srmcr']['truncated']:.0%}, TRL {sides['trl']['truncated']:.0%}")
