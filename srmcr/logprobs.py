@@ -13,7 +13,7 @@ from PIL import Image, ImageStat
 from torch import Tensor
 
 from srmcr.prefix import (cache_through_checkpoints, language_core, output_head, prompt_groups,
-                          prompt_record, reentrant_checkpointing, repeated)
+                          prompt_record, repeated, shares_under_checkpointing)
 from srmcr.rollout import Rollout, eval_mode, select_images
 
 
@@ -38,14 +38,14 @@ def completion_logits(model, rollout: Rollout, rows: slice,
     activations are shared by the G rows of its group, and the gradient of every row flows
     into them. Under gradient checkpointing both forwards stay checkpointed (``srmcr.prefix``).
     It is off when no two rows share a prompt (G = 1), and in a training-mode forward under
-    reentrant checkpointing (the completions' gradient would not reach the prompt).
+    checkpointing that cannot keep the prompt's gradient (``shares_under_checkpointing``).
     """
     indices = torch.arange(len(rollout), device=rollout.prompt_ids.device)[rows]
     prompt_of = indices // rollout.group_size
     prompts, counts, heads = prompt_groups(indices, rollout.group_size)
     if share_prompt is None:
-        share_prompt = len(prompts) < len(indices) and not (
-            model.training and reentrant_checkpointing(model))
+        share_prompt = len(prompts) < len(indices) and (
+            not model.training or shares_under_checkpointing(model))
     completion = rollout.completion_ids[rows]
     ids = torch.cat([rollout.prompt_ids[rows], completion], dim=1)
     mask = torch.cat([rollout.prompt_mask[rows], rollout.completion_mask[rows]], dim=1)

@@ -108,13 +108,17 @@ def _checkpointed_layers(model) -> list[GradientCheckpointingLayer]:
             if isinstance(m, GradientCheckpointingLayer)]
 
 
-def reentrant_checkpointing(model) -> bool:
-    """Whether the decoder layers are checkpointed the reentrant way (``use_reentrant=True``),
-    under which a shared prompt would get no gradient from the completions."""
+def shares_under_checkpointing(model) -> bool:
+    """Whether a training-mode forward may share prompts: the model is not checkpointed, or is
+    checkpointed the non-reentrant way (the reentrant kind would give a shared prompt no
+    gradient) by a transformers whose checkpointed layers can keep a cache
+    (``_can_checkpoint_with_cache``; without it they would drop it, silently)."""
     if not checkpointing(model):
+        return True
+    if not hasattr(GradientCheckpointingLayer, "_can_checkpoint_with_cache"):
         return False
     funcs = [getattr(m, "_gradient_checkpointing_func", None) for m in _checkpointed_layers(model)]
-    return any(getattr(f, "keywords", {}).get("use_reentrant", False) for f in funcs)
+    return not any(getattr(f, "keywords", {}).get("use_reentrant", False) for f in funcs)
 
 
 @contextmanager

@@ -10,7 +10,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from srmcr.logprobs import completion_logits, token_logprobs
 from srmcr.prefix import (PromptRecord, SharedPrefix, cache_through_checkpoints, language_core,
-                          reentrant_checkpointing)
+                          shares_under_checkpointing)
 from srmcr.rollout import SamplingArgs
 from tests.fixtures import needs_bnb_4bit, randomize_lora, sample_with_logits, tiny_policy
 
@@ -94,7 +94,8 @@ def test_checkpointed_shared_loss_pass_equals_the_unshared_one(checkpointed, row
                                    msg=name)
 
 
-def test_loss_pass_shares_the_prompt_under_checkpointing_unless_reentrant(checkpointed):
+def test_loss_pass_shares_the_prompt_under_checkpointing_unless_it_cannot(checkpointed,
+                                                                         monkeypatch):
     model, rollout = checkpointed
     width = rollout.completion_ids.shape[1]
     calls: list[int] = []
@@ -102,16 +103,24 @@ def test_loss_pass_shares_the_prompt_under_checkpointing_unless_reentrant(checkp
     hook = model.get_base_model().lm_head.register_forward_hook(
         lambda m, args, out: calls.append(out.shape[1]))
     try:
-        assert not reentrant_checkpointing(model)
+        assert shares_under_checkpointing(model)
         completion_logits(model, rollout, slice(0, 3))
         assert calls == [width]  # the prompt's last position and the completions' but the last
         calls.clear()
         for layer in layers:  # as gradient_checkpointing_enable(use_reentrant=True) sets them
             layer._gradient_checkpointing_func = partial(checkpoint, use_reentrant=True)
-        assert reentrant_checkpointing(model)
+        assert not shares_under_checkpointing(model)
         completion_logits(model, rollout, slice(0, 3))
         assert calls == [width + 1]  # whole rows: no gradient would reach a shared prompt
+        model.eval()  # eval mode checkpoints nothing: shared whatever the checkpointing
+        completion_logits(model, rollout, slice(0, 3))
+        assert calls == [width + 1, width]
+        # A transformers without the switch would drop the cache in checkpointed layers.
+        monkeypatch.delattr(GradientCheckpointingLayer, "_can_checkpoint_with_cache")
+        assert not shares_under_checkpointing(model)
+        monkeypatch.undo()
     finally:
         for layer in layers:
             layer._gradient_checkpointing_func = partial(checkpoint, use_reentrant=False)
         hook.remove()
+        model.train()
