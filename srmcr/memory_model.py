@@ -300,9 +300,7 @@ def plan(s: StepSettings) -> MemoryPlan:
     if s.encoder:
         resident["reward sentence encoder"] = ENCODER_BYTES
     prompts = shared_prompts(micro, s.group_size)  # each prompt runs once per micro-batch
-    # Outside the layers: the final norm's input and the rotary tables, the head's weight copy.
-    outside = (prompts * p + micro * t) * (4 * d.hidden + 4 + 2 * d.head_dim * 4) \
-        + head_copy_bytes(d, w, s.autocast)
+    outside = (prompts * p + micro * t) * (4 * d.hidden + 4 + 2 * d.head_dim * 4)  # final norm
     if s.checkpointing:
         saved, backward = checkpointed_loss_pass(d, w, s, micro, prompts)
         saved["checkpointed layer inputs"] += outside
@@ -311,6 +309,8 @@ def plan(s: StepSettings) -> MemoryPlan:
                  d.layers * shared_layer_bytes(d, w, micro, prompts, p, t, s.lora_r,
                                                s.lora_targets, s.attention) + outside}
         backward = {}
+    if head_copy_bytes(d, w, s.autocast):
+        saved["lm_head weight, bf16 copy for backward"] = head_copy_bytes(d, w, s.autocast)
     kv_prompt = kv_cache_bytes(d, w, rows, p)
     prefilled = shared_prompts(rows, s.group_size)  # each prompt prefilled once
     generation = Phase({"KV cache, prompt part (repeated per row)": kv_prompt,
