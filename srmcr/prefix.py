@@ -127,10 +127,14 @@ def cache_through_checkpoints(model) -> Iterator[None]:
     meant for layers that only read it). Only for ``PromptRecord`` and ``SharedPrefix``, which
     a recomputation leaves as they were."""
     layers = _checkpointed_layers(model)
+    before = [vars(layer).get("_can_checkpoint_with_cache") for layer in layers]
     for layer in layers:
         layer._can_checkpoint_with_cache = True
     try:
         yield
     finally:
-        for layer in layers:
-            del layer._can_checkpoint_with_cache  # back to the class's False
+        for layer, value in zip(layers, before):
+            if value is None:
+                del layer._can_checkpoint_with_cache  # back to the class's False
+            else:
+                layer._can_checkpoint_with_cache = value

@@ -47,7 +47,9 @@ def test_cache_through_checkpoints_is_switched_back(checkpointed):
     assert all(isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing
                for m in layers)
     with cache_through_checkpoints(checkpointed[0]):
-        assert all(m._can_checkpoint_with_cache for m in layers)
+        with cache_through_checkpoints(checkpointed[0]):
+            assert all(m._can_checkpoint_with_cache for m in layers)
+        assert all(m._can_checkpoint_with_cache for m in layers)  # an inner call leaves it on
     assert not any(m._can_checkpoint_with_cache or "_can_checkpoint_with_cache" in vars(m)
                    for m in layers)
 
