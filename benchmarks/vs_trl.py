@@ -20,8 +20,9 @@ trivial`` uses ``lexical_fidelity`` alone (no encoder, ~0 cost): the trainers' o
 ``--gradient-checkpointing`` turns it on on both sides (non-reentrant; the real-model configs use
 it); srmcr still runs each prompt once per group in the loss pass, TRL runs every row whole (and,
 as it ships, back-propagates through the frozen vision tower, which srmcr's policy skips).
-``--image-size 224`` renders the shapes at 224 x 224 (64 image tokens instead of 16; prompt ~130
-tokens for 48 completion tokens): closer to a real model, whose prompt is most of each sequence.
+``--image-size 224`` renders the shapes at 224 x 224 (64 image tokens instead of 16; prompts of
+206-220 tokens instead of 158-172, for 48 completion tokens): closer to a real model, whose prompt
+is most of each sequence.
 
 The random tiny model rarely samples an end token, so most completions run to max_new_tokens
 (the report prints the mean length and the truncated share; srmcr's sampler, asked for top_k=0,
