@@ -59,6 +59,7 @@ _REWARD = yaml.safe_load((ROOT / SRMCR).read_text())["model"]["reward"]
 CUES: list[str] = _REWARD["init_args"]["cues"]  # the main variant's, and every evaluation's
 COOLING, NO_COOLING = "callbacks.cooling.ConfidenceCooling", "no_cooling.yaml"
 HELD_OUT = "heldout"  # a split no config, test or warm-up uses: nothing was ever tuned on it
+PREFLIGHT_G, PREFLIGHT_N = 8, 256  # the pre-flight of the warm start: G and held-out questions
 # Planning figures (2-core machine, 1 torch thread, warm:small, tiny.yaml's B = 4 x G = 4, 48 new
 # tokens): seconds per SR-MCR step (1.0 quiet, with prompt sharing and tiny.yaml's 20-token
 # system prompt), per evaluated record, per process start (imports, model load); recipe steps
@@ -205,6 +206,32 @@ def curves(folder: Path) -> tuple[dict[str, list[tuple[int, float]]], float | No
     return out, statistics.median(gaps) if gaps else None
 
 
+def preflight(a: argparse.Namespace) -> dict:
+    """``main.py preflight`` of the warm start on the held-out split (G = 8 at tiny.yaml's
+    starting temperature): greedy, mean@8, maj@8 and the SR-MCR reward's AUC; cached."""
+    import torch
+
+    from srmcr.validity import verdict
+
+    folder = a.out / "preflight"
+    done = folder / "result.json"
+    settings = {"model": a.model, "split": a.preflight_split, "group_size": PREFLIGHT_G}
+    if done.exists() and not a.fresh and json.loads(done.read_text())["settings"] == settings:
+        return json.loads(done.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    run_main(["preflight", "-c", BASE, "-c", SRMCR, f"--model.policy.model={a.model}",
+              f"--data.val={a.preflight_split}", f"--model.sampling.val_group_size={PREFLIGHT_G}",
+              "--save", str(folder / "signals.pt")], folder / "preflight.log")
+    summary = torch.load(folder / "signals.pt", weights_only=False)["summary"]
+    reward = summary["signals"]["reward"]
+    result = {"settings": settings, "greedy": summary["greedy_accuracy"],
+              "mean": summary["sample_accuracy"], "maj": summary["majority_accuracy"],
+              "auc": reward.auc, "auc_low": reward.low, "auc_high": reward.high,
+              "verdict": verdict(summary, summary["greedy_accuracy"])}
+    done.write_text(json.dumps(result, indent=1))
+    return result
+
+
 def run_variant(v: Variant | None, seed: int, a: argparse.Namespace) -> dict:
     """Train (unless ``v`` is None: the warm baseline) and evaluate one run; cached."""
     folder = a.out / "runs" / (v.name if v else "warm") / f"s{seed}"
@@ -286,6 +313,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown variants {unknown}; choose from {list(all_variants())}")
     a.split = f"shapes:{HELD_OUT}?n={a.val_n}"
+    a.preflight_split = f"shapes:{HELD_OUT}?n={8 if a.quick else PREFLIGHT_N}"
     a.settings = {"model": a.model, "steps": a.steps, "val_every": a.val_every, "split": a.split}
     a.png = a.png or (a.out / "toy_world.png" if a.quick else ROOT / "docs" / "toy_world.png")
     return a
@@ -310,6 +338,9 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.monotonic()
     write_no_cooling(a.out)
     results = [run_variant(None, 0, a)]  # alone first: builds the warm model if not cached
+    checks = preflight(a)
+    print(f"  pre-flight: greedy {checks['greedy']:.3f}, mean@{PREFLIGHT_G} {checks['mean']:.3f}, "
+          f"maj@{PREFLIGHT_G} {checks['maj']:.3f}, reward AUC {checks['auc']:.3f}", flush=True)
     failed = []
     with ThreadPoolExecutor(a.jobs) as pool:
         order = sorted(plan, key=lambda p: -costs[(p[0].name, p[1])])
@@ -322,11 +353,11 @@ def main(argv: list[str] | None = None) -> dict:
                 print(error, file=sys.stderr)
     order = ["warm", *variants]
     results.sort(key=lambda r: (order.index(r["variant"]), r["seed"]))
-    return report(a, variants, results, failed, time.monotonic() - start, planned)
+    return report(a, variants, results, failed, time.monotonic() - start, planned, checks)
 
 
 def report(a: argparse.Namespace, variants: dict[str, Variant], results: list[dict],
-           failed: list[str], wall: float, planned: float) -> dict:
+           failed: list[str], wall: float, planned: float, checks: dict) -> dict:
     """Print and write the table, the JSON of every number, and the plot."""
     rows = aggregate(results)
     labels = {"warm": f"warm start ({a.model}, before training)",
@@ -339,7 +370,13 @@ def report(a: argparse.Namespace, variants: dict[str, Variant], results: list[di
         "over the warm start's held-out completions: " + ", ".join(
             f"{c} {x:+.2f}" if x is not None else f"{c} –"
             for c, x in warm["eval"]["correlation_with_correct"].items()))
-    md = (f"{title}\n\n{table(rows, labels)}{tracking}\n\naccuracy and flawed: mean ± std over seeds; "
+    G = PREFLIGHT_G
+    premise = (f"\n\nPre-flight of the warm start ({a.preflight_split}, G = {G}, T = 1): greedy "
+               f"{checks['greedy']:.3f}, mean@{G} {checks['mean']:.3f}, maj@{G} "
+               f"{checks['maj']:.3f}, reward AUC {checks['auc']:.3f} [{checks['auc_low']:.3f}, "
+               f"{checks['auc_high']:.3f}]. {checks['verdict']}")
+    md = (f"{title}\n\n{table(rows, labels)}{premise}{tracking}\n\naccuracy and flawed: mean ± "
+          f"std over seeds; "
           f"cues: the five SR-MCR cues scoring every variant's greedy completions; KL: the "
           f"per-token KL to the warm start over the last 10% of training steps; fit min: "
           f"training + in-run validation per run; this invocation {wall / 60:.1f} min "
@@ -350,7 +387,7 @@ def report(a: argparse.Namespace, variants: dict[str, Variant], results: list[di
     (a.out / "toy_world.md").write_text(md + "\n")
     summary = {"title": title, "settings": a.settings, "wall_s": wall, "planned_s": planned,
                "planning": {"step_s": STEP_S, "record_s": RECORD_S, "start_s": START_S},
-               "failed": failed, "rows": rows, "runs": results,
+               "failed": failed, "rows": rows, "runs": results, "preflight": checks,
                "variants": {n: asdict(v) for n, v in variants.items()}}
     (a.out / "toy_world.json").write_text(json.dumps(summary, indent=1))
     try:

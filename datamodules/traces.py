@@ -372,9 +372,12 @@ class TraceDataModule(L.LightningDataModule):
         return batch  # PIL images stay on the CPU; the processor makes tensors in the module
 
 
-def warm_model(size: str, cache_dir: Path) -> Path:
-    """The folder of ``warm:<size>``: ``tiny:<size>`` warmed up on traces, built once and cached.
-    main.py registers it as the builder of ``warm:`` specs (``srmcr.policy.register_builder``)."""
+def warm_model(name: str, cache_dir: Path) -> Path:
+    """The folder of ``warm:<name>``: ``tiny:<size>`` warmed up on traces (its vision tower first
+    pre-trained on ``datamodules.perception`` targets when the recipe says so), built once and
+    cached. main.py registers it as the builder of ``warm:`` specs
+    (``srmcr.policy.register_builder``)."""
+    from datamodules.perception import perception_loader
     from srmcr import warmup  # here, so printing traces does not import the model stack
 
     def data(recipe: warmup.WarmRecipe) -> TraceDataModule:
@@ -382,7 +385,14 @@ def warm_model(size: str, cache_dir: Path) -> Path:
         return TraceDataModule(train=f"shapes:warmup?n={n}&seed={recipe.seed}", val=None,
                                batch_size=recipe.batch_size, max_pixels=recipe.max_pixels)
 
-    return warmup.cached(size, cache_dir, data, data_version=TRACE_VERSION)
+    def vision_data(recipe: warmup.WarmRecipe) -> DataLoader:
+        n = recipe.vision_steps * recipe.vision_batch_size
+        side = int(recipe.max_pixels ** 0.5)
+        return perception_loader(ShapesSource("perception", n=n, size=side, seed=recipe.seed),
+                                 recipe.vision_batch_size)
+
+    return warmup.cached(name, cache_dir, data, data_version=TRACE_VERSION,
+                         vision_data=vision_data)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -7,7 +7,7 @@ LoRA adapter disabled, so no second copy of the weights is ever loaded.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -60,7 +60,8 @@ class PolicyArgs:
 
     model: str = "tiny:small"
     """Hub id, local folder, ``tiny:<tiny|small>`` (built locally, no download) or
-    ``warm:<tiny|small>`` (tiny after a one-time supervised warm-up on shapes traces)."""
+    ``warm:<name>`` (tiny after a one-time supervised warm-up on shapes traces: ``warm:small``,
+    ``warm:small-v3`` (the earlier, weaker warm start) or ``warm:tiny``)."""
     quantization: Literal["none", "4bit", "8bit"] = "none"
     """Load the frozen base in 4-bit nf4 (QLoRA, double quantization) or 8-bit."""
     dtype: DType = "float32"
@@ -85,33 +86,38 @@ class PolicyArgs:
             check_bitsandbytes(self.quantization)
 
 
-# Locally built models, "<kind>:<size>" (sizes of srmcr.tiny) -> (size, cache_dir) -> folder.
-# warm: is tiny:<size> after a supervised warm-up on shapes-world traces, which live outside
-# srmcr/: main.py registers its builder (datamodules.traces.warm_model).
+# Locally built models, "<kind>:<name>" -> (name, cache_dir) -> folder. tiny: names the sizes of
+# srmcr.tiny; warm: names a warm-up recipe (srmcr.warmup.RECIPES) of a tiny model on shapes-world
+# traces, which live outside srmcr/: main.py registers its builder (datamodules.traces.warm_model).
 LOCAL_KINDS = ("tiny", "warm")
 BUILDERS: dict[str, Callable[[str, Path], Path]] = {"tiny": tiny.cached}
+NAMES: dict[str, tuple[str, ...]] = {"tiny": tuple(tiny.SPECS)}  # what each kind can build
 
 
-def register_builder(kind: str, build: Callable[[str, Path], Path]) -> None:
-    """Let ``resolve_model`` build ``<kind>:<size>`` specs with ``build(size, cache_dir)``."""
+def register_builder(kind: str, build: Callable[[str, Path], Path],
+                     names: Sequence[str] | None = None) -> None:
+    """Let ``resolve_model`` build ``<kind>:<name>`` specs with ``build(name, cache_dir)``;
+    ``names`` lists the names it builds (default: the tiny sizes)."""
     if kind not in LOCAL_KINDS:
         raise ValueError(f"unknown local model kind {kind!r}; one of {LOCAL_KINDS}")
     BUILDERS[kind] = build
+    NAMES[kind] = tuple(names or tiny.SPECS)
 
 
 def check_model_spec(spec: str) -> None:
     """Fail fast, before anything loads, on a spec that cannot name a model."""
-    kind, local, size = spec.partition(":")
+    kind, local, name = spec.partition(":")
     if local and kind in LOCAL_KINDS:
-        if size not in tiny.SPECS:
-            raise ConfigError(f"policy.model {spec!r}: unknown {kind} size; use one of "
-                              f"{', '.join(f'{kind}:{s}' for s in sorted(tiny.SPECS))}")
+        names = NAMES.get(kind, tuple(tiny.SPECS))
+        if name not in names:
+            raise ConfigError(f"policy.model {spec!r}: unknown {kind} model; use one of "
+                              f"{', '.join(f'{kind}:{n}' for n in sorted(names))}")
         return
     if Path(spec).expanduser().is_dir():
         return
     if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
         raise MissingFileError(f"policy.model {spec!r} is neither an existing folder nor a hub id "
-                               "('org/name') nor tiny:<tiny|small> (or warm:<tiny|small>)")
+                               "('org/name') nor tiny:<tiny|small> (or warm:<name>)")
 
 
 def resolve_model(spec: str, cache_dir: Path = tiny.DEFAULT_CACHE) -> str:

@@ -31,6 +31,7 @@ import contextlib
 import itertools
 import math
 import random
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -44,6 +45,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 from torch import Tensor
+from torch.utils.data import DataLoader
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from srmcr import evaluation, prompts, tiny
@@ -53,7 +55,7 @@ from srmcr.parsing import parse
 from srmcr.policy import PolicyArgs, load_processor, resolve_model
 from srmcr.rollout import Rollout, SamplingArgs, end_token_ids
 
-VERSION = 3  # bump when the recipe or the module changes what a warm:<size> build contains
+VERSION = 4  # bump when the module changes what a warm:<name> build contains (keys its cache)
 
 
 def teacher_forced(processor, images: Sequence[Image.Image], questions: Sequence[str],
@@ -149,8 +151,8 @@ class WarmupModule(L.LightningModule):
                                    "train_vision": train_vision, "vision_scale": vision_scale})
         self.vision_scale, self.calibration_batches = vision_scale, calibration_batches
         self.policy_args, self.sampling = policy, sampling
-        self.train_vision, self.warmup_steps, self.min_lr_ratio = (train_vision, warmup_steps,
-                                                                   min_lr_ratio)
+        self.train_vision = train_vision
+        self.warmup_steps, self.min_lr_ratio = warmup_steps, min_lr_ratio
         self.export = None if export is None else Path(export)
         self.optimizer_factory = optimizer
         self.model: Qwen2_5_VLForConditionalGeneration | None = None
@@ -295,17 +297,27 @@ class WarmRecipe:
     vision_scale: float | None = 4.0  # WarmupModule's: standardized vision features
     system_prompt: str = prompts.TINY_SYSTEM_PROMPT  # configs/tiny.yaml's, which rollouts use
     seed: int = 0
+    base: str = "small"  # the tiny:<base> it starts from
+    version: int = VERSION  # keys the cache folder: warm-<base>-v<version>.<data version>
+    vision_steps: int = 0  # pre-training steps of the vision tower first (0: keep it random)
+    vision_batch_size: int = 32
+    vision_lr: float = 3e-3
 
 
 RECIPES: dict[str, WarmRecipe] = {
     # tests only: checks the plumbing in seconds, learns little
     "tiny": WarmRecipe(steps=8, batch_size=4, lr=3e-3, warmup_steps=2, minutes=0.1,
-                       max_pixels=56 * 56),
-    # Measured (1 torch thread, greedy, 128 shapes:val records): 41% correct against 31% with
-    # blank images and 34% for the per-type majority answer; 98% well-formed. Without the
-    # standardized vision features, or with 600 steps, or with the 60-token system prompt in
-    # 600 steps, answers did not depend on the image (32-34%, real = blank).
-    "small": WarmRecipe(steps=1500, batch_size=8, lr=7e-4, warmup_steps=30, minutes=5),
+                       max_pixels=56 * 56, base="tiny", vision_steps=4, vision_batch_size=8),
+    # The default (configs/tiny.yaml): the vision tower pre-trained first (VisionPretrain).
+    # Measured: see docs/toy_world.md ("The warm starts").
+    "small": WarmRecipe(steps=1500, batch_size=8, lr=7e-4, warmup_steps=30, minutes=6,
+                        vision_steps=1000),
+    # The earlier warm start, kept as the case where label-free training's premise fails: a
+    # random vision tower, standardized (greedy 41% on 128 shapes:val records against 31% with
+    # blank images; maj@8 at T = 1 below greedy). Without the standardized vision features, or
+    # with 600 steps, answers did not depend on the image (32-34%, real = blank).
+    "small-v3": WarmRecipe(steps=1500, batch_size=8, lr=7e-4, warmup_steps=30, minutes=5,
+                           version=3),
 }
 
 
@@ -325,12 +337,35 @@ def _seeded(seed: int) -> Iterator[None]:
         torch.set_rng_state(states[2])
 
 
-def build(size: str, out: Path, data: L.LightningDataModule, cache_dir: Path = tiny.DEFAULT_CACHE,
-          progress: bool = True) -> Path:
-    """Warm ``tiny:<size>`` up on ``data`` with ``RECIPES[size]`` and save it to ``out``."""
-    recipe = RECIPES[size]
-    with _seeded(recipe.seed):
-        base = str(tiny.cached(size, cache_dir))  # type: ignore[arg-type]
+def pretrain_vision(base: str, out: Path, loader: DataLoader, recipe: WarmRecipe,
+                    progress: bool = True) -> Path:
+    """``VisionPretrain`` on ``loader`` for ``recipe.vision_steps``: the model folder ``base``
+    with its vision tower (and merger) trained, written to ``out``."""
+    from srmcr.vision_pretrain import VisionPretrain
+
+    batch = next(iter(loader))
+    module = VisionPretrain(base, batch.targets.shape[-1], recipe.max_pixels, recipe.vision_lr)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=recipe.vision_steps,
+                        logger=False, enable_checkpointing=False, enable_model_summary=False,
+                        enable_progress_bar=progress)
+    trainer.fit(module, train_dataloaders=loader)
+    return module.save(out)
+
+
+def build(name: str, out: Path, data: L.LightningDataModule, cache_dir: Path = tiny.DEFAULT_CACHE,
+          progress: bool = True, recipe: WarmRecipe | None = None,
+          vision_data: DataLoader | None = None) -> Path:
+    """Warm ``tiny:<recipe.base>`` up with ``recipe`` (default ``RECIPES[name]``) and save it to
+    ``out``: first its vision tower on ``vision_data`` (when ``recipe.vision_steps``), then the
+    language model on ``data``."""
+    recipe = recipe or RECIPES[name]
+    if recipe.vision_steps and vision_data is None:
+        raise ValueError(f"warm:{name} pre-trains the vision tower: pass vision_data")
+    with _seeded(recipe.seed), tempfile.TemporaryDirectory(dir=out.parent) as scratch:
+        base = str(tiny.cached(recipe.base, cache_dir))  # type: ignore[arg-type]
+        if recipe.vision_steps:
+            base = str(pretrain_vision(base, Path(scratch) / "vision", vision_data, recipe,
+                                       progress))
         module = WarmupModule(
             policy=PolicyArgs(model=base, max_pixels=recipe.max_pixels),
             sampling=SamplingArgs(system_prompt=recipe.system_prompt),
@@ -345,19 +380,25 @@ def build(size: str, out: Path, data: L.LightningDataModule, cache_dir: Path = t
     return out
 
 
-def cached(size: str, cache_dir: Path, data: Callable[[WarmRecipe], L.LightningDataModule],
-           data_version: int | str) -> Path:
-    """The folder of ``warm:<size>``, built once (``build``); concurrent builders race safely by
-    rename. ``data`` makes the recipe's DataModule; ``data_version`` keys the cache with it."""
-    if size not in RECIPES:
-        raise ValueError(f"unknown warm size {size!r}; choose one of {sorted(RECIPES)}")
-    final = cache_dir / f"warm-{size}-v{VERSION}.{data_version}"
+def cached(name: str, cache_dir: Path, data: Callable[[WarmRecipe], L.LightningDataModule],
+           data_version: int | str,
+           vision_data: Callable[[WarmRecipe], DataLoader] | None = None) -> Path:
+    """The folder of ``warm:<name>``, built once (``build``); concurrent builders race safely by
+    rename. ``data`` makes the recipe's DataModule, ``vision_data`` the loader of its vision
+    pre-training; ``data_version`` keys the cache with them."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown warm model {name!r}; choose one of {sorted(RECIPES)}")
+    recipe = RECIPES[name]
+    final = cache_dir / f"warm-{recipe.base}-v{recipe.version}.{data_version}"
     if (final / "config.json").exists():
         return final
-    recipe = RECIPES[size]
-    rank_zero_info(f"building warm:{size} (one-time, ~{recipe.minutes:g} min on 2 CPU cores): "
-                   f"{recipe.steps} supervised steps on reasoning traces, cached as {final}")
+    vision = f" after {recipe.vision_steps} of the vision tower" if recipe.vision_steps else ""
+    rank_zero_info(f"building warm:{name} (one-time, ~{recipe.minutes:g} min on 2 CPU cores): "
+                   f"{recipe.steps} supervised steps on reasoning traces{vision}, cached as "
+                   f"{final}")
     start = time.monotonic()
-    tiny.build_atomically(final, lambda tmp: build(size, tmp, data(recipe), cache_dir))
-    rank_zero_info(f"built warm:{size} in {(time.monotonic() - start) / 60:.1f} min")
+    tiny.build_atomically(final, lambda tmp: build(
+        name, tmp, data(recipe), cache_dir,
+        vision_data=vision_data(recipe) if vision_data and recipe.vision_steps else None))
+    rank_zero_info(f"built warm:{name} in {(time.monotonic() - start) / 60:.1f} min")
     return final

@@ -1,0 +1,115 @@
+"""Does a warm start meet label-free training's premise? Greedy, mean@G and maj@G per question type.
+
+    .venv/bin/python -m benchmarks.warm_start                  # warm:small on shapes:heldout
+    .venv/bin/python -m benchmarks.warm_start --model warm:small-v3 --split val --n 128
+
+Label-free rewards sharpen what the model already believes, so they can lift greedy accuracy only
+where the majority answer of G samples beats a single greedy answer (``maj@G >= greedy``). This
+prints, for one model and one split of the shapes world, the greedy accuracy, the accuracy of a
+sample at T (mean@G) and of the majority answer (maj@G), overall and per question template, with
+blank images as the control (what the model answers without looking), and the criterion of
+issue [toy-world-2]: greedy >= 55% on ``shapes:heldout`` and maj@8 >= greedy. ``main.py
+preflight`` gives the same three accuracies plus the reward's AUC; this script splits them by
+question type, which is what tells a perception gap (counting) from a format or prompt one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from datamodules.records import fit_pixels  # noqa: E402
+from datamodules.shapes import make_record  # noqa: E402
+from datamodules.traces import warm_model  # noqa: E402
+from srmcr import policy, prompts  # noqa: E402
+from srmcr.answers import is_correct  # noqa: E402
+from srmcr.cues.answer_agreement import answer_key, group_votes  # noqa: E402
+from srmcr.evaluation import generate_greedy  # noqa: E402
+from srmcr.rollout import SamplingArgs, sample  # noqa: E402
+
+PIXELS = 112 * 112  # configs/tiny.yaml's images: 16 image tokens
+
+
+def majority(answers: list[str | None]) -> str | None:
+    """The most frequent answer key of a group (first seen wins a tie); None if none answered."""
+    keys = [answer_key(a) for a in answers]
+    votes = group_votes(keys, len(keys))[2][0].tolist()
+    best = max((i for i, k in enumerate(keys) if k is not None), key=lambda i: (votes[i], -i),
+               default=None)
+    return None if best is None else answers[best]
+
+
+def probe(model_spec: str, split: str, n: int, group: int, temperature: float, batch: int,
+          blank: bool = True) -> dict:
+    model, processor = policy.load_policy(policy.PolicyArgs(model=model_spec, max_pixels=PIXELS,
+                                                            min_pixels=56 * 56))
+    model.eval()
+    args = SamplingArgs(group_size=group, max_new_tokens=48,
+                        system_prompt=prompts.TINY_SYSTEM_PROMPT)
+    hits: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for start in range(0, n, batch):
+        records = [make_record(0, split, i) for i in range(start, min(n, start + batch))]
+        images = [fit_pixels(r.image, 56 * 56, PIXELS) for r in records]
+        questions = [r.question for r in records]
+        with torch.no_grad():
+            greedy = generate_greedy(model, processor, images, questions, args)
+            sampled = sample(model, processor, images, questions, args, temperature)
+            blanks = generate_greedy(model, processor, [Image.new("RGB", im.size, "white")
+                                                        for im in images], questions, args) \
+                if blank else greedy
+        for b, record in enumerate(records):
+            answers = [p.answer for p in sampled.parsed[b * group:(b + 1) * group]]
+            row = {"greedy": is_correct(greedy.parsed[b].answer, record.answer),
+                   "blank": is_correct(blanks.parsed[b].answer, record.answer),
+                   "mean": sum(is_correct(a, record.answer) for a in answers) / group,
+                   "maj": is_correct(majority(answers), record.answer),
+                   "well_formed": float(greedy.parsed[b].well_formed)}
+            for key in ("all", record.template):
+                for name, value in row.items():
+                    hits[key][name].append(float(value))
+    return {key: {name: sum(v) / len(v) for name, v in cols.items()} | {"n": len(cols["greedy"])}
+            for key, cols in hits.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="warm:small")
+    parser.add_argument("--split", default="heldout")
+    parser.add_argument("--n", type=int, default=256)
+    parser.add_argument("--group", type=int, default=8)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--no-blank", action="store_true", help="skip the blank-image control")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    a = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    policy.register_builder("warm", warm_model)
+    start = time.monotonic()
+    result = probe(a.model, a.split, a.n, a.group, a.temperature, a.batch, not a.no_blank)
+    print(f"{a.model} on shapes:{a.split} (n={a.n}, G={a.group}, T={a.temperature}), "
+          f"{time.monotonic() - start:.0f} s")
+    print(f"{'template':<20} {'n':>4} {'greedy':>7} {'blank':>6} {'mean@G':>7} {'maj@G':>6}")
+    for key in ["all", *sorted(k for k in result if k != "all")]:
+        r = result[key]
+        print(f"{key:<20} {r['n']:>4} {r['greedy']:>7.3f} {r['blank']:>6.3f} {r['mean']:>7.3f} "
+              f"{r['maj']:>6.3f}")
+    r = result["all"]
+    ok = r["greedy"] >= 0.55 and r["maj"] >= r["greedy"]
+    print(f"premise (greedy >= 0.55 and maj@G >= greedy): {'holds' if ok else 'fails'} "
+          f"(greedy {r['greedy']:.3f}, maj@G {r['maj']:.3f}, well-formed {r['well_formed']:.3f})")
+    if a.json:
+        a.json.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
