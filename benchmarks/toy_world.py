@@ -290,6 +290,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=300, help="SR-MCR optimizer steps per run")
     p.add_argument("--val-every", type=int, help="validate every N steps (default steps / 4)")
     p.add_argument("--val-n", type=int, default=128, help="held-out records (shapes:heldout)")
+    p.add_argument("--split", default=HELD_OUT, help="the shapes split runs validate and are "
+                   "evaluated on: heldout to report, val to tune (never tune on heldout)")
     p.add_argument("--seeds", default="0,1,2", help="seeds of the main variant; the others "
                    "run the first")
     p.add_argument("--variants", default=",".join(all_variants()),
@@ -312,8 +314,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = sorted(set(a.variant_list) - set(all_variants()))
     if unknown:
         p.error(f"unknown variants {unknown}; choose from {list(all_variants())}")
-    a.split = f"shapes:{HELD_OUT}?n={a.val_n}"
-    a.preflight_split = f"shapes:{HELD_OUT}?n={8 if a.quick else PREFLIGHT_N}"
+    a.split_name = a.split
+    a.split = f"shapes:{a.split_name}?n={a.val_n}"
+    a.preflight_split = f"shapes:{a.split_name}?n={8 if a.quick else PREFLIGHT_N}"
     a.settings = {"model": a.model, "steps": a.steps, "val_every": a.val_every, "split": a.split}
     a.png = a.png or (a.out / "toy_world.png" if a.quick else ROOT / "docs" / "toy_world.png")
     return a

@@ -59,7 +59,13 @@ class PerceptionBatch:
 
 
 class PerceptionDataset(Dataset):
-    """Record i of a ``shapes:`` source: its image and its tokens' targets."""
+    """Record i of a ``shapes:`` source: its image and its tokens' targets. ``words`` and
+    ``word_weights`` name each channel for ``VisionPretrain``'s alignment with word embeddings:
+    a token's target is "<colour> <kind>" at full weight where a shape's centre is, half where
+    it only covers the block."""
+
+    words = NAMES + NAMES
+    word_weights = [0.5] * len(NAMES) + [1.0] * len(NAMES)
 
     def __init__(self, source: ShapesSource):
         self.source = source

@@ -383,7 +383,8 @@ def warm_model(name: str, cache_dir: Path) -> Path:
     def data(recipe: warmup.WarmRecipe) -> TraceDataModule:
         n = recipe.steps * recipe.batch_size
         return TraceDataModule(train=f"shapes:warmup?n={n}&seed={recipe.seed}", val=None,
-                               batch_size=recipe.batch_size, max_pixels=recipe.max_pixels)
+                               batch_size=recipe.batch_size, max_pixels=recipe.max_pixels,
+                               mix=TraceMix(clean=recipe.clean))
 
     def vision_data(recipe: warmup.WarmRecipe) -> DataLoader:
         n = recipe.vision_steps * recipe.vision_batch_size

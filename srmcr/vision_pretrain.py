@@ -33,14 +33,24 @@ class VisionPretrain(L.LightningModule):
     Batches have ``images`` (B PIL images, all of one size) and ``targets`` (B * tokens,
     channels): the images' merged tokens in the merger's (row-major) order.
 
+    With ``words`` the tower is also aligned with the language model's word embeddings (as a
+    VLM's projector is in its first training stage): channel c of the targets names
+    ``words[c]``, and each token's merger output is pulled (mean squared error) toward the sum of
+    its channels' word embeddings, each weighted by the target (and by ``word_weights[c]``). A
+    token showing a red circle then enters the language model close to "red" + "circle".
+
     Args:
         model: A model folder (or spec) whose vision tower to train.
         channels: Targets per image token.
         max_pixels: The processor's pixel cap (the size the warm-up and training will use).
         lr: AdamW learning rate (constant).
+        words: One word per channel: align the tower's outputs with their embeddings.
+        word_weights: Weight of each channel's word in the alignment target (default 1).
     """
 
-    def __init__(self, model: str, channels: int, max_pixels: int, lr: float = 1e-3) -> None:
+    def __init__(self, model: str, channels: int, max_pixels: int, lr: float = 1e-3,
+                 words: Sequence[str] | None = None,
+                 word_weights: Sequence[float] | None = None) -> None:
         super().__init__()
         args = PolicyArgs(model=model, max_pixels=max_pixels)
         path = resolve_model(args.model)
@@ -50,6 +60,19 @@ class VisionPretrain(L.LightningModule):
         self.visual = self.model.model.visual.requires_grad_(True)
         self.head = torch.nn.Linear(self.model.config.vision_config.out_hidden_size, channels)
         self.lr = lr
+        self.register_buffer("word_embeddings", None if words is None else
+                             self.embed_words(words, word_weights or [1.0] * len(words)))
+
+    @torch.no_grad()
+    def embed_words(self, words: Sequence[str], weights: Sequence[float]) -> Tensor:  # (C, H)
+        """Each word's mean input embedding over its tokens, times its weight."""
+        if len(words) != self.head.out_features or len(weights) != len(words):
+            raise ValueError(f"{len(words)} words and {len(weights)} weights for "
+                             f"{self.head.out_features} channels")
+        table = self.model.get_input_embeddings().weight
+        ids = [self.processor.tokenizer(f" {w}", add_special_tokens=False)["input_ids"]
+               for w in words]
+        return torch.stack([table[i].mean(0) * w for i, w in zip(ids, weights)])
 
     def features(self, images: Sequence[Image.Image]) -> Tensor:  # (B * tokens, hidden)
         enc = self.processor.image_processor(images=list(images), return_tensors="pt")
@@ -61,12 +84,18 @@ class VisionPretrain(L.LightningModule):
         return batch  # PIL images stay on the CPU; features() moves the processor's tensors
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        logits = self.head(self.features(batch.images))
+        features = self.features(batch.images)
+        logits = self.head(features)
         targets = batch.targets.to(logits)
         if logits.shape != targets.shape:
             raise ValueError(f"{logits.shape[0]} image tokens but targets for {targets.shape[0]} "
                              f"({targets.shape[1]} channels, head has {logits.shape[1]})")
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
+        if self.word_embeddings is not None:
+            aligned = torch.nn.functional.mse_loss(features, targets @ self.word_embeddings)
+            self.log("vision/align", aligned.detach(), on_step=True, prog_bar=True,
+                     batch_size=len(batch.images))
+            loss = loss + aligned / self.word_embeddings.pow(2).mean()  # relative error
         hits = ((logits > 0) == (targets > 0.5)).float().mean()
         self.log_dict({"vision/loss": loss.detach(), "vision/accuracy": hits}, on_step=True,
                       prog_bar=True, batch_size=len(batch.images))

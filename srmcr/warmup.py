@@ -302,6 +302,8 @@ class WarmRecipe:
     vision_steps: int = 0  # pre-training steps of the vision tower first (0: keep it random)
     vision_batch_size: int = 32
     vision_lr: float = 3e-3
+    vision_align: bool = False  # align the tower with the word embeddings (VisionPretrain words)
+    clean: float = 0.6  # share of clean traces among the warm-up's (the rest carry one flaw)
 
 
 RECIPES: dict[str, WarmRecipe] = {
@@ -344,7 +346,10 @@ def pretrain_vision(base: str, out: Path, loader: DataLoader, recipe: WarmRecipe
     from srmcr.vision_pretrain import VisionPretrain
 
     batch = next(iter(loader))
-    module = VisionPretrain(base, batch.targets.shape[-1], recipe.max_pixels, recipe.vision_lr)
+    words = {"words": loader.dataset.words, "word_weights": loader.dataset.word_weights} \
+        if recipe.vision_align else {}
+    module = VisionPretrain(base, batch.targets.shape[-1], recipe.max_pixels, recipe.vision_lr,
+                            **words)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=recipe.vision_steps,
                         logger=False, enable_checkpointing=False, enable_model_summary=False,
                         enable_progress_bar=progress)

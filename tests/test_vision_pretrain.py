@@ -53,3 +53,32 @@ def test_targets_for_another_number_of_tokens_are_refused():
     batch.targets = batch.targets[:-1]
     with pytest.raises(ValueError, match="8 image tokens but targets for 7"):
         module.training_step(batch, 0)
+
+
+def test_alignment_pulls_the_tokens_that_show_a_word_toward_its_embedding():
+    torch.manual_seed(0)
+    module = VisionPretrain("tiny:tiny", channels=1, max_pixels=SIDE * SIDE, lr=1e-2,
+                            words=["red"], word_weights=[2.0])
+    table = module.model.get_input_embeddings().weight
+    ids = module.processor.tokenizer(" red", add_special_tokens=False)["input_ids"]
+    assert torch.allclose(module.word_embeddings[0], 2.0 * table[ids].mean(0))
+    batch = images_and_targets()
+    red = batch.targets[:, 0] == 1  # the red image's left tokens
+
+    def distance() -> float:
+        with torch.no_grad():
+            return (module.features(batch.images)[red] - module.word_embeddings[0]).norm().item()
+
+    before = distance()
+    optimizer = module.configure_optimizers()
+    for _ in range(30):
+        loss = module.training_step(batch, 0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert distance() < 0.5 * before
+
+
+def test_one_word_per_channel():
+    with pytest.raises(ValueError, match="2 words and 2 weights for 1 channels"):
+        VisionPretrain("tiny:tiny", channels=1, max_pixels=SIDE * SIDE, words=["red", "blue"])
