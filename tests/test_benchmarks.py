@@ -91,9 +91,9 @@ def test_toy_world_variants_configure_what_they_name(tmp_path, capsys, monkeypat
                                                       "vision_sr1_labelfree")), name
         assert (COOLING in callbacks) == (name not in ("no_cooling", "mm_upt")), name
         assert model["sampling"]["temperature"] == 1.0
-        assert model["grpo"]["beta"] == (0.1 if name in ("kl_0.1", "gentle") else 0.01), name
-        assert model["optimizer"]["init_args"]["lr"] == (
-            1e-4 if name in ("lr_1e-4", "gentle") else 5e-4), name
+        assert model["grpo"]["beta"] == (0.1 if name == "kl_0.1" else 0.01), name
+        assert model["optimizer"]["init_args"]["lr"] == (5e-4 if name == "lr_5e-4" else 1e-4), name
+        assert model["sampling"]["val_group_size"] == 0  # curves need the greedy accuracy only
         assert (config["seed_everything"], config["data"]["init_args"]["seed"]) == (7, 7)
         assert (config["trainer"]["max_steps"], config["trainer"]["val_check_interval"]) == (40, 10)
         assert model["policy"]["model"] == "warm:small"

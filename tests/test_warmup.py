@@ -242,6 +242,7 @@ def test_recipe_of_warm_small_is_the_warmup_config():
     assert model["policy"]["max_pixels"] == data["max_pixels"] == small.max_pixels
     assert model["vision_scale"] == small.vision_scale
     assert model["sampling"]["system_prompt"] == small.system_prompt
+    assert data["mix"]["clean"] == small.clean
 
 
 def test_tiny_config_samples_with_the_prompt_warm_small_learned():
