@@ -367,7 +367,7 @@ def report(a: argparse.Namespace, variants: dict[str, Variant], results: list[di
     labels = {"warm": f"warm start ({a.model}, before training)",
               **{n: v.label for n, v in variants.items()}}
     title = (f"toy world: {a.model} -> {a.steps} label-free steps; held-out {a.split}; "
-             f"seeds {a.seeds} (SR-MCR), {a.seed_list[0]} (others); {os.cpu_count()} CPU cores")
+             f"seeds {a.seeds} ({a.every_seed}), {a.seed_list[0]} (others); {os.cpu_count()} CPU cores")
     warm = next((r for r in results if r["variant"] == "warm"), None)
     tracking = "" if warm is None else (
         "\n\nDo the cues track correctness? Correlation of each cue's score with being correct, "

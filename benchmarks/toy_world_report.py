@@ -114,7 +114,8 @@ def plot(results: list[dict], variants: dict[str, Variant], path: Path, title: s
         main = v.group == "main"
         style = {"color": "black" if main else next(colours), "lw": 2.2 if main else 1.1,
                  "ls": "--" if v.group == "recipe" else "-",
-                 "label": f"{v.label} (mean ± std, {len(runs)} seeds)" if main else v.label}
+                 "label": f"{v.label} (mean{' ± std' if main else ''}, {len(runs)} seeds)"
+                 if len(runs) > 1 else v.label}
         for ax, tag in zip(axes, ("val/accuracy", "train/reward_raw")):
             start = [(0, warm)] if tag == "val/accuracy" else []  # the same split, before
             series = [start + r["curves"][tag] for r in runs]
