@@ -118,7 +118,8 @@ def fit_args(v: Variant, seed: int, a: argparse.Namespace, folder: Path) -> list
     return ["fit", "-c", BASE, *(x for o in overlays for x in ("-c", o)), *v.overrides,
             f"--model.policy.model={a.model}", f"--seed_everything={seed}", f"--data.seed={seed}",
             f"--trainer.max_steps={a.steps}", f"--trainer.val_check_interval={a.val_every}",
-            f"--data.val={a.split}", "--model.sampling.val_group_size=0", *_logger(folder)]
+            f"--data.val={a.split}", "--model.sampling.val_group_size=0", *a.set,
+            *_logger(folder)]
 
 
 def eval_args(a: argparse.Namespace, folder: Path, ckpt: Path | None) -> list[str]:
@@ -296,6 +297,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "(comma-separated; the others run the first)")
     p.add_argument("--variants", default=",".join(all_variants()),
                    help="comma-separated, from: " + ", ".join(all_variants()))
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a main.py override for every training run, e.g. --set "
+                   "model.sampling.group_size=8 (repeatable; tune on --split val)")
     p.add_argument("--jobs", type=int, default=2, help="runs at once (1 torch thread each)")
     p.add_argument("--out", type=Path, default=ROOT / "lightning_logs" / "toy_world")
     p.add_argument("--png", type=Path, help="the plot (default docs/toy_world.png; --quick: "
@@ -317,7 +321,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.split_name = a.split
     a.split = f"shapes:{a.split_name}?n={a.val_n}"
     a.preflight_split = f"shapes:{a.split_name}?n={8 if a.quick else PREFLIGHT_N}"
+    a.set = [f"--{kv.removeprefix('--')}" for kv in a.set]
+    if any("=" not in kv for kv in a.set):
+        p.error(f"--set takes KEY=VALUE (got {a.set})")
     a.settings = {"model": a.model, "steps": a.steps, "val_every": a.val_every, "split": a.split}
+    if a.set:  # keys the cached results: runs under other overrides are not reused
+        a.settings["set"] = a.set
     a.png = a.png or (a.out / "toy_world.png" if a.quick else ROOT / "docs" / "toy_world.png")
     return a
 

@@ -100,6 +100,28 @@ def test_toy_world_variants_configure_what_they_name(tmp_path, capsys, monkeypat
         assert config["trainer"]["logger"]["init_args"]["version"] == "s7"
 
 
+def test_toy_world_set_overrides_every_run_and_keys_its_results(tmp_path, capsys, monkeypatch):
+    """--set reaches main.py after the variant's own overrides (so it wins), and results cached
+    under other overrides are not reused (the settings differ)."""
+    import yaml
+
+    monkeypatch.setattr("sys.argv", ["main.py"])
+    from benchmarks.toy_world import all_variants, fit_args, parse_args
+    from main import main
+
+    plain = parse_args(["--out", str(tmp_path)])
+    a = parse_args(["--out", str(tmp_path), "--set", "model.sampling.group_size=8",
+                    "--set=--model.optimizer.init_args.lr=0.0003"])
+    assert a.settings != plain.settings
+    with pytest.raises(SystemExit):
+        main([*fit_args(all_variants()["lr_5e-4"], 0, a, tmp_path / "r" / "s0"), "--print_config"])
+    model = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
+    assert model["sampling"]["group_size"] == 8
+    assert model["optimizer"]["init_args"]["lr"] == 3e-4
+    with pytest.raises(SystemExit):
+        parse_args(["--set", "model.sampling.group_size"])
+
+
 def test_toy_world_aggregates_seeds_and_schedules_longest_first():
     from benchmarks.toy_world import CUES, DETECTORS, makespan
     from benchmarks.toy_world_report import aggregate, table
