@@ -210,9 +210,10 @@ def _generation_config(args: SamplingArgs, temperature: float, tokenizer,
                             suppress_tokens=suppress, use_cache=True)
 
 
-def _shared_prefill(model, enc, prompts: Tensor, counts: Tensor) -> Cache:
+def _shared_prefill(model, enc, prompts: Tensor, counts: Tensor, new_tokens: int) -> Cache:
     """Each prompt but its last token through the model once (image included); the cache
-    repeated ``counts`` times per prompt, for ``generate`` to continue from.
+    repeated ``counts`` times per prompt, with room for ``new_tokens`` more, for ``generate`` to
+    continue from.
 
     ``generate`` then runs the last prompt token of every row and samples; it places the rows'
     text positions after the image's with the model's stored ``rope_deltas`` (continuing from a
@@ -226,7 +227,8 @@ def _shared_prefill(model, enc, prompts: Tensor, counts: Tensor) -> Cache:
           use_cache=True, logits_to_keep=1)
     core = language_core(model)
     core.rope_deltas = core.rope_deltas.repeat_interleave(counts, dim=0)
-    return repeated(cache, counts, read_only=False)
+    reserve = enc["input_ids"].shape[1] + new_tokens  # the last prompt token, then the samples
+    return repeated(cache, counts, read_only=False, reserve=reserve)
 
 
 @torch.no_grad()
@@ -255,7 +257,8 @@ def sample(model, processor, images: Sequence[Image.Image], questions: Sequence[
             part = slice(start, start + args.generation_batch_size)
             distinct, counts, _ = prompt_groups(torch.arange(B * G, device=device)[part], G)
             if share_prompt and len(distinct) < len(rows[part]):  # each prompt prefilled once
-                inputs = {"past_key_values": _shared_prefill(model, enc, distinct, counts)}
+                cache = _shared_prefill(model, enc, distinct, counts, config.max_new_tokens)
+                inputs = {"past_key_values": cache}
             else:
                 pixels, grid = select_images(enc["pixel_values"], enc["image_grid_thw"], rows[part])
                 inputs = {"pixel_values": pixels, "image_grid_thw": grid}
