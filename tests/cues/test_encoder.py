@@ -1,6 +1,9 @@
 """TextEncoder: unit float32 rows, one batched model call per step, empty texts never encoded,
 batches cut by padded tokens."""
 
+import itertools
+import random
+
 import pytest
 import torch
 
@@ -56,17 +59,52 @@ def test_batch_size_must_be_positive():
         TextEncoder(batch_size=0)
     with pytest.raises(ValueError, match="max_batch_tokens"):
         TextEncoder(max_batch_tokens=0)
+    with pytest.raises(ValueError, match="batch_cost_tokens"):
+        TextEncoder(batch_cost_tokens=-1)
 
 
-@pytest.mark.parametrize(("lengths", "rows", "tokens", "expected"), [
-    ([3, 10, 5, 10, 1], 64, 20, [[1, 3], [2, 0, 4]]),  # 2 x 10 fits 20, 3 x 10 does not
-    ([3, 10, 5, 10, 1], 2, 100, [[1, 3], [2, 0], [4]]),  # the row cap
-    ([30, 4, 4], 64, 8, [[0], [1, 2]]),  # longer than the budget: alone
-    ([7, 7, 7], 64, 21, [[0, 1, 2]]),  # ties keep their order; exactly the budget fits
-    ([], 64, 512, []),
+@pytest.mark.parametrize(("lengths", "rows", "tokens", "cost", "expected"), [
+    ([3, 10, 5, 10, 1], 64, 20, 100, [[1, 3], [2, 0, 4]]),  # 2 x 10 fits 20, 3 x 10 does not
+    ([3, 10, 5, 10, 1], 64, 20, 0, [[1, 3], [2], [0], [4]]),  # free passes: no padding at all
+    ([3, 10, 5, 10, 2], 2, 100, 100, [[1, 3], [2], [0, 4]]),  # the row cap; 5+6 < 10+2
+    ([30, 4, 4], 64, 8, 0, [[0], [1, 2]]),  # longer than the budget: alone
+    ([7, 7, 7], 64, 21, 0, [[0, 1, 2]]),  # ties keep their order; exactly the budget fits
+    ([40, 38, 10, 9], 64, 512, 32, [[0, 1], [2, 3]]),  # cut where the lengths drop: 164 < 192
+    ([40, 38, 10, 9], 64, 512, 200, [[0, 1, 2, 3]]),  # a pass dearer than the padding it saves
+    ([], 64, 512, 32, []),
 ])
-def test_token_batches_by_hand(lengths, rows, tokens, expected):
-    assert token_batches(lengths, rows, tokens) == expected
+def test_token_batches_by_hand(lengths, rows, tokens, cost, expected):
+    assert token_batches(lengths, rows, tokens, cost) == expected
+
+
+def _split_cost(lengths, batches, cost):
+    return sum(len(b) * max(lengths[i] for i in b) + cost for b in batches)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_token_batches_find_the_cheapest_split(seed):
+    # Against every split of the longest-first order into consecutive batches (brute force).
+    rng = random.Random(seed)
+    lengths = [rng.randint(1, 40) for _ in range(rng.randint(1, 9))]
+    rows, tokens, cost = rng.randint(1, 5), rng.randint(20, 120), rng.choice([0, 8, 32, 500])
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    best = None
+    for cuts in itertools.product([False, True], repeat=len(order) - 1):
+        batches, current = [], [order[0]]
+        for cut, i in zip(cuts, order[1:]):
+            if cut:
+                batches.append(current)
+                current = []
+            current.append(i)
+        batches.append(current)
+        if all(len(b) <= rows and (len(b) == 1 or len(b) * lengths[b[0]] <= tokens)
+               for b in batches):
+            c = _split_cost(lengths, batches, cost)
+            best = c if best is None else min(best, c)
+    got = token_batches(lengths, rows, tokens, cost)
+    assert sorted(i for b in got for i in b) == list(range(len(lengths)))
+    assert all(len(b) <= rows and (len(b) == 1 or len(b) * lengths[b[0]] <= tokens) for b in got)
+    assert _split_cost(lengths, got, cost) == best
 
 
 def test_minilm_rows_come_back_in_the_texts_order_whatever_the_batches(minilm):
