@@ -14,7 +14,7 @@ from torch import Tensor
 
 from srmcr.prefix import (cache_through_checkpoints, language_core, output_head, prompt_groups,
                           prompt_record, repeated, shares_under_checkpointing)
-from srmcr.rollout import Rollout, eval_mode, select_images
+from srmcr.rollout import Rollout, eval_mode, image_inputs
 
 
 @dataclass
@@ -29,7 +29,9 @@ def completion_logits(model, rollout: Rollout, rows: slice,
                       share_prompt: bool | None = None) -> Tensor:
     """(n, T, V) logits that predict each completion token of ``rows``.
 
-    ``pixel_values`` replaces the rollout's images (same sizes), e.g. with blank images.
+    ``pixel_values`` replaces the rollout's images (same sizes), e.g. with blank images. The
+    rollout's own images are not run through the vision tower again where the sampler kept its
+    output (``rollout.image_features``; the tower is frozen).
 
     ``share_prompt`` (default: whenever it is exact and saves work) runs each distinct prompt of
     ``rows`` once and its completions on top of the prompt's keys and values, instead of the
@@ -53,10 +55,9 @@ def completion_logits(model, rollout: Rollout, rows: slice,
     width = completion.shape[1]
     source = rollout.pixel_values if pixel_values is None else pixel_values
     if not share_prompt:
-        pixels, grid = select_images(source, rollout.image_grid_thw, prompt_of)
-        out = model(input_ids=ids, attention_mask=mask, mm_token_type_ids=mm_types,
-                    pixel_values=pixels, image_grid_thw=grid, logits_to_keep=width + 1,
-                    use_cache=False)
+        images = image_inputs(source, rollout.image_grid_thw, prompt_of, rollout.image_features)
+        out = model(input_ids=ids, attention_mask=mask, mm_token_type_ids=mm_types, **images,
+                    logits_to_keep=width + 1, use_cache=False)
         return out.logits[:, :-1].float()
     # Rope positions of the whole sequences, as the unshared forward computes them (mrope: the
     # image's tokens have 3-D positions, the text after it continues from their maximum).
@@ -64,13 +65,12 @@ def completion_logits(model, rollout: Rollout, rows: slice,
         ids, mm_token_type_ids=mm_types, attention_mask=mask,
         image_grid_thw=rollout.image_grid_thw[prompt_of])
     P = rollout.prompt_ids.shape[1]
-    pixels, grid = select_images(source, rollout.image_grid_thw, prompts)
+    images = image_inputs(source, rollout.image_grid_thw, prompts, rollout.image_features)
     core, cache = language_core(model), prompt_record()
     with cache_through_checkpoints(model):
         prefix = core(input_ids=ids[heads, :P], attention_mask=mask[heads, :P],
-                      mm_token_type_ids=mm_types[heads, :P], pixel_values=pixels,
-                      image_grid_thw=grid, position_ids=positions[:, heads, :P], cache=cache,
-                      use_cache=True)
+                      mm_token_type_ids=mm_types[heads, :P], **images,
+                      position_ids=positions[:, heads, :P], cache=cache, use_cache=True)
         out = core(input_ids=completion, attention_mask=mask, position_ids=positions[:, :, P:],
                    cache=repeated(cache, counts, read_only=True), use_cache=True)
     # The prompt's last position predicts the first completion token. One head call for both:

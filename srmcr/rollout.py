@@ -6,6 +6,7 @@ Completions of one prompt are contiguous (``x.view(B, G, ...)`` holds).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from PIL import Image
 from torch import Tensor
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from srmcr import prompts
 from srmcr.errors import ConfigError
@@ -76,6 +78,16 @@ class SamplingArgs:
 
 
 @dataclass
+class ImageFeatures:
+    """The vision tower's output for each image of a rollout, computed once by the sampler. The
+    tower is frozen and has no adapter (nor dropout): every later pass over the same patches
+    (reference, loss) would compute the same values, without a graph."""
+
+    pixel_values: Tensor  # the patches they come from: used only while the rollout still has them
+    per_image: tuple[Tensor, ...]  # (B,) each (image tokens, H)
+
+
+@dataclass
 class Rollout:
     """Everything one step knows about its completions. Tensors live on the policy's device."""
 
@@ -104,6 +116,8 @@ class Rollout:
     blank_logp: Tensor | None = None  # (N, T) log pi(token | blank image)
     # Set by the module when a cue asks the policy itself (reward.needs_policy):
     policy: PolicyView | None = None
+    # The sampler's vision-tower output, for the passes over the same images (None: recompute):
+    image_features: ImageFeatures | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -134,6 +148,29 @@ def select_images(pixel_values: Tensor, grid: Tensor, images: Tensor) -> tuple[T
     starts = torch.cumsum(counts, 0) - counts
     parts = [pixel_values[s:s + c] for s, c in zip(starts[images].tolist(), counts[images].tolist())]
     return torch.cat(parts), grid[images]
+
+
+def image_features(model, pixel_values: Tensor, grid: Tensor) -> ImageFeatures | None:
+    """Each image through the vision tower once, for every pass of the step that shows it; None
+    where the model cannot take them precomputed (a transformers without ``mm_encoder_outputs``)."""
+    core = language_core(model)
+    if "mm_encoder_outputs" not in inspect.signature(type(core).forward).parameters:
+        return None
+    with torch.no_grad():
+        out = core.get_image_features(pixel_values, grid, return_dict=True)
+    return ImageFeatures(pixel_values, tuple(out.pooler_output))
+
+
+def image_inputs(pixel_values: Tensor, grid: Tensor, images: Tensor,
+                 features: ImageFeatures | None = None) -> dict:
+    """Model inputs that show the given images (indices, repeats allowed): their precomputed
+    features when ``features`` come from these ``pixel_values``, else their patches."""
+    if features is None or features.pixel_values is not pixel_values:
+        pixels, grids = select_images(pixel_values, grid, images)
+        return {"pixel_values": pixels, "image_grid_thw": grids}
+    chosen = BaseModelOutputWithPooling(
+        pooler_output=tuple(features.per_image[i] for i in images.tolist()))
+    return {"mm_encoder_outputs": {"image": chosen}, "image_grid_thw": grid[images]}
 
 
 def end_token_ids(tokenizer) -> list[int]:
@@ -210,7 +247,8 @@ def _generation_config(args: SamplingArgs, temperature: float, tokenizer,
                             suppress_tokens=suppress, use_cache=True)
 
 
-def _shared_prefill(model, enc, prompts: Tensor, counts: Tensor, new_tokens: int) -> Cache:
+def _shared_prefill(model, enc, prompts: Tensor, counts: Tensor, new_tokens: int,
+                    features: ImageFeatures | None) -> Cache:
     """Each prompt but its last token through the model once (image included); the cache
     repeated ``counts`` times per prompt, with room for ``new_tokens`` more, for ``generate`` to
     continue from.
@@ -220,11 +258,10 @@ def _shared_prefill(model, enc, prompts: Tensor, counts: Tensor, new_tokens: int
     cache), which are set here per row as the unshared prefill would set them."""
     if enc["mm_token_type_ids"][prompts, -1].any():
         raise RuntimeError("the prompt must end in text to be prefilled once per group")
-    pixels, grid = select_images(enc["pixel_values"], enc["image_grid_thw"], prompts)
+    images = image_inputs(enc["pixel_values"], enc["image_grid_thw"], prompts, features)
     cache = DynamicCache()
     head = {k: enc[k][prompts, :-1] for k in ("input_ids", "attention_mask", "mm_token_type_ids")}
-    model(**head, pixel_values=pixels, image_grid_thw=grid, past_key_values=cache,
-          use_cache=True, logits_to_keep=1)
+    model(**head, **images, past_key_values=cache, use_cache=True, logits_to_keep=1)
     core = language_core(model)
     core.rope_deltas = core.rope_deltas.repeat_interleave(counts, dim=0)
     reserve = enc["input_ids"].shape[1] + new_tokens  # the last prompt token, then the samples
@@ -251,13 +288,16 @@ def sample(model, processor, images: Sequence[Image.Image], questions: Sequence[
     config = _generation_config(args, temperature, processor.tokenizer, vocab_size)
     if greedy:
         config.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    pieces = []
+    pieces, features = [], None
+    if share_prompt and G > 1:  # the tower once for the prefill, reference and loss passes
+        features = image_features(model, enc["pixel_values"], enc["image_grid_thw"])
     with eval_mode(model):  # no dropout while sampling
         for start in range(0, B * G, args.generation_batch_size):
             part = slice(start, start + args.generation_batch_size)
             distinct, counts, _ = prompt_groups(torch.arange(B * G, device=device)[part], G)
             if share_prompt and len(distinct) < len(rows[part]):  # each prompt prefilled once
-                cache = _shared_prefill(model, enc, distinct, counts, config.max_new_tokens)
+                cache = _shared_prefill(model, enc, distinct, counts, config.max_new_tokens,
+                                        features)
                 inputs = {"past_key_values": cache}
             else:
                 pixels, grid = select_images(enc["pixel_values"], enc["image_grid_thw"], rows[part])
@@ -284,4 +324,5 @@ def sample(model, processor, images: Sequence[Image.Image], questions: Sequence[
         pixel_values=enc["pixel_values"], image_grid_thw=enc["image_grid_thw"],
         ids=[i for i in (ids or [str(b) for b in range(B)]) for _ in range(G)],
         logp=logp * mask, max_prob=max_prob * mask, suppressed=list(config.suppress_tokens),
-        answer_mask=answer_token_mask(processor.tokenizer, completion_ids, mask))
+        answer_mask=answer_token_mask(processor.tokenizer, completion_ids, mask),
+        image_features=features)

@@ -194,3 +194,30 @@ def test_prompt_sharing_is_off_only_where_it_cannot_work(policy, sampled):
     finally:
         hook.remove()
         model.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("share", [True, False], ids=["shared", "whole-rows"])
+def test_passes_reuse_the_samplers_image_features(policy, sampled, share):
+    # The sampler ran each image through the frozen tower once; the later passes take that
+    # output instead of running the tower again, and get the logits of a fresh tower pass. The
+    # rows cover both prompts (images of two sizes): features given to the wrong prompt fail.
+    model, rollout = policy[0], sampled[0]
+    assert rollout.image_features is not None and len(rollout.image_features.per_image) == 2
+    calls: list[int] = []
+    hook = model.get_base_model().model.visual.register_forward_hook(
+        lambda m, args, out: calls.append(1))
+    rows = slice(1, 5)
+    try:
+        with torch.no_grad():
+            reused = completion_logits(model, rollout, rows, share_prompt=share)
+            assert not calls
+            fresh = completion_logits(model, dataclasses.replace(rollout, image_features=None),
+                                      rows, share_prompt=share)
+            assert len(calls) == 1
+            blank = blank_pixel_values(policy[1], rollout)  # other pixels: the tower runs
+            completion_logits(model, rollout, rows, blank, share_prompt=share)
+            assert len(calls) == 2
+    finally:
+        hook.remove()
+    mask = rollout.completion_mask[rows].bool()
+    torch.testing.assert_close(reused[mask], fresh[mask], atol=1e-5, rtol=0)
