@@ -9,6 +9,7 @@ without a good record) end in one line, ``error: <message>``, and exit status 1,
 """
 
 import argparse
+import importlib
 import logging
 import os
 import re
@@ -70,6 +71,26 @@ class SRMCRCLI(LightningCLI):
         config = self.config.get(self.subcommand) if self.subcommand else None
         if config is not None and config.get("ckpt_path") == "last":
             _resume_last(config)
+        if config is not None and config["trainer"].get("enable_progress_bar") is False:
+            _drop_progress_bars(config["trainer"])
+
+
+def _drop_progress_bars(trainer: Namespace) -> None:
+    """``--trainer.enable_progress_bar=false`` turns the configs' step bar off too (Lightning
+    refuses a progress-bar callback beside that flag)."""
+    from lightning.pytorch.callbacks import ProgressBar
+
+    def is_bar(callback) -> bool:
+        path = callback.get("class_path") if isinstance(callback, Namespace) else None
+        if not isinstance(path, str) or "." not in path:
+            return False
+        module, _, name = path.rpartition(".")
+        cls = getattr(importlib.import_module(module), name, None)
+        return isinstance(cls, type) and issubclass(cls, ProgressBar)
+
+    callbacks = trainer.get("callbacks")
+    if isinstance(callbacks, list):
+        trainer.callbacks = [c for c in callbacks if not is_bar(c)]
 
 
 def _default_save_dir(trainer: Namespace) -> None:

@@ -43,6 +43,16 @@ def test_fast_dev_run(tmp_path, monkeypatch):
     main(["fit", "-c", str(ROOT / "configs/tiny.yaml"), *FAST, "--trainer.fast_dev_run=2"])
 
 
+def test_progress_bar_flag_turns_the_configs_step_bar_off(tmp_path, monkeypatch):
+    # Lightning refuses a progress-bar callback beside enable_progress_bar=false; tiny.yaml lists
+    # StepProgressBar, so the flag must drop it rather than fail.
+    monkeypatch.chdir(tmp_path)
+    cli = main(["fit", "-c", str(ROOT / "configs/tiny.yaml"), *FAST, "--trainer.fast_dev_run=1",
+                "--trainer.enable_progress_bar=false"])
+    assert cli.trainer.progress_bar_callback is None
+    assert any(type(c).__name__ == "BestCheckpoint" for c in cli.trainer.callbacks)
+
+
 @pytest.mark.slow
 def test_default_root_dir_holds_logs_checkpoints_and_adapter_and_resumes(tmp_path, monkeypatch):
     (tmp_path / "elsewhere").mkdir()
