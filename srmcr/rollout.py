@@ -206,6 +206,18 @@ def completion_mask(ids: Tensor, end_ids: Sequence[int]) -> tuple[Tensor, Tensor
     return (~seen_before).long(), ~is_end.any(dim=1)
 
 
+class SuppressTokens(LogitsProcessor):
+    """transformers' ``SuppressTokensLogitsProcessor`` (the same -inf, in the same place of the
+    processor chain) with its vocabulary mask built once, not at every sampled token."""
+
+    def __init__(self, tokens: Sequence[int], vocab_size: int, device: torch.device) -> None:
+        self.mask = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+        self.mask[list(tokens)] = True
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        return torch.where(self.mask, -float("inf"), scores)
+
+
 class SampledTokenStats(LogitsProcessor):
     """Log-prob at T = 1 and max probability of every sampled token, from the raw logits the
     sampler saw (after token suppression, before temperature): the scores need no extra forward.
@@ -288,6 +300,8 @@ def sample(model, processor, images: Sequence[Image.Image], questions: Sequence[
     config = _generation_config(args, temperature, processor.tokenizer, vocab_size)
     if greedy:
         config.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    # Suppressed by SuppressTokens, first of our processors: where generate puts its own.
+    suppressed, config.suppress_tokens = list(config.suppress_tokens), None
     pieces, features = [], None
     if share_prompt and G > 1:  # the tower once for the prefill, reference and loss passes
         features = image_features(model, enc["pixel_values"], enc["image_grid_thw"])
@@ -303,10 +317,11 @@ def sample(model, processor, images: Sequence[Image.Image], questions: Sequence[
                 pixels, grid = select_images(enc["pixel_values"], enc["image_grid_thw"], rows[part])
                 inputs = {"pixel_values": pixels, "image_grid_thw": grid}
             stats = SampledTokenStats()
+            processors = [SuppressTokens(suppressed, vocab_size, device), stats]
             out = model.generate(input_ids=prompt_ids[part], attention_mask=prompt_mask[part],
                                  mm_token_type_ids=mm_types[part], **inputs,
                                  generation_config=config,
-                                 logits_processor=LogitsProcessorList([stats]))
+                                 logits_processor=LogitsProcessorList(processors))
             pieces.append((out[:, prompt_ids.shape[1]:], *stats.finish(out[:, -1])))
     pad = config.pad_token_id
     width = max(p[0].shape[1] for p in pieces)
@@ -323,6 +338,6 @@ def sample(model, processor, images: Sequence[Image.Image], questions: Sequence[
         truncated=truncated, temperature=temperature, images=list(images),
         pixel_values=enc["pixel_values"], image_grid_thw=enc["image_grid_thw"],
         ids=[i for i in (ids or [str(b) for b in range(B)]) for _ in range(G)],
-        logp=logp * mask, max_prob=max_prob * mask, suppressed=list(config.suppress_tokens),
+        logp=logp * mask, max_prob=max_prob * mask, suppressed=suppressed,
         answer_mask=answer_token_mask(processor.tokenizer, completion_ids, mask),
         image_features=features)

@@ -4,7 +4,10 @@ import pytest
 import torch
 
 from srmcr.parsing import parse
-from srmcr.rollout import SamplingArgs, completion_mask, sample, select_images
+from transformers.generation.logits_process import SuppressTokensLogitsProcessor
+
+from srmcr.rollout import (SamplingArgs, SuppressTokens, completion_mask, sample,
+                           select_images)
 from tests.fixtures import (GRIDS, IMAGE_TOKENS, QUESTIONS, tiny_policy,
                             two_images)
 
@@ -204,3 +207,15 @@ def test_top_k_zero_samples_from_the_whole_vocabulary():
     rollout = sample(model, processor, [image], ["How many circles?"],
                      SamplingArgs(group_size=64, max_new_tokens=1, top_k=0), temperature=50.0)
     assert len(set(rollout.completion_ids[:, 0].tolist())) > 50
+
+
+def test_suppress_tokens_matches_transformers_processor():
+    # The sampler suppresses with a mask built once; transformers' own processor rebuilds it at
+    # every token. Same scores bit for bit, or the same seed would draw other tokens.
+    torch.manual_seed(0)
+    scores = torch.randn(5, 40)
+    tokens = [0, 3, 17, 39]
+    want = SuppressTokensLogitsProcessor(tokens)(torch.zeros(5, 1, dtype=torch.long), scores)
+    got = SuppressTokens(tokens, 40, scores.device)(torch.zeros(5, 1, dtype=torch.long), scores)
+    assert torch.equal(got, want)
+    assert torch.isinf(got[:, tokens]).all() and torch.isfinite(got[:, [1, 2, 38]]).all()
