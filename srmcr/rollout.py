@@ -21,6 +21,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from srmcr import prompts
 from srmcr.errors import ConfigError
+from srmcr.lora_forward import plain_lora
 from srmcr.parsing import Parsed, parse
 from srmcr.prefix import language_core, prompt_groups, repeated
 
@@ -305,7 +306,8 @@ def sample(model, processor, images: Sequence[Image.Image], questions: Sequence[
     pieces, features = [], None
     if share_prompt and G > 1:  # the tower once for the prefill, reference and loss passes
         features = image_features(model, enc["pixel_values"], enc["image_grid_thw"])
-    with eval_mode(model):  # no dropout while sampling
+    # No dropout while sampling; PEFT's LoRA forward without its per-token bookkeeping.
+    with eval_mode(model), plain_lora(model):
         for start in range(0, B * G, args.generation_batch_size):
             part = slice(start, start + args.generation_batch_size)
             distinct, counts, _ = prompt_groups(torch.arange(B * G, device=device)[part], G)
