@@ -3,6 +3,7 @@
     python benchmarks/reward_auc.py --split val --n 256 --save /tmp/val.pt        # ~4 min
     python benchmarks/reward_auc.py --load /tmp/val.pt                           # seconds
     python benchmarks/reward_auc.py --split heldout --n 256 --save /tmp/heldout.pt
+    python benchmarks/reward_auc.py --ckpt <run>/checkpoints/last.ckpt --save /tmp/trained.pt
 
 Collects G completions per labelled shapes question at temperature T from a config's model
 (default configs/tiny.yaml: warm:small) with every cue the recipes use, through the module's own
@@ -11,7 +12,9 @@ for one config). Then every recipe of ``RECIPES`` recombines the same raw cue sc
 ``SelfReward.combine``, batch by batch in order (its reliability EMA learns as in training), and
 the table gives each recipe's within-group AUC against correctness with a 95% interval over
 questions (``srmcr.validity``). Labels only measure. Tune on ``--split val``, report on
-``heldout``.
+``heldout``. ``--ckpt`` samples from a training run's checkpoint instead of the start model (its
+LoRA weights only; the run's reward state and temperature are dropped): how well the cues still
+rank right above wrong once a policy has been optimized against them.
 """
 
 from __future__ import annotations
@@ -77,6 +80,17 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
+def adapter_only(ckpt: Path, dest: Path) -> Path:
+    """The checkpoint with its LoRA weights only: no reward state (the recipes here use other
+    cues) and no sampling temperature or RNG state (``--temperature`` decides)."""
+    state = torch.load(ckpt, weights_only=True, map_location="cpu")
+    state["state_dict"] = {k: v for k, v in state["state_dict"].items()
+                           if not k.startswith("reward.")}
+    state.pop("srmcr", None)
+    torch.save(state, dest)
+    return dest
+
+
 def collect(args: argparse.Namespace) -> dict:
     """One validation pass of the config's model with every cue; the pre-flight's collection."""
     import lightning as L
@@ -92,13 +106,20 @@ def collect(args: argparse.Namespace) -> dict:
     cli = LightningCLI(SRMCRModule, ImageQuestionDataModule, run=False, args=[
         "-c", args.config, f"--model.reward.cues=[{','.join(COLLECT)}]",
         f"--model.sampling.val_group_size={args.group_size}",
+        "--model.sampling.val_sample_batches=null",  # every question, not tiny.yaml's first 8
         f"--model.sampling.temperature={args.temperature}",
         f"--data.val=shapes:{args.split}?n={args.n}", f"--data.batch_size={args.batch_size}",
         "--trainer.logger=false", "--trainer.callbacks=[]", *args.overrides])
     report = PreflightReport(args.save)
     trainer = L.Trainer(logger=False, callbacks=[report], accelerator="cpu", devices=1,
                         enable_checkpointing=False, enable_model_summary=False)
-    trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
+    if args.ckpt is None:
+        trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
+    else:
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = adapter_only(args.ckpt, Path(tmp) / "adapter_only.ckpt")
+            trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, verbose=False)
     return {"summary": report.summary, "batches": report.batches}
 
 
@@ -124,6 +145,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--ckpt", type=Path, help="sample from this training checkpoint's "
+                        "adapter instead of the config's start model")
     parser.add_argument("--save", type=Path, help="write the collected signals here")
     parser.add_argument("--load", type=Path, help="skip sampling: read signals saved by --save")
     parser.add_argument("overrides", nargs="*", help="LightningCLI overrides, after --")

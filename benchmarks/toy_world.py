@@ -7,11 +7,12 @@
 The warm start is ``warm:<size>`` (tiny:<size> fine-tuned on shapes-world reasoning traces, built
 and cached on first use). Every run trains from it through the real entry point, ``main.py fit
 -c configs/tiny.yaml -c <overlays> ...`` in a subprocess, with its seed (``seed_everything`` and
-the data shuffle) and its log folder under ``--out``, validating every quarter of the run (the
-curves) on a held-out split that nothing else uses (``shapes:heldout``, not the ``shapes:val``
-that tiny.yaml and the warm-up validate on). The evaluation is ``main.py predict`` on that
-split, greedy: before training the warm model itself (its LoRA adapter starts at zero), after
-it each run's last checkpoint. The scorer is always the five SR-MCR cues, whatever reward the run
+the data shuffle) and its log folder under ``--out``, validating every quarter of the run on a
+labelled selection split (``--select``, default ``shapes:val``: the curves, and ``best.ckpt``,
+which is what a user's ``adapter/`` is exported from). The evaluation is ``main.py predict`` on a
+held-out split that nothing else uses (``shapes:heldout``), greedy: before training the warm
+model itself (its LoRA adapter starts at zero), after it each run's last checkpoint and its best
+checkpoint on the selection split (the exported adapter). The scorer is always the five SR-MCR cues, whatever reward the run
 trained on (the checkpoint's reward state is dropped: it does not change what the model
 generates), so the cue columns compare. Labels enter only the accuracy. A trace is
 flawed-looking when ``datamodules.flaws`` finds a loop, a hallucinated shape or a contradiction
@@ -50,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.toy_world_report import aggregate, plot, table  # noqa: E402
+from callbacks.best import checkpoint_record  # noqa: E402
 from datamodules.flaws import DETECTORS, find_flaws  # noqa: E402
 from datamodules.records import parse_shapes  # noqa: E402
 from datamodules.shapes import make_record  # noqa: E402
@@ -118,7 +120,7 @@ def fit_args(v: Variant, seed: int, a: argparse.Namespace, folder: Path) -> list
     return ["fit", "-c", BASE, *(x for o in overlays for x in ("-c", o)), *v.overrides,
             f"--model.policy.model={a.model}", f"--seed_everything={seed}", f"--data.seed={seed}",
             f"--trainer.max_steps={a.steps}", f"--trainer.val_check_interval={a.val_every}",
-            f"--data.val={a.split}", "--model.sampling.val_group_size=0", *a.set,
+            f"--data.val={a.select}", "--model.sampling.val_group_size=0", *a.set,
             *_logger(folder)]
 
 
@@ -185,6 +187,16 @@ def summarize(predictions: Path, split: str) -> dict:
             "flaws": {name: mean([float(name in f) for f in flaws]) for name in DETECTORS}}
 
 
+def evaluations(folder: Path, split: str, trained: bool) -> dict:
+    """``eval``: the last checkpoint's (or the warm start's) held-out summary; ``eval_best``: the
+    best checkpoint's on the selection split, the adapter a user gets (trained runs only)."""
+    out = {"eval": summarize(folder.with_name(folder.name + "-eval") / "predictions.jsonl", split)}
+    if trained:
+        out["eval_best"] = summarize(folder.with_name(folder.name + "-best") / "predictions.jsonl",
+                                     split)
+    return out
+
+
 def curves(folder: Path) -> tuple[dict[str, list[tuple[int, float]]], float | None]:
     """(optimizer steps done, value): ``val/accuracy`` after each validation, and the raw reward
     of each step's rollouts (``train/reward_raw``, sampled after ``step`` updates); and the
@@ -241,10 +253,10 @@ def run_variant(v: Variant | None, seed: int, a: argparse.Namespace) -> dict:
         if result["settings"] == a.settings:  # re-read: the summary may have grown since
             if v is not None:
                 result["curves"], result["step_s"] = curves(folder)
-            result["eval"] = summarize(evaluation / "predictions.jsonl", a.split)
-            return result
+            return result | evaluations(folder, a.split, v is not None)
     shutil.rmtree(folder, ignore_errors=True)
-    shutil.rmtree(folder.with_name(folder.name + "-eval"), ignore_errors=True)
+    for suffix in ("-eval", "-best"):
+        shutil.rmtree(folder.with_name(folder.name + suffix), ignore_errors=True)
     folder.mkdir(parents=True)
     result = {"variant": v.name if v else "warm", "seed": seed, "settings": a.settings,
               "fit_s": 0.0, "curves": {}}
@@ -256,9 +268,15 @@ def run_variant(v: Variant | None, seed: int, a: argparse.Namespace) -> dict:
         result["curves"], result["step_s"] = curves(folder)
         ckpt = strip_reward_state(folder / "checkpoints" / "last.ckpt",
                                   folder.parent / f"{folder.name}.eval.ckpt")
+        best = folder / "checkpoints" / "best.ckpt"
+        result["best_step"] = checkpoint_record(best, "")["step"]
+        result["eval_best_s"] = run_main(
+            eval_args(a, evaluation.with_name(folder.name + "-best"),
+                      strip_reward_state(best, folder.parent / f"{folder.name}.best.ckpt")),
+            folder.parent / f"{folder.name}.best.log")
     result["eval_s"] = run_main(eval_args(a, evaluation, ckpt),
                                 folder.parent / f"{folder.name}.eval.log")
-    result["eval"] = summarize(evaluation / "predictions.jsonl", a.split)
+    result |= evaluations(folder, a.split, v is not None)
     done.write_text(json.dumps(result, indent=1))
     print(f"  done  {result['variant']} seed {seed}: accuracy {result['eval']['accuracy']:.3f}, "
           f"fit {result['fit_s'] / 60:.1f} min", flush=True)
@@ -267,11 +285,11 @@ def run_variant(v: Variant | None, seed: int, a: argparse.Namespace) -> dict:
 
 # ---- the plan ------------------------------------------------------------------------------
 def planned_seconds(v: Variant | None, a: argparse.Namespace) -> float:
-    evals = a.val_n * RECORD_S
+    evals = a.val_n * RECORD_S  # one held-out evaluation
     if v is None:
         return START_S + evals
-    return (2 * START_S + a.steps * STEP_S * STEP_COST.get(v.name, 1.0)
-            + (a.steps // a.val_every + 1) * evals)
+    return (3 * START_S + a.steps * STEP_S * STEP_COST.get(v.name, 1.0)
+            + (a.steps // a.val_every + 1) * a.select_n * RECORD_S + 2 * evals)
 
 
 def makespan(costs: list[float], jobs: int) -> float:
@@ -289,8 +307,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=150, help="SR-MCR optimizer steps per run")
     p.add_argument("--val-every", type=int, help="validate every N steps (default steps / 4)")
     p.add_argument("--val-n", type=int, default=128, help="held-out records (shapes:heldout)")
-    p.add_argument("--split", default=HELD_OUT, help="the shapes split runs validate and are "
-                   "evaluated on: heldout to report, val to tune (never tune on heldout)")
+    p.add_argument("--split", default=HELD_OUT, help="the shapes split runs are evaluated on: "
+                   "heldout to report, val to tune (never tune on heldout)")
+    p.add_argument("--select", default="val", help="the labelled shapes split runs validate on "
+                   "during training (the curves, best.ckpt); not --split: use test when tuning "
+                   "on val")
+    p.add_argument("--select-n", type=int, default=128, help="records of --select")
     p.add_argument("--seeds", default="0,1,2", help="seeds of the main variant; the others "
                    "run the first")
     p.add_argument("--every-seed", default="srmcr", help="variants that run every seed "
@@ -311,20 +333,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "8 records, SR-MCR only, 1 seed")
     a = p.parse_args(argv)
     if a.quick:
-        a.model, a.steps, a.val_n, a.seeds, a.variants = "warm:tiny", 2, 8, "0", "srmcr"
+        a.model, a.steps, a.val_n, a.select_n, a.seeds, a.variants = \
+            "warm:tiny", 2, 8, 8, "0", "srmcr"
     a.val_every = a.val_every or max(1, a.steps // 4)
     a.seed_list = [int(s) for s in a.seeds.split(",")]
     a.variant_list = [n.strip() for n in a.variants.split(",") if n.strip()]
     unknown = sorted(set(a.variant_list) - set(all_variants()))
     if unknown:
         p.error(f"unknown variants {unknown}; choose from {list(all_variants())}")
+    if a.select == a.split:
+        p.error(f"--select {a.select} is the split the runs are evaluated on: the best "
+                f"checkpoint would be chosen on its own test set; pick another (e.g. --select "
+                f"{'test' if a.split == 'val' else 'val'})")
     a.split_name = a.split
     a.split = f"shapes:{a.split_name}?n={a.val_n}"
+    a.select = f"shapes:{a.select}?n={a.select_n}"
     a.preflight_split = f"shapes:{a.split_name}?n={8 if a.quick else PREFLIGHT_N}"
     a.set = [f"--{kv.removeprefix('--')}" for kv in a.set]
     if any("=" not in kv for kv in a.set):
         p.error(f"--set takes KEY=VALUE (got {a.set})")
-    a.settings = {"model": a.model, "steps": a.steps, "val_every": a.val_every, "split": a.split}
+    a.settings = {"model": a.model, "steps": a.steps, "val_every": a.val_every, "split": a.split,
+                  "select": a.select}
     if a.set:  # keys the cached results: runs under other overrides are not reused
         a.settings["set"] = a.set
     a.png = a.png or (a.out / "toy_world.png" if a.quick else ROOT / "docs" / "toy_world.png")
@@ -340,7 +369,7 @@ def main(argv: list[str] | None = None) -> dict:
     costs = {(v.name, s): planned_seconds(v, a) for v, s in plan}
     planned = planned_seconds(None, a) + makespan(list(costs.values()), a.jobs)
     print(f"toy world: {a.model}, {len(plan)} training runs of {a.steps} steps + the warm "
-          f"baseline, held-out {a.split}, validation every {a.val_every} steps, {a.jobs} at once "
+          f"baseline, held-out {a.split}, validation on {a.select} every {a.val_every} steps, {a.jobs} at once "
           f"(1 torch thread each); planned ~{planned / 60:.0f} min at {STEP_S} s/step, "
           f"{RECORD_S} s/evaluated record, {START_S:.0f} s/process start (+ ~5 min once if "
           f"{a.model} is not cached yet)", flush=True)
@@ -375,7 +404,8 @@ def report(a: argparse.Namespace, variants: dict[str, Variant], results: list[di
     rows = aggregate(results)
     labels = {"warm": f"warm start ({a.model}, before training)",
               **{n: v.label for n, v in variants.items()}}
-    title = (f"toy world: {a.model} -> {a.steps} label-free steps; held-out {a.split}; "
+    title = (f"toy world: {a.model} -> {a.steps} label-free steps; held-out {a.split}, "
+             f"selection {a.select}; "
              f"seeds {a.seeds} ({a.every_seed}), {a.seed_list[0]} (others); {os.cpu_count()} CPU cores")
     warm = next((r for r in results if r["variant"] == "warm"), None)
     tracking = "" if warm is None else (
@@ -388,8 +418,10 @@ def report(a: argparse.Namespace, variants: dict[str, Variant], results: list[di
                f"{checks['greedy']:.3f}, mean@{G} {checks['mean']:.3f}, maj@{G} "
                f"{checks['maj']:.3f}, reward AUC {checks['auc']:.3f} [{checks['auc_low']:.3f}, "
                f"{checks['auc_high']:.3f}]. {checks['verdict']}")
-    md = (f"{title}\n\n{table(rows, labels)}{premise}{tracking}\n\naccuracy and flawed: mean ± "
-          f"std over seeds; "
+    md = (f"{title}\n\n{table(rows, labels)}{premise}{tracking}\n\naccuracy (last): the last "
+          f"checkpoint's on {a.split}; adapter: the best checkpoint by val/accuracy on {a.select} "
+          f"(what AdapterExport writes to adapter/; step 0, the warm start itself, included), "
+          f"evaluated on {a.split}; accuracy and flawed (last checkpoint): mean ± std over seeds; "
           f"cues: the five SR-MCR cues scoring every variant's greedy completions; KL: the "
           f"per-token KL to the warm start over the last 10% of training steps; fit min: "
           f"training + in-run validation per run; this invocation {wall / 60:.1f} min "

@@ -33,8 +33,11 @@ def aggregate(results: list[dict]) -> list[dict]:
         acc, acc_sd = _mean_sd([e["accuracy"] for e in ev])
         flaw, flaw_sd = _mean_sd([e["flaw_rate"] for e in ev])
         fmt = _mean_sd([e["format_rate"] for e in ev])[0]
+        best, best_sd = _mean_sd([r["eval_best"]["accuracy"] for r in runs if "eval_best" in r])
         out.append({"variant": name, "seeds": [r["seed"] for r in runs], "accuracy": acc,
-                    "accuracy_sd": acc_sd, "format_rate": fmt,
+                    "accuracy_sd": acc_sd, "best_accuracy": best, "best_accuracy_sd": best_sd,
+                    "best_steps": [r["best_step"] for r in runs if "best_step" in r],
+                    "format_rate": fmt,
                     "cues": {c: _mean_sd([e["cues"][c] for e in ev])[0] for c in ev[0]["cues"]},
                     "flaw_rate": flaw, "flaw_rate_sd": flaw_sd,
                     "flaws": {f: _mean_sd([e["flaws"][f] for e in ev])[0] for f in ev[0]["flaws"]},
@@ -67,17 +70,22 @@ def table(rows: list[dict], labels: dict[str, str]) -> str:
     """The markdown table: one row per variant, the warm start's first."""
     warm = next((r["accuracy"] for r in rows if r["variant"] == "warm"), None)
     cues = list(rows[0]["cues"])
-    head = ["variant", "seeds", "accuracy", "Δ acc. vs warm", "format", *(SHORT.get(c, c)
-            for c in cues), "flawed", "KL", "fit min"]
+    head = ["variant", "seeds", "accuracy (last)", "Δ vs warm", "adapter (best on select)",
+            "Δ vs warm", "best at step", "format", *(SHORT.get(c, c) for c in cues), "flawed",
+            "KL", "fit min"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        delta = None if warm is None or r["accuracy"] is None else r["accuracy"] - warm
+        trained = r["variant"] != "warm"
+
+        def delta(x: float | None) -> str:
+            return "" if not trained or warm is None or x is None else _num(x - warm, signed=True)
         cells = [labels.get(r["variant"], r["variant"]), str(len(r["seeds"])),
-                 _num(r["accuracy"], r["accuracy_sd"]),
-                 "" if r["variant"] == "warm" else _num(delta, signed=True),
+                 _num(r["accuracy"], r["accuracy_sd"]), delta(r["accuracy"]),
+                 _num(r["best_accuracy"], r["best_accuracy_sd"]) if trained else "",
+                 delta(r["best_accuracy"]), ", ".join(map(str, r["best_steps"])),
                  _num(r["format_rate"]), *(_num(r["cues"][c]) for c in cues),
                  _num(r["flaw_rate"], r["flaw_rate_sd"]), _num(r.get("kl")),
-                 "" if r["variant"] == "warm" else f"{r['fit_min']:.1f}"]
+                 "" if not trained else f"{r['fit_min']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -97,13 +105,15 @@ def _smooth(points: list[tuple[int, float]], window: int) -> list[tuple[int, flo
 
 
 def plot(results: list[dict], variants: dict[str, Variant], path: Path, title: str) -> None:
-    """Held-out accuracy (from the warm start's at step 0) and the smoothed raw train reward over
-    optimizer steps: SR-MCR as mean ± std over seeds, ablations solid, recipes dashed."""
+    """Accuracy on the selection split (the runs' own validations, step 0 the warm start) and the
+    smoothed raw train reward over optimizer steps: SR-MCR as mean ± std over seeds, ablations
+    solid, recipes dashed."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    warm = next(r["eval"]["accuracy"] for r in results if r["variant"] == "warm")
+    starts = [r["curves"]["val/accuracy"][0][1] for r in results
+              if r["curves"].get("val/accuracy")]  # step 0: every run validates the warm start
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     window = max(1, max((r["settings"]["steps"] for r in results), default=1) // 20)
     colours = itertools.cycle(plt.get_cmap("tab20").colors)  # 13 variants besides SR-MCR
@@ -117,8 +127,7 @@ def plot(results: list[dict], variants: dict[str, Variant], path: Path, title: s
                  "label": f"{v.label} (mean{' ± std' if main else ''}, {len(runs)} seeds)"
                  if len(runs) > 1 else v.label}
         for ax, tag in zip(axes, ("val/accuracy", "train/reward_raw")):
-            start = [(0, warm)] if tag == "val/accuracy" else []  # the same split, before
-            series = [start + r["curves"][tag] for r in runs]
+            series = [r["curves"][tag] for r in runs]
             if tag == "train/reward_raw":
                 series = [_smooth(s, window) for s in series]
             steps, mean, sd = _band(series)
@@ -126,8 +135,9 @@ def plot(results: list[dict], variants: dict[str, Variant], path: Path, title: s
             if main and len(runs) > 1:
                 ax.fill_between(steps, [m - s for m, s in zip(mean, sd)],
                                 [m + s for m, s in zip(mean, sd)], color="black", alpha=0.15)
-    axes[0].axhline(warm, color="grey", lw=0.8, ls=":", label="warm start")
-    axes[0].set(xlabel="optimizer steps", ylabel="held-out accuracy (greedy)")
+    if starts:
+        axes[0].axhline(starts[0], color="grey", lw=0.8, ls=":", label="warm start")
+    axes[0].set(xlabel="optimizer steps", ylabel="selection-split accuracy (greedy)")
     axes[1].set(xlabel="optimizer steps", ylabel=f"train/reward_raw (mean of {window} steps; "
                 "each variant's own cues)")
     for ax in axes:

@@ -120,6 +120,12 @@ def test_toy_world_set_overrides_every_run_and_keys_its_results(tmp_path, capsys
     assert model["optimizer"]["init_args"]["lr"] == 3e-4
     with pytest.raises(SystemExit):
         parse_args(["--set", "model.sampling.group_size"])
+    # runs validate (curves, best.ckpt) on the selection split, never on the one they report
+    assert "--data.val=shapes:val?n=128" in fit_args(all_variants()["srmcr"], 0, plain, tmp_path)
+    with pytest.raises(SystemExit):
+        parse_args(["--split", "val"])  # would select the adapter on its own test set
+    tuning = parse_args(["--split", "val", "--select", "test", "--select-n", "64"])
+    assert tuning.settings["select"] == "shapes:test?n=64" != plain.settings["select"]
 
 
 def test_toy_world_aggregates_seeds_and_schedules_longest_first():
@@ -128,16 +134,24 @@ def test_toy_world_aggregates_seeds_and_schedules_longest_first():
 
     def run(variant, seed, acc):
         kl = [(step, seed + step / 10) for step in range(20)]  # last 10%: steps 18, 19
-        return {"variant": variant, "seed": seed, "fit_s": 60.0, "curves": {"train/kl": kl},
-                "eval": {"accuracy": acc, "format_rate": 1.0, "cues": {c: 0.5 for c in CUES},
-                         "flaw_rate": 0.1, "flaws": {f: 0.0 for f in DETECTORS}}}
+        evaluation = {"accuracy": acc, "format_rate": 1.0, "cues": {c: 0.5 for c in CUES},
+                      "flaw_rate": 0.1, "flaws": {f: 0.0 for f in DETECTORS}}
+        out = {"variant": variant, "seed": seed, "fit_s": 60.0, "curves": {"train/kl": kl},
+               "eval": evaluation}
+        if variant != "warm":  # the best checkpoint on the selection split: 0.125 better here
+            out |= {"eval_best": {**evaluation, "accuracy": acc + 0.125}, "best_step": 10 * seed}
+        return out
     rows = aggregate([run("warm", 0, 0.25), run("srmcr", 0, 0.25), run("srmcr", 1, 0.5),
                       run("srmcr", 2, 0.75)])
     assert [r["variant"] for r in rows] == ["warm", "srmcr"]
     assert rows[1]["accuracy"] == pytest.approx(0.5) and rows[1]["accuracy_sd"] == 0.25
     assert rows[0]["accuracy_sd"] is None  # one seed: no spread
     assert rows[1]["kl"] == pytest.approx(1 + 1.85)  # seeds 0, 1, 2: 1.85 + seed, averaged
-    assert "| SR-MCR | 3 | 0.500 ± 0.250 | +0.250 |" in table(rows, {"srmcr": "SR-MCR"})
+    assert rows[1]["best_accuracy"] == pytest.approx(0.625) and rows[1]["best_steps"] == [0, 10, 20]
+    assert rows[0]["best_accuracy"] is None and rows[0]["best_steps"] == []
+    text = table(rows, {"srmcr": "SR-MCR"})
+    assert "| SR-MCR | 3 | 0.500 ± 0.250 | +0.250 | 0.625 ± 0.250 | +0.375 | 0, 10, 20 |" in text
+    assert "| warm | 1 | 0.250 |  |  |  |  |" in text
     assert makespan([3, 3, 2, 2, 2], 2) == 7 and makespan([5, 1], 4) == 5
 
 
@@ -153,5 +167,6 @@ def test_toy_world_quick_runs_end_to_end(tmp_path):
         assert run["eval"]["n"] == 8 and 0 <= run["eval"]["flaw_rate"] <= 1
     trained = summary["runs"][1]
     assert [s for s, _ in trained["curves"]["val/accuracy"]] == [0, 1, 2]  # step 0: the start
+    assert trained["eval_best"]["n"] == 8 and trained["best_step"] in (0, 1, 2)
     assert len(trained["curves"]["train/reward_raw"]) == 2
     assert "| SR-MCR | 1 |" in (tmp_path / "toy_world.md").read_text()
