@@ -80,17 +80,6 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
-def adapter_only(ckpt: Path, dest: Path) -> Path:
-    """The checkpoint with its LoRA weights only: no reward state (the recipes here use other
-    cues) and no sampling temperature or RNG state (``--temperature`` decides)."""
-    state = torch.load(ckpt, weights_only=True, map_location="cpu")
-    state["state_dict"] = {k: v for k, v in state["state_dict"].items()
-                           if not k.startswith("reward.")}
-    state.pop("srmcr", None)
-    torch.save(state, dest)
-    return dest
-
-
 def collect(args: argparse.Namespace) -> dict:
     """One validation pass of the config's model with every cue; the pre-flight's collection."""
     import lightning as L
@@ -117,8 +106,10 @@ def collect(args: argparse.Namespace) -> dict:
         trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
     else:
         import tempfile
+
+        from benchmarks.toy_world import strip_reward_state
         with tempfile.TemporaryDirectory() as tmp:
-            ckpt = adapter_only(args.ckpt, Path(tmp) / "adapter_only.ckpt")
+            ckpt = strip_reward_state(args.ckpt, Path(tmp) / "adapter_only.ckpt")
             trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, verbose=False)
     return {"summary": report.summary, "batches": report.batches}
 

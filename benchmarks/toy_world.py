@@ -145,12 +145,15 @@ def run_main(args: list[str], log: Path) -> float:
 
 
 def strip_reward_state(ckpt: Path, dest: Path) -> Path:
-    """The checkpoint without the reward's state, so the 5-cue scorer loads any recipe's run."""
+    """The checkpoint's LoRA weights without the reward's state, so a scorer with other cues
+    loads any recipe's run, and without the run's sampling temperature and RNG state, so the
+    caller's settings decide how it samples."""
     import torch
 
     state = torch.load(ckpt, weights_only=True, map_location="cpu")
     state["state_dict"] = {k: v for k, v in state["state_dict"].items()
                            if not k.startswith("reward.")}
+    state.pop("srmcr", None)
     torch.save(state, dest)
     return dest
 

@@ -170,3 +170,20 @@ def test_toy_world_quick_runs_end_to_end(tmp_path):
     assert trained["eval_best"]["n"] == 8 and trained["best_step"] in (0, 1, 2)
     assert len(trained["curves"]["train/reward_raw"]) == 2
     assert "| SR-MCR | 1 |" in (tmp_path / "toy_world.md").read_text()
+
+
+def test_strip_reward_state_keeps_only_the_adapter(tmp_path):
+    """What toy_world evaluates and reward_auc --ckpt samples from: the LoRA weights, without
+    the run's reward state (other cues) or its temperature and RNG state (the caller's decide)."""
+    import torch
+
+    from benchmarks.toy_world import strip_reward_state
+
+    lora = "model.base_model.model.layers.0.q_proj.lora_A.default.weight"
+    torch.save({"state_dict": {lora: torch.ones(2, 3), "reward.reliability_ema": torch.zeros(6)},
+                "srmcr": {"temperature": 0.4}, "global_step": 7}, tmp_path / "run.ckpt")
+    state = torch.load(strip_reward_state(tmp_path / "run.ckpt", tmp_path / "eval.ckpt"),
+                       weights_only=True)
+    assert list(state["state_dict"]) == [lora] and torch.equal(state["state_dict"][lora],
+                                                                 torch.ones(2, 3))
+    assert "srmcr" not in state and state["global_step"] == 7
