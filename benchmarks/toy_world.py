@@ -12,9 +12,9 @@ labelled selection split (``--select``, default ``shapes:val``: the curves, and 
 which is what a user's ``adapter/`` is exported from). The evaluation is ``main.py predict`` on a
 held-out split that nothing else uses (``shapes:heldout``), greedy: before training the warm
 model itself (its LoRA adapter starts at zero), after it each run's last checkpoint and its best
-checkpoint on the selection split (the exported adapter). The scorer is always the five SR-MCR cues, whatever reward the run
-trained on (the checkpoint's reward state is dropped: it does not change what the model
-generates), so the cue columns compare. Labels enter only the accuracy. A trace is
+checkpoint on the selection split (the exported adapter). The scorer is always the five SR-MCR
+cues, whatever reward the run trained on (the checkpoint's reward state is dropped: it does not
+change what the model generates), so the cue columns compare. Labels enter only the accuracy. A trace is
 flawed-looking when ``datamodules.flaws`` finds a loop, a hallucinated shape or a contradiction
 in its steps, judged against the record's scene.
 
@@ -191,8 +191,8 @@ def summarize(predictions: Path, split: str) -> dict:
 
 
 def evaluations(folder: Path, split: str, trained: bool) -> dict:
-    """``eval``: the last checkpoint's (or the warm start's) held-out summary; ``eval_best``: the
-    best checkpoint's on the selection split, the adapter a user gets (trained runs only)."""
+    """Held-out summaries: ``eval`` of the last checkpoint (or of the warm start), ``eval_best``
+    of the best checkpoint by the selection split, the adapter a user gets (trained runs only)."""
     out = {"eval": summarize(folder.with_name(folder.name + "-eval") / "predictions.jsonl", split)}
     if trained:
         out["eval_best"] = summarize(folder.with_name(folder.name + "-best") / "predictions.jsonl",
@@ -372,8 +372,8 @@ def main(argv: list[str] | None = None) -> dict:
     costs = {(v.name, s): planned_seconds(v, a) for v, s in plan}
     planned = planned_seconds(None, a) + makespan(list(costs.values()), a.jobs)
     print(f"toy world: {a.model}, {len(plan)} training runs of {a.steps} steps + the warm "
-          f"baseline, held-out {a.split}, validation on {a.select} every {a.val_every} steps, {a.jobs} at once "
-          f"(1 torch thread each); planned ~{planned / 60:.0f} min at {STEP_S} s/step, "
+          f"baseline, held-out {a.split}, validation on {a.select} every {a.val_every} steps, "
+          f"{a.jobs} at once (1 torch thread each); planned ~{planned / 60:.0f} min at {STEP_S} s/step, "
           f"{RECORD_S} s/evaluated record, {START_S:.0f} s/process start (+ ~5 min once if "
           f"{a.model} is not cached yet)", flush=True)
     if a.dry_run:
@@ -408,8 +408,8 @@ def report(a: argparse.Namespace, variants: dict[str, Variant], results: list[di
     labels = {"warm": f"warm start ({a.model}, before training)",
               **{n: v.label for n, v in variants.items()}}
     title = (f"toy world: {a.model} -> {a.steps} label-free steps; held-out {a.split}, "
-             f"selection {a.select}; "
-             f"seeds {a.seeds} ({a.every_seed}), {a.seed_list[0]} (others); {os.cpu_count()} CPU cores")
+             f"selection {a.select}; seeds {a.seeds} ({a.every_seed}), {a.seed_list[0]} "
+             f"(others); {os.cpu_count()} CPU cores")
     warm = next((r for r in results if r["variant"] == "warm"), None)
     tracking = "" if warm is None else (
         "\n\nDo the cues track correctness? Correlation of each cue's score with being correct, "
