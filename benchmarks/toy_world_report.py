@@ -112,8 +112,8 @@ def plot(results: list[dict], variants: dict[str, Variant], path: Path, title: s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    starts = [r["curves"]["val/accuracy"][0][1] for r in results
-              if r["curves"].get("val/accuracy")]  # step 0: every run validates the warm start
+    start = next((r["curves"]["val/accuracy"][0][1] for r in results  # step 0: the warm start,
+                  if r["curves"].get("val/accuracy")), None)  # which every run validates first
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     window = max(1, max((r["settings"]["steps"] for r in results), default=1) // 20)
     colours = itertools.cycle(plt.get_cmap("tab20").colors)  # 13 variants besides SR-MCR
@@ -135,8 +135,8 @@ def plot(results: list[dict], variants: dict[str, Variant], path: Path, title: s
             if main and len(runs) > 1:
                 ax.fill_between(steps, [m - s for m, s in zip(mean, sd)],
                                 [m + s for m, s in zip(mean, sd)], color="black", alpha=0.15)
-    if starts:
-        axes[0].axhline(starts[0], color="grey", lw=0.8, ls=":", label="warm start")
+    if start is not None:
+        axes[0].axhline(start, color="grey", lw=0.8, ls=":", label="warm start")
     axes[0].set(xlabel="optimizer steps", ylabel="selection-split accuracy (greedy)")
     axes[1].set(xlabel="optimizer steps", ylabel=f"train/reward_raw (mean of {window} steps; "
                 "each variant's own cues)")
