@@ -14,9 +14,9 @@ held-out split that nothing else uses (``shapes:heldout``), greedy: before train
 model itself (its LoRA adapter starts at zero), after it each run's last checkpoint and its best
 checkpoint on the selection split (the exported adapter). The scorer is always the five SR-MCR
 cues, whatever reward the run trained on (the checkpoint's reward state is dropped: it does not
-change what the model generates), so the cue columns compare. Labels enter only the accuracy. A trace is
-flawed-looking when ``datamodules.flaws`` finds a loop, a hallucinated shape or a contradiction
-in its steps, judged against the record's scene.
+change what the model generates), so the cue columns compare. Labels enter only the accuracy.
+A trace is flawed-looking when ``datamodules.flaws`` finds a loop, a hallucinated shape or a
+contradiction in its steps, judged against the record's scene.
 
 Variants: ``srmcr`` (configs/recipes/srmcr.yaml; every ``--seeds``); the ablations ``no_<cue>``,
 ``no_cooling`` (no ConfidenceCooling: T = 1), ``no_reliability`` (fixed equal weights) and
@@ -374,8 +374,8 @@ def main(argv: list[str] | None = None) -> dict:
     planned = planned_seconds(None, a) + makespan(list(costs.values()), a.jobs)
     print(f"toy world: {a.model}, {len(plan)} training runs of {a.steps} steps + the warm "
           f"baseline, held-out {a.split}, validation on {a.select} every {a.val_every} steps, "
-          f"{a.jobs} at once (1 torch thread each); planned ~{planned / 60:.0f} min at {STEP_S} s/step, "
-          f"{RECORD_S} s/evaluated record, {START_S:.0f} s/process start (+ ~5 min once if "
+          f"{a.jobs} at once (1 torch thread each); planned ~{planned / 60:.0f} min at "
+          f"{STEP_S} s/step, {RECORD_S} s/evaluated record, {START_S:.0f} s/process start (+ ~5 min once if "
           f"{a.model} is not cached yet)", flush=True)
     if a.dry_run:
         for (name, seed), cost in sorted(costs.items(), key=lambda kv: -kv[1]):
