@@ -181,6 +181,7 @@ def summarize(predictions: Path, split: str) -> dict:
         except statistics.StatisticsError:  # constant scores or all (in)correct
             return None
     return {"n": len(rows), "accuracy": mean([float(r["correct"]) for r in rows]),
+            "correct": {r["source"]: bool(r["correct"]) for r in rows},  # for paired tests
             "format_rate": mean([float(r["well_formed"]) for r in rows]),
             "completion_len": mean([r["completion_len"] for r in rows]),
             "cues": {c: mean([r["scores"][c] for r in rows if r["scores"].get(c) is not None])
@@ -425,7 +426,9 @@ def report(a: argparse.Namespace, variants: dict[str, Variant], results: list[di
     md = (f"{title}\n\n{table(rows, labels)}{premise}{tracking}\n\naccuracy (last): the last "
           f"checkpoint's on {a.split}; adapter: the best checkpoint by val/accuracy on {a.select} "
           f"(what AdapterExport writes to adapter/; step 0, the warm start itself, included), "
-          f"evaluated on {a.split}; accuracy and flawed (last checkpoint): mean ± std over seeds; "
+          f"evaluated on {a.split}; fixed/broken (p): per seed, the {a.split} questions its "
+          f"adapter answers right and the warm start wrong, the reverse, and the exact McNemar "
+          f"p-value of the difference; accuracy and flawed (last checkpoint): mean ± std over seeds; "
           f"cues: the five SR-MCR cues scoring every variant's greedy completions; KL: the "
           f"per-token KL to the warm start over the last 10% of training steps; fit min: "
           f"training + in-run validation per run; this invocation {wall / 60:.1f} min "

@@ -7,6 +7,7 @@ that command with the same settings reuses them, so it re-tables and re-plots in
 from __future__ import annotations
 
 import itertools
+import math
 import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,11 +23,26 @@ def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
+def mcnemar(before: dict[str, bool], after: dict[str, bool]) -> tuple[int, int, float]:
+    """(fixed, broken, p): questions wrong before and right after, the reverse, and the exact
+    two-sided McNemar p-value (binomial, 1/2, on the questions that changed) of the difference.
+    Paired, question by question: far more sensitive than comparing two accuracies."""
+    if before.keys() != after.keys():
+        raise ValueError(f"paired test over different questions ({len(before)} and {len(after)})")
+    fixed = sum(after[q] and not before[q] for q in before)
+    broken = sum(before[q] and not after[q] for q in before)
+    n = fixed + broken
+    tail = sum(math.comb(n, k) for k in range(min(fixed, broken) + 1)) / 2 ** n
+    return fixed, broken, min(1.0, 2 * tail)
+
+
 def aggregate(results: list[dict]) -> list[dict]:
-    """One row per variant, in the order first seen: means (and spreads) over its seeds."""
+    """One row per variant, in the order first seen: means (and spreads) over its seeds, and each
+    seed's adapter paired with the warm start (``mcnemar``) where the runs kept their answers."""
     rows: dict[str, list[dict]] = {}
     for r in results:
         rows.setdefault(r["variant"], []).append(r)
+    warm = rows.get("warm", [{}])[0].get("eval", {}).get("correct")
     out = []
     for name, runs in rows.items():
         ev = [r["eval"] for r in runs]
@@ -37,6 +53,8 @@ def aggregate(results: list[dict]) -> list[dict]:
         out.append({"variant": name, "seeds": [r["seed"] for r in runs], "accuracy": acc,
                     "accuracy_sd": acc_sd, "best_accuracy": best, "best_accuracy_sd": best_sd,
                     "best_steps": [r["best_step"] for r in runs if "best_step" in r],
+                    "paired": [mcnemar(warm, r["eval_best"]["correct"]) for r in runs
+                               if warm and "correct" in r.get("eval_best", {})],
                     "format_rate": fmt,
                     "cues": {c: _mean_sd([e["cues"][c] for e in ev])[0] for c in ev[0]["cues"]},
                     "flaw_rate": flaw, "flaw_rate_sd": flaw_sd,
@@ -71,8 +89,8 @@ def table(rows: list[dict], labels: dict[str, str]) -> str:
     warm = next((r["accuracy"] for r in rows if r["variant"] == "warm"), None)
     cues = list(rows[0]["cues"])
     head = ["variant", "seeds", "accuracy (last)", "Δ vs warm", "adapter (best on select)",
-            "Δ vs warm", "best at step", "format", *(SHORT.get(c, c) for c in cues), "flawed",
-            "KL", "fit min"]
+            "Δ vs warm", "best at step", "adapter vs warm: fixed/broken (p)", "format",
+            *(SHORT.get(c, c) for c in cues), "flawed", "KL", "fit min"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         trained = r["variant"] != "warm"
@@ -83,6 +101,7 @@ def table(rows: list[dict], labels: dict[str, str]) -> str:
                  _num(r["accuracy"], r["accuracy_sd"]), delta(r["accuracy"]),
                  _num(r["best_accuracy"], r["best_accuracy_sd"]) if trained else "",
                  delta(r["best_accuracy"]), ", ".join(map(str, r["best_steps"])),
+                 "; ".join(f"{f}/{b} ({p:.2g})" for f, b, p in r["paired"]),
                  _num(r["format_rate"]), *(_num(r["cues"][c]) for c in cues),
                  _num(r["flaw_rate"], r["flaw_rate_sd"]), _num(r.get("kl")),
                  "" if not trained else f"{r['fit_min']:.1f}"]

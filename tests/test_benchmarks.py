@@ -155,6 +155,30 @@ def test_toy_world_aggregates_seeds_and_schedules_longest_first():
     assert makespan([3, 3, 2, 2, 2], 2) == 7 and makespan([5, 1], 4) == 5
 
 
+def test_toy_world_pairs_each_adapter_with_the_warm_start_question_by_question():
+    from benchmarks.toy_world import CUES, DETECTORS
+    from benchmarks.toy_world_report import aggregate, mcnemar, table
+
+    before = {f"q{i}": i < 4 for i in range(10)}  # q0..q3 right
+    # 6 fixed, none broken: p = 2 * (1/2)^6; 3 fixed and 1 broken: p = 2 * (1 + 4) / 2^4
+    assert mcnemar(before, {q: True for q in before}) == (6, 0, pytest.approx(2 / 2 ** 6))
+    after = {**before, "q4": True, "q5": True, "q6": True, "q0": False}
+    assert mcnemar(before, after) == (3, 1, pytest.approx(0.625))
+    assert mcnemar(before, before) == (0, 0, 1.0)  # nothing changed: no evidence either way
+    with pytest.raises(ValueError, match="different questions"):
+        mcnemar(before, {"q0": True})
+
+    def run(variant, correct):
+        evaluation = {"accuracy": 0.4, "format_rate": 1.0, "cues": {c: 0.5 for c in CUES},
+                      "flaw_rate": 0.1, "flaws": {f: 0.0 for f in DETECTORS}, "correct": correct}
+        out = {"variant": variant, "seed": 0, "fit_s": 60.0, "curves": {}, "eval": evaluation}
+        return out | ({} if variant == "warm" else {"eval_best": {**evaluation, "correct": correct},
+                                                    "best_step": 5})
+    rows = aggregate([run("warm", before), run("srmcr", after)])
+    assert rows[0]["paired"] == [] and rows[1]["paired"] == [(3, 1, pytest.approx(0.625))]
+    assert "| 5 | 3/1 (0.62) |" in table(rows, {})
+
+
 @pytest.mark.slow
 def test_toy_world_quick_runs_end_to_end(tmp_path):
     """warm:tiny, 2 steps: baseline and SR-MCR through main.py fit / predict (~35 s)."""
