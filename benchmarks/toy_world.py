@@ -24,8 +24,9 @@ Variants: ``srmcr`` (configs/recipes/srmcr.yaml; every ``--seeds``); the ablatio
 ``lr_5e-4`` (a 5× higher learning rate, the earlier default); the
 recipes ``mm_upt``, ``vision_sr1_labelfree``, ``srmcr_plus``; these run the first seed only. Each
 run uses 1 torch thread (at 2, OpenMP spin-waiting on the 2-core machine makes steps several
-times slower), ``--jobs`` at once. A finished run keeps its ``result.json`` and is reused under
-the same settings (``--fresh`` reruns), so an interrupted experiment resumes. Writes
+times slower), ``--jobs`` at once. A finished run keeps its ``result.json`` and checkpoints and
+is reused under the same training settings (``--fresh`` reruns), so an interrupted experiment
+resumes, and evaluating finished runs on more questions (``--val-n 1024``) trains nothing again. Writes
 ``<out>/toy_world.md`` (the table), ``<out>/toy_world.json`` (every number) and the plot
 (``--png``, default docs/toy_world.png; needs matplotlib).
 """
@@ -61,7 +62,7 @@ _REWARD = yaml.safe_load((ROOT / SRMCR).read_text())["model"]["reward"]
 CUES: list[str] = _REWARD["init_args"]["cues"]  # the main variant's, and every evaluation's
 COOLING, NO_COOLING = "callbacks.cooling.ConfidenceCooling", "no_cooling.yaml"
 HELD_OUT = "heldout"  # a split no config, test or warm-up uses: nothing was ever tuned on it
-PREFLIGHT_G, PREFLIGHT_N = 8, 256  # the pre-flight of the warm start: G and held-out questions
+PREFLIGHT_G = 8  # the pre-flight of the warm start samples G completions per held-out question
 # Planning figures (2-core machine, 1 torch thread, warm:small, tiny.yaml's B = 4 x G = 4, 48 new
 # tokens): seconds per SR-MCR step (1.0 quiet, with prompt sharing and tiny.yaml's 20-token
 # system prompt), per evaluated record, per process start (imports, model load); recipe steps
@@ -191,14 +192,19 @@ def summarize(predictions: Path, split: str) -> dict:
             "flaws": {name: mean([float(name in f) for f in flaws]) for name in DETECTORS}}
 
 
-def evaluations(folder: Path, split: str, trained: bool) -> dict:
+def eval_folder(folder: Path, kind: str, a: argparse.Namespace) -> Path:
+    """Where ``main.py predict`` writes one evaluation of a run on ``a.split``: ``kind`` "eval"
+    (the last checkpoint, or the warm start) or "best" (the best checkpoint); named by the split,
+    so evaluating finished runs on another split (``--val-n 1024``) keeps the earlier ones."""
+    return folder.with_name(f"{folder.name}-{kind}-{a.split_name}{a.val_n}")
+
+
+def evaluations(folder: Path, a: argparse.Namespace, trained: bool) -> dict:
     """Held-out summaries: ``eval`` of the last checkpoint (or of the warm start), ``eval_best``
     of the best checkpoint by the selection split, the adapter a user gets (trained runs only)."""
-    out = {"eval": summarize(folder.with_name(folder.name + "-eval") / "predictions.jsonl", split)}
-    if trained:
-        out["eval_best"] = summarize(folder.with_name(folder.name + "-best") / "predictions.jsonl",
-                                     split)
-    return out
+    kinds = {"eval": "eval", "eval_best": "best"} if trained else {"eval": "eval"}
+    return {key: summarize(eval_folder(folder, kind, a) / "predictions.jsonl", a.split)
+            for key, kind in kinds.items()}
 
 
 def curves(folder: Path) -> tuple[dict[str, list[tuple[int, float]]], float | None]:
@@ -247,41 +253,54 @@ def preflight(a: argparse.Namespace) -> dict:
     return result
 
 
+def _training(settings: dict) -> dict:
+    """The settings a run's training depends on (not the split it is evaluated on)."""
+    return {k: v for k, v in settings.items() if k != "split"}
+
+
+def train(v: Variant, seed: int, a: argparse.Namespace, folder: Path) -> dict:
+    """``main.py fit`` of one run from scratch (its earlier logs and evaluations removed); the
+    checkpoints it is evaluated from, without reward state, beside ``folder``."""
+    shutil.rmtree(folder, ignore_errors=True)
+    for stale in folder.parent.glob(f"{folder.name}-*"):  # its evaluations and their logs
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    folder.mkdir(parents=True)
+    print(f"  start {v.name} seed {seed}", flush=True)
+    fit_s = run_main(fit_args(v, seed, a, folder), folder.parent / f"{folder.name}.fit.log")
+    strip_reward_state(folder / "checkpoints" / "last.ckpt",
+                       folder.parent / f"{folder.name}.eval.ckpt")
+    best = folder / "checkpoints" / "best.ckpt"
+    strip_reward_state(best, folder.parent / f"{folder.name}.best.ckpt")
+    return {"variant": v.name, "seed": seed, "settings": a.settings, "fit_s": fit_s,
+            "best_step": checkpoint_record(best, "")["step"]}
+
+
 def run_variant(v: Variant | None, seed: int, a: argparse.Namespace) -> dict:
-    """Train (unless ``v`` is None: the warm baseline) and evaluate one run; cached."""
+    """Train (unless ``v`` is None: the warm baseline) and evaluate one run on ``a.split``;
+    cached: a run trained under the same settings is evaluated, not retrained, and an
+    evaluation already on disk is read back."""
     folder = a.out / "runs" / (v.name if v else "warm") / f"s{seed}"
     done = folder / "result.json"
-    evaluation = folder.with_name(folder.name + "-eval")
-    if done.exists() and not a.fresh:
-        result = json.loads(done.read_text())
-        if result["settings"] == a.settings:  # re-read: the summary may have grown since
-            if v is not None:
-                result["curves"], result["step_s"] = curves(folder)
-            return result | evaluations(folder, a.split, v is not None)
-    shutil.rmtree(folder, ignore_errors=True)
-    for suffix in ("-eval", "-best"):
-        shutil.rmtree(folder.with_name(folder.name + suffix), ignore_errors=True)
-    folder.mkdir(parents=True)
-    result = {"variant": v.name if v else "warm", "seed": seed, "settings": a.settings,
-              "fit_s": 0.0, "curves": {}}
-    ckpt = None
-    if v is not None:
-        print(f"  start {v.name} seed {seed}", flush=True)
-        log = folder.parent / f"{folder.name}.fit.log"
-        result["fit_s"] = run_main(fit_args(v, seed, a, folder), log)
-        result["curves"], result["step_s"] = curves(folder)
-        ckpt = strip_reward_state(folder / "checkpoints" / "last.ckpt",
-                                  folder.parent / f"{folder.name}.eval.ckpt")
-        best = folder / "checkpoints" / "best.ckpt"
-        result["best_step"] = checkpoint_record(best, "")["step"]
-        result["eval_best_s"] = run_main(
-            eval_args(a, evaluation.with_name(folder.name + "-best"),
-                      strip_reward_state(best, folder.parent / f"{folder.name}.best.ckpt")),
-            folder.parent / f"{folder.name}.best.log")
-    result["eval_s"] = run_main(eval_args(a, evaluation, ckpt),
-                                folder.parent / f"{folder.name}.eval.log")
-    result |= evaluations(folder, a.split, v is not None)
-    done.write_text(json.dumps(result, indent=1))
+    result = json.loads(done.read_text()) if done.exists() and not a.fresh else None
+    if result is None or _training(result["settings"]) != _training(a.settings):
+        if v is None:
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            result = {"variant": "warm", "seed": seed, "settings": a.settings, "fit_s": 0.0}
+        else:
+            result = train(v, seed, a, folder)
+        done.write_text(json.dumps(result, indent=1))
+    result["settings"] = a.settings
+    checkpoints = {"eval": folder.parent / f"{folder.name}.eval.ckpt",
+                   "best": folder.parent / f"{folder.name}.best.ckpt"} if v else {"eval": None}
+    for kind, ckpt in checkpoints.items():
+        out = eval_folder(folder, kind, a)
+        if not (out / "predictions.jsonl").exists():
+            shutil.rmtree(out, ignore_errors=True)
+            result[f"{kind}_s"] = run_main(eval_args(a, out, ckpt),
+                                           folder.parent / f"{out.name}.log")
+    result["curves"], result["step_s"] = curves(folder) if v else ({}, None)
+    result |= evaluations(folder, a, v is not None)
     print(f"  done  {result['variant']} seed {seed}: accuracy {result['eval']['accuracy']:.3f}, "
           f"fit {result['fit_s'] / 60:.1f} min", flush=True)
     return result
@@ -310,8 +329,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", default="warm:small", help="the warm start (a policy.model spec)")
     p.add_argument("--steps", type=int, default=150, help="SR-MCR optimizer steps per run")
     p.add_argument("--val-every", type=int, help="validate every N steps (default steps / 4)")
-    p.add_argument("--val-n", type=int, default=256, help="records of --split (256: a standard "
-                   "error of ~3 points per run; 128: ~4.4)")
+    p.add_argument("--val-n", type=int, help="records of --split (default 256: a standard error "
+                   "of ~3 points per run; 1024: ~1.5; finished runs are evaluated, not retrained), "
+                   "also the pre-flight's")
     p.add_argument("--split", default=HELD_OUT, help="the shapes split runs are evaluated on: "
                    "heldout to report, val to tune (never tune on heldout)")
     p.add_argument("--select", default="val", help="the labelled shapes split runs validate on "
@@ -338,8 +358,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "8 records, SR-MCR only, 1 seed")
     a = p.parse_args(argv)
     if a.quick:
-        a.model, a.steps, a.val_n, a.select_n, a.seeds, a.variants = \
-            "warm:tiny", 2, 8, 8, "0", "srmcr"
+        a.model, a.steps, a.select_n, a.seeds, a.variants = "warm:tiny", 2, 8, "0", "srmcr"
+    a.val_n = a.val_n or (8 if a.quick else 256)
     a.val_every = a.val_every or max(1, a.steps // 4)
     a.seed_list = [int(s) for s in a.seeds.split(",")]
     a.variant_list = [n.strip() for n in a.variants.split(",") if n.strip()]
@@ -353,7 +373,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.split_name = a.split
     a.split = f"shapes:{a.split_name}?n={a.val_n}"
     a.select = f"shapes:{a.select}?n={a.select_n}"
-    a.preflight_split = f"shapes:{a.split_name}?n={8 if a.quick else PREFLIGHT_N}"
+    a.preflight_split = a.split  # the evaluation's questions
     a.set = [f"--{kv.removeprefix('--')}" for kv in a.set]
     if any("=" not in kv for kv in a.set):
         p.error(f"--set takes KEY=VALUE (got {a.set})")
@@ -385,11 +405,9 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.monotonic()
     write_no_cooling(a.out)
     results = [run_variant(None, 0, a)]  # alone first: builds the warm model if not cached
-    checks = preflight(a)
-    print(f"  pre-flight: greedy {checks['greedy']:.3f}, mean@{PREFLIGHT_G} {checks['mean']:.3f}, "
-          f"maj@{PREFLIGHT_G} {checks['maj']:.3f}, reward AUC {checks['auc']:.3f}", flush=True)
     failed = []
     with ThreadPoolExecutor(a.jobs) as pool:
+        checks_job = pool.submit(preflight, a)  # beside the runs: it is one more job
         order = sorted(plan, key=lambda p: -costs[(p[0].name, p[1])])
         futures = [(v, s, pool.submit(run_variant, v, s, a)) for v, s in order]
         for v, s, future in futures:
@@ -398,6 +416,9 @@ def main(argv: list[str] | None = None) -> dict:
             except (RuntimeError, OSError) as error:  # one broken run must not lose the others
                 failed.append(f"{v.name} seed {s}")
                 print(error, file=sys.stderr)
+    checks = checks_job.result()
+    print(f"  pre-flight: greedy {checks['greedy']:.3f}, mean@{PREFLIGHT_G} {checks['mean']:.3f}, "
+          f"maj@{PREFLIGHT_G} {checks['maj']:.3f}, reward AUC {checks['auc']:.3f}", flush=True)
     order = ["warm", *variants]
     results.sort(key=lambda r: (order.index(r["variant"]), r["seed"]))
     return report(a, variants, results, failed, time.monotonic() - start, planned, checks)

@@ -181,7 +181,8 @@ def test_toy_world_pairs_each_adapter_with_the_warm_start_question_by_question()
 
 @pytest.mark.slow
 def test_toy_world_quick_runs_end_to_end(tmp_path):
-    """warm:tiny, 2 steps: baseline and SR-MCR through main.py fit / predict (~35 s)."""
+    """warm:tiny, 2 steps: baseline and SR-MCR through main.py fit / predict (~35 s), then the
+    same runs evaluated on more questions (~30 s)."""
     from benchmarks.toy_world import main
 
     summary = main(["--quick", "--out", str(tmp_path)])
@@ -194,6 +195,18 @@ def test_toy_world_quick_runs_end_to_end(tmp_path):
     assert trained["eval_best"]["n"] == 8 and trained["best_step"] in (0, 1, 2)
     assert len(trained["curves"]["train/reward_raw"]) == 2
     assert "| SR-MCR | 1 |" in (tmp_path / "toy_world.md").read_text()
+
+    # More questions: the finished runs are evaluated again, not retrained; the earlier
+    # evaluations stay on disk.
+    runs = tmp_path / "runs" / "srmcr"
+    fitted = (runs / "s0.fit.log").stat().st_mtime_ns
+    again = main(["--quick", "--out", str(tmp_path), "--val-n", "12"])
+    assert (runs / "s0.fit.log").stat().st_mtime_ns == fitted
+    assert [run["eval"]["n"] for run in again["runs"]] == [12, 12]
+    assert again["runs"][1]["eval_best"]["n"] == 12
+    assert again["runs"][1]["best_step"] == trained["best_step"]
+    assert (runs / "s0-eval-heldout8" / "predictions.jsonl").exists()
+    assert again["preflight"]["settings"]["split"] == "shapes:heldout?n=12"
 
 
 def test_strip_reward_state_keeps_only_the_adapter(tmp_path):
