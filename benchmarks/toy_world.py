@@ -26,9 +26,9 @@ recipes ``mm_upt``, ``vision_sr1_labelfree``, ``srmcr_plus``; these run the firs
 run uses 1 torch thread (at 2, OpenMP spin-waiting on the 2-core machine makes steps several
 times slower), ``--jobs`` at once. A finished run keeps its ``result.json`` and checkpoints and
 is reused under the same training settings (``--fresh`` reruns), so an interrupted experiment
-resumes, and evaluating finished runs on more questions (``--val-n 1024``) trains nothing again. Writes
-``<out>/toy_world.md`` (the table), ``<out>/toy_world.json`` (every number) and the plot
-(``--png``, default docs/toy_world.png; needs matplotlib).
+resumes, and evaluating finished runs on more questions (``--val-n 1024``) trains nothing
+again. Writes ``<out>/toy_world.md`` (the table), ``<out>/toy_world.json`` (every number) and
+the plot (``--png``, default docs/toy_world.png; needs matplotlib).
 """
 
 from __future__ import annotations
@@ -258,13 +258,19 @@ def _training(settings: dict) -> dict:
     return {k: v for k, v in settings.items() if k != "split"}
 
 
-def train(v: Variant, seed: int, a: argparse.Namespace, folder: Path) -> dict:
-    """``main.py fit`` of one run from scratch (its earlier logs and evaluations removed); the
-    checkpoints it is evaluated from, without reward state, beside ``folder``."""
+def _reset(folder: Path) -> None:
+    """An empty ``folder`` for a run, without what an earlier run there left: its logs, and its
+    evaluations and their logs beside it (``s0-eval-...``), which would otherwise be reused."""
     shutil.rmtree(folder, ignore_errors=True)
-    for stale in folder.parent.glob(f"{folder.name}-*"):  # its evaluations and their logs
+    for stale in folder.parent.glob(f"{folder.name}-*"):
         shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     folder.mkdir(parents=True)
+
+
+def train(v: Variant, seed: int, a: argparse.Namespace, folder: Path) -> dict:
+    """``main.py fit`` of one run from scratch; the checkpoints it is evaluated from, without
+    reward state, beside ``folder``."""
+    _reset(folder)
     print(f"  start {v.name} seed {seed}", flush=True)
     fit_s = run_main(fit_args(v, seed, a, folder), folder.parent / f"{folder.name}.fit.log")
     strip_reward_state(folder / "checkpoints" / "last.ckpt",
@@ -284,8 +290,7 @@ def run_variant(v: Variant | None, seed: int, a: argparse.Namespace) -> dict:
     result = json.loads(done.read_text()) if done.exists() and not a.fresh else None
     if result is None or _training(result["settings"]) != _training(a.settings):
         if v is None:
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True)
+            _reset(folder)
             result = {"variant": "warm", "seed": seed, "settings": a.settings, "fit_s": 0.0}
         else:
             result = train(v, seed, a, folder)
@@ -396,8 +401,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"toy world: {a.model}, {len(plan)} training runs of {a.steps} steps + the warm "
           f"baseline, held-out {a.split}, validation on {a.select} every {a.val_every} steps, "
           f"{a.jobs} at once (1 torch thread each); planned ~{planned / 60:.0f} min at "
-          f"{STEP_S} s/step, {RECORD_S} s/evaluated record, {START_S:.0f} s/process start (+ ~5 min once if "
-          f"{a.model} is not cached yet)", flush=True)
+          f"{STEP_S} s/step, {RECORD_S} s/evaluated record, {START_S:.0f} s/process start "
+          f"(+ ~5 min once if {a.model} is not cached yet)", flush=True)
     if a.dry_run:
         for (name, seed), cost in sorted(costs.items(), key=lambda kv: -kv[1]):
             print(f"  {name} seed {seed}: ~{cost / 60:.1f} min")
@@ -449,7 +454,8 @@ def report(a: argparse.Namespace, variants: dict[str, Variant], results: list[di
           f"(what AdapterExport writes to adapter/; step 0, the warm start itself, included), "
           f"evaluated on {a.split}; fixed/broken (p): per seed, the {a.split} questions its "
           f"adapter answers right and the warm start wrong, the reverse, and the exact McNemar "
-          f"p-value of the difference; accuracy and flawed (last checkpoint): mean ± std over seeds; "
+          f"p-value of the difference; accuracy and flawed (last checkpoint): mean ± std over "
+          f"seeds; "
           f"cues: the five SR-MCR cues scoring every variant's greedy completions; KL: the "
           f"per-token KL to the warm start over the last 10% of training steps; fit min: "
           f"training + in-run validation per run; this invocation {wall / 60:.1f} min "

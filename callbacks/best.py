@@ -10,6 +10,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from srmcr.errors import ConfigError
+
 
 def checkpoint_record(path: str | Path, state_key: str) -> dict[str, Any]:
     """``{"step", "score"}`` of a checkpoint written by a ``ModelCheckpoint``: its global step and
@@ -26,21 +28,31 @@ class BestCheckpoint(ModelCheckpoint):
     A ``ModelCheckpoint`` with ``save_top_k=1`` that also saves at step 0, so with
     ``ValidateAtStart`` the starting model is a candidate and training must beat it. Ties keep the
     earlier checkpoint (a later one must be strictly better), so the starting model wins ties.
-    Validation without the metric (no answers, hence no ``val/accuracy``) saves nothing and warns
-    once, where a plain ``ModelCheckpoint`` would stop the run. ``AdapterExport`` exports from it.
+    With ``min_delta`` a checkpoint must beat the kept one by more than that, so that a gain
+    within the validation set's noise does not replace the starting model: measured on the toy
+    world, checkpoints 3-4 points better than the start on 128 validation questions were 0.5-2
+    points worse on 1024 held-out ones. Validation without the metric (no answers, hence no
+    ``val/accuracy``) saves nothing and warns once, where a plain ``ModelCheckpoint`` would stop
+    the run. ``AdapterExport`` exports from it.
 
     Args:
         monitor: Logged validation metric to rank checkpoints by.
         mode: "max" keeps the highest value, "min" the lowest.
+        min_delta: How much better than the kept checkpoint a new one must be (in the metric's
+            units; for accuracy on n questions about two standard errors of a paired
+            difference, 2 * sqrt(share of answers that change / n): 0.05-0.08 for 64-128).
         filename: Checkpoint name, without ``.ckpt``.
         verbose: Print every decision.
     """
 
     def __init__(self, monitor: str = "val/accuracy", mode: Literal["max", "min"] = "max",
-                 filename: str = "best", verbose: bool = False) -> None:
+                 min_delta: float = 0.0, filename: str = "best", verbose: bool = False) -> None:
+        if not min_delta >= 0:
+            raise ConfigError(f"BestCheckpoint min_delta must be >= 0 (got {min_delta})")
         super().__init__(filename=filename, monitor=monitor, mode=mode, save_top_k=1,
                          verbose=verbose, auto_insert_metric_name=False,
                          save_on_train_epoch_end=False)
+        self.min_delta = min_delta
         # ModelCheckpoint never saves at step 0 ("no steps were taken"); here the untrained
         # model is the baseline to keep when training does not improve on it.
         self._last_global_step_saved = -1
@@ -68,6 +80,13 @@ class BestCheckpoint(ModelCheckpoint):
         self.best_k_models = {self.best_model_path: score}
         self.best_model_score = self.kth_value = score
         self.kth_best_model_path = self.best_model_path
+
+    def check_monitor_top_k(self, trainer: L.Trainer, current: torch.Tensor | None = None) -> bool:
+        if current is None or not self.min_delta or not self.best_k_models:
+            return super().check_monitor_top_k(trainer, current)
+        kept = self.best_k_models[self.kth_best_model_path]
+        gain = float(current - kept) if self.mode == "max" else float(kept - current)
+        return trainer.strategy.reduce_boolean_decision(gain > self.min_delta)
 
     def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
         if self.monitor not in monitor_candidates:

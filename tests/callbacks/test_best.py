@@ -42,7 +42,8 @@ class Validations(L.Callback):
 
 
 def _fit(root: Path, steps: int, scores: dict[int, float], monkeypatch, val: bool = True,
-         ckpt_path: Path | None = None, extra: tuple[L.Callback, ...] = ()):
+         ckpt_path: Path | None = None, extra: tuple[L.Callback, ...] = (),
+         min_delta: float = 0.0):
     L.seed_everything(0)
     module = _module()
     module.configure_model()
@@ -63,7 +64,7 @@ def _fit(root: Path, steps: int, scores: dict[int, float], monkeypatch, val: boo
         callbacks=[ValidateAtStart(), AdapterExport(), validations,
                    ModelCheckpoint(save_last=True, every_n_train_steps=2, save_top_k=-1,
                                    monitor="step", mode="max"),
-                   BestCheckpoint(), *extra])
+                   BestCheckpoint(min_delta=min_delta), *extra])
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     return trainer, module, validations
 
@@ -149,6 +150,28 @@ def test_no_improvement_keeps_the_starting_model(tmp_path, monkeypatch):
     _assert_same(_adapter_lora(log_dir / "adapter"), _start_lora())
     assert any(not torch.equal(v, _start_lora()[k])
                for k, v in _ckpt_lora(log_dir / "checkpoints" / "last.ckpt").items())
+
+
+def test_min_delta_replaces_the_kept_checkpoint_only_for_a_larger_gain(tmp_path, monkeypatch):
+    # Against the kept one, not the previous: +0.125 at step 2 is within 0.2 of step 0; step 4,
+    # +0.25 over step 0, replaces it; step 6, +0.125 over step 4, does not.
+    scores = {0: 0.5, 2: 0.625, 4: 0.75, 6: 0.875}
+    trainer, _, _ = _fit(tmp_path, 6, scores, monkeypatch, min_delta=0.2)
+    assert _step(Path(trainer.log_dir) / "checkpoints" / "best.ckpt") == 4
+
+
+def test_a_gain_within_min_delta_keeps_the_starting_model(tmp_path, monkeypatch):
+    trainer, _, _ = _fit(tmp_path, 4, {0: 0.5, 2: 0.55, 4: 0.5625}, monkeypatch, min_delta=0.1)
+    log_dir = Path(trainer.log_dir)
+    assert _step(log_dir / "checkpoints" / "best.ckpt") == 0
+    _assert_same(_adapter_lora(log_dir / "adapter"), _start_lora())
+
+
+def test_min_delta_must_not_be_negative():
+    from srmcr.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="min_delta must be >= 0"):
+        BestCheckpoint(min_delta=-0.01)
 
 
 def test_early_stopping_counts_from_the_start_and_exports_the_best(tmp_path, monkeypatch):
