@@ -40,7 +40,7 @@ class BestCheckpoint(ModelCheckpoint):
         mode: "max" keeps the highest value, "min" the lowest.
         min_delta: How much better than the kept checkpoint a new one must be (in the metric's
             units; for accuracy on n questions about two standard errors of a paired
-            difference, 2 * sqrt(share of answers that change / n): 0.05-0.08 for 64-128).
+            difference, 2 * sqrt(share of answers that change / n): 0.05-0.08 for 128-64).
         filename: Checkpoint name, without ``.ckpt``.
         verbose: Print every decision.
     """
