@@ -228,21 +228,23 @@ def curves(folder: Path) -> tuple[dict[str, list[tuple[int, float]]], float | No
 
 
 def preflight(a: argparse.Namespace) -> dict:
-    """``main.py preflight`` of the warm start on the held-out split (G = 8 at tiny.yaml's
-    starting temperature): greedy, mean@8, maj@8 and the SR-MCR reward's AUC; cached."""
+    """``main.py preflight`` of the warm start on the held-out split (G = 8, sampled as the runs
+    sample: tiny.yaml's starting temperature and ``--set`` overrides): greedy, mean@8, maj@8 and
+    the SR-MCR reward's AUC; cached."""
     import torch
 
     from srmcr.validity import verdict
 
     folder = a.out / "preflight"
     done = folder / "result.json"
-    settings = {"model": a.model, "split": a.preflight_split, "group_size": PREFLIGHT_G}
+    settings = {"model": a.model, "split": a.preflight_split, "group_size": PREFLIGHT_G,
+                "set": a.set}
     if done.exists() and not a.fresh and json.loads(done.read_text())["settings"] == settings:
         return json.loads(done.read_text())
     folder.mkdir(parents=True, exist_ok=True)
     run_main(["preflight", "-c", BASE, "-c", SRMCR, f"--model.policy.model={a.model}",
               f"--data.val={a.preflight_split}", f"--model.sampling.val_group_size={PREFLIGHT_G}",
-              "--save", str(folder / "signals.pt")], folder / "preflight.log")
+              *a.set, "--save", str(folder / "signals.pt")], folder / "preflight.log")
     summary = torch.load(folder / "signals.pt", weights_only=False)["summary"]
     reward = summary["signals"]["reward"]
     result = {"settings": settings, "greedy": summary["greedy_accuracy"],
@@ -445,8 +447,9 @@ def report(a: argparse.Namespace, variants: dict[str, Variant], results: list[di
             f"{c} {x:+.2f}" if x is not None else f"{c} –"
             for c, x in warm["eval"]["correlation_with_correct"].items()))
     G = PREFLIGHT_G
-    premise = (f"\n\nPre-flight of the warm start ({a.preflight_split}, G = {G}, T = 1): greedy "
-               f"{checks['greedy']:.3f}, mean@{G} {checks['mean']:.3f}, maj@{G} "
+    sampled = f", {' '.join(a.set)}" if a.set else ""
+    premise = (f"\n\nPre-flight of the warm start ({a.preflight_split}, G = {G}, T = 1{sampled}): "
+               f"greedy {checks['greedy']:.3f}, mean@{G} {checks['mean']:.3f}, maj@{G} "
                f"{checks['maj']:.3f}, reward AUC {checks['auc']:.3f} [{checks['auc_low']:.3f}, "
                f"{checks['auc_high']:.3f}]. {checks['verdict']}")
     md = (f"{title}\n\n{table(rows, labels)}{premise}{tracking}\n\naccuracy (last): the last "

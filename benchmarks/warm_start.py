@@ -11,12 +11,23 @@ blank images as the control (what the model answers without looking), and the cr
 issue [toy-world-2]: greedy >= 55% on ``shapes:heldout`` and maj@8 >= greedy. ``main.py
 preflight`` gives the same three accuracies plus the reward's AUC; this script splits them by
 question type, which is what tells a perception gap (counting) from a format or prompt one.
+
+Two knobs ask whether the model's errors are noise that a majority averages out or a bias that
+every sample shares: ``--top-p``/``--top-k`` sample only among the tokens the model nearly ties
+on (the decisions greedy makes), and ``--views K`` answers greedily on K copies of each image
+shifted by up to ``--shift`` pixels (other patch boundaries, the same scene) and takes their
+majority (``maj-view``). When neither majority beats greedy, the errors are systematic and no
+consensus reward can fix them.
+
+    .venv/bin/python -m benchmarks.warm_start --split val --n 512 --no-blank --top-p 0.7
+    .venv/bin/python -m benchmarks.warm_start --split val --n 512 --no-blank --views 8
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import time
 from collections import defaultdict
@@ -49,12 +60,25 @@ def majority(answers: list[str | None]) -> str | None:
     return None if best is None else answers[best]
 
 
+def shifted_view(image: Image.Image, rng: random.Random, shift: int) -> Image.Image:
+    """``image`` moved by up to ``shift`` pixels each way (uniform integers from ``rng``) on its
+    own background (its top-left pixel): the same scene, seen through other patch boundaries."""
+    dx, dy = rng.randint(-shift, shift), rng.randint(-shift, shift)
+    canvas = Image.new(image.mode, image.size, image.getpixel((0, 0)))
+    canvas.paste(image, (dx, dy))
+    return canvas
+
+
 def probe(model_spec: str, split: str, n: int, group: int, temperature: float, batch: int,
-          blank: bool = True) -> dict:
+          blank: bool = True, top_p: float = 1.0, top_k: int = 0, views: int = 0,
+          shift: int = 6) -> dict:
+    """Per question template and overall: greedy, blank-image greedy, mean@G and maj@G at
+    (temperature, top_p, top_k); with ``views`` > 0 also the greedy accuracy on that many shifted
+    copies of each image (``view``) and of their majority answer (``maj_view``)."""
     model, processor = policy.load_policy(policy.PolicyArgs(model=model_spec, max_pixels=PIXELS,
                                                             min_pixels=56 * 56))
     model.eval()
-    args = SamplingArgs(group_size=group, max_new_tokens=48,
+    args = SamplingArgs(group_size=group, max_new_tokens=48, top_p=top_p, top_k=top_k,
                         system_prompt=prompts.TINY_SYSTEM_PROMPT)
     hits: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for start in range(0, n, batch):
@@ -67,6 +91,12 @@ def probe(model_spec: str, split: str, n: int, group: int, temperature: float, b
             blanks = generate_greedy(model, processor, [Image.new("RGB", im.size, "white")
                                                         for im in images], questions, args) \
                 if blank else greedy
+            if views:
+                rngs = [random.Random(f"{split}:{start + b}") for b in range(len(records))]
+                shifted = generate_greedy(
+                    model, processor, [shifted_view(im, rng, shift) for im, rng in
+                                       zip(images, rngs) for _ in range(views)],
+                    [q for q in questions for _ in range(views)], args)
         for b, record in enumerate(records):
             answers = [p.answer for p in sampled.parsed[b * group:(b + 1) * group]]
             row = {"greedy": is_correct(greedy.parsed[b].answer, record.answer),
@@ -74,6 +104,10 @@ def probe(model_spec: str, split: str, n: int, group: int, temperature: float, b
                    "mean": sum(is_correct(a, record.answer) for a in answers) / group,
                    "maj": is_correct(majority(answers), record.answer),
                    "well_formed": float(greedy.parsed[b].well_formed)}
+            if views:
+                seen = [p.answer for p in shifted.parsed[b * views:(b + 1) * views]]
+                row |= {"view": sum(is_correct(a, record.answer) for a in seen) / views,
+                        "maj_view": is_correct(majority(seen), record.answer)}
             for key in ("all", record.template):
                 for name, value in row.items():
                     hits[key][name].append(float(value))
@@ -88,6 +122,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (1: off)")
+    parser.add_argument("--top-k", type=int, default=0, help="top-k sampling (0: off)")
+    parser.add_argument("--views", type=int, default=0, help="also answer greedily on this many "
+                        "shifted copies of each image and take their majority (0: off)")
+    parser.add_argument("--shift", type=int, default=6, help="largest shift of a view, pixels")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--no-blank", action="store_true", help="skip the blank-image control")
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -95,14 +134,18 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     policy.register_builder("warm", warm_model, warmup.RECIPES)
     start = time.monotonic()
-    result = probe(a.model, a.split, a.n, a.group, a.temperature, a.batch, not a.no_blank)
-    print(f"{a.model} on shapes:{a.split} (n={a.n}, G={a.group}, T={a.temperature}), "
+    result = probe(a.model, a.split, a.n, a.group, a.temperature, a.batch, not a.no_blank,
+                   a.top_p, a.top_k, a.views, a.shift)
+    print(f"{a.model} on shapes:{a.split} (n={a.n}, G={a.group}, T={a.temperature}, "
+          f"top_p={a.top_p}, top_k={a.top_k}), "
           f"{time.monotonic() - start:.0f} s")
-    print(f"{'template':<20} {'n':>4} {'greedy':>7} {'blank':>6} {'mean@G':>7} {'maj@G':>6}")
+    views = f" {'view':>6} {'maj-view':>8}" if a.views else ""
+    print(f"{'template':<20} {'n':>4} {'greedy':>7} {'blank':>6} {'mean@G':>7} {'maj@G':>6}{views}")
     for key in ["all", *sorted(k for k in result if k != "all")]:
         r = result[key]
+        views = f" {r['view']:>6.3f} {r['maj_view']:>8.3f}" if a.views else ""
         print(f"{key:<20} {r['n']:>4} {r['greedy']:>7.3f} {r['blank']:>6.3f} {r['mean']:>7.3f} "
-              f"{r['maj']:>6.3f}")
+              f"{r['maj']:>6.3f}{views}")
     r = result["all"]
     ok = r["greedy"] >= 0.55 and r["maj"] >= r["greedy"]
     print(f"premise (greedy >= 0.55 and maj@G >= greedy): {'holds' if ok else 'fails'} "

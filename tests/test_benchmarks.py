@@ -1,8 +1,10 @@
 """The side-by-side benchmark's parity claims, checked without TRL (benchmarks/vs_trl.py)."""
 
+import random
 from itertools import islice
 
 import pytest
+from PIL import Image
 
 from benchmarks.reward_cost import make_rollout
 from benchmarks.scaling import FIXED_G, FIXED_TOKENS, points
@@ -224,3 +226,44 @@ def test_strip_reward_state_keeps_only_the_adapter(tmp_path):
     assert list(state["state_dict"]) == [lora] and torch.equal(state["state_dict"][lora],
                                                                  torch.ones(2, 3))
     assert "srmcr" not in state and state["global_step"] == 7
+
+
+def test_shifted_view_moves_the_scene_on_its_own_background():
+    from benchmarks.warm_start import shifted_view
+    image = Image.new("RGB", (8, 6), (250, 250, 250))
+    image.putpixel((3, 2), (255, 0, 0))  # one red pixel: where it lands shows the shift
+    rng, again = random.Random("val:7"), random.Random("val:7")
+    dx, dy = again.randint(-2, 2), again.randint(-2, 2)  # what shifted_view draws, in order
+    view = shifted_view(image, rng, 2)
+    assert view.size == image.size
+    assert view.getpixel((3 + dx, 2 + dy)) == (255, 0, 0)
+    # Whatever was uncovered is the image's background, not black: 47 background pixels stay.
+    assert sum(px == (250, 250, 250) for px in view.getdata()) == 8 * 6 - 1
+    assert list(shifted_view(image, random.Random("val:7"), 2).getdata()) == list(view.getdata())
+    assert list(shifted_view(image, random.Random("x"), 0).getdata()) == list(image.getdata())
+
+
+def test_toy_world_preflight_samples_as_the_runs_do(tmp_path, monkeypatch):
+    """The pre-flight describes the runs' own sampling: --set overrides reach it, and a cached
+    pre-flight under other overrides is not reused."""
+    import json
+
+    import benchmarks.toy_world as tw
+
+    calls = []
+
+    def stop(argv, log):
+        calls.append(argv)
+        raise RuntimeError("stop before loading the signals")
+
+    monkeypatch.setattr(tw, "run_main", stop)
+    a = tw.parse_args(["--out", str(tmp_path), "--set", "model.sampling.top_p=0.7"])
+    a.preflight_split = "shapes:heldout?n=8"
+    (tmp_path / "preflight").mkdir()
+    (tmp_path / "preflight" / "result.json").write_text(json.dumps(
+        {"settings": {"model": a.model, "split": a.preflight_split, "group_size": 8}}))
+    with pytest.raises(RuntimeError, match="stop"):
+        tw.preflight(a)  # the cached result was computed without top_p: not reused
+    assert "--model.sampling.top_p=0.7" in calls[0]
+    assert calls[0].index("--model.sampling.top_p=0.7") > calls[0].index("--model.sampling."
+                                                                          "val_group_size=8")
