@@ -17,16 +17,20 @@ every sample shares: ``--top-p``/``--top-k`` sample only among the tokens the mo
 on (the decisions greedy makes), and ``--views K`` answers greedily on K copies of each image
 shifted by up to ``--shift`` pixels (other patch boundaries, the same scene) and takes their
 majority (``maj-view``). When neither majority beats greedy, the errors are systematic and no
-consensus reward can fix them.
+consensus reward can fix them. ``--contrast A`` asks whether the model's own image-versus-blank
+contrast knows better than its greedy answer (visual contrastive decoding, Leng et al., 2023:
+what a visual-grounding reward would pull the policy toward); slow, a forward pass per token.
 
     .venv/bin/python -m benchmarks.warm_start --split val --n 512 --no-blank --top-p 0.7
     .venv/bin/python -m benchmarks.warm_start --split val --n 512 --no-blank --views 8
+    .venv/bin/python -m benchmarks.warm_start --split val --n 256 --no-blank --contrast 1
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import sys
 import time
@@ -34,7 +38,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, ImageStat
+from torch import Tensor
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -46,7 +51,8 @@ from srmcr import policy, prompts, warmup  # noqa: E402
 from srmcr.answers import is_correct  # noqa: E402
 from srmcr.cues.answer_agreement import answer_key, group_votes  # noqa: E402
 from srmcr.evaluation import generate_greedy  # noqa: E402
-from srmcr.rollout import SamplingArgs, sample  # noqa: E402
+from srmcr.parsing import parse  # noqa: E402
+from srmcr.rollout import SamplingArgs, _generation_config, sample  # noqa: E402
 
 PIXELS = 112 * 112  # configs/tiny.yaml's images: 16 image tokens
 
@@ -69,12 +75,59 @@ def shifted_view(image: Image.Image, rng: random.Random, shift: int) -> Image.Im
     return canvas
 
 
+def mean_colour_blank(image: Image.Image) -> Image.Image:
+    """The image filled with its mean colour: the blank the visual-grounding cue compares with."""
+    return Image.new("RGB", image.size, tuple(round(c) for c in ImageStat.Stat(image).mean))
+
+
+def contrastive_greedy(model, processor, images: list[Image.Image], questions: list[str],
+                       args: SamplingArgs, alpha: float, beta: float = 0.1) -> list[str]:
+    """Greedy completions under visual contrastive decoding: each token maximizes
+    (1 + alpha) log p(t | image) - alpha log p(t | blank) among the tokens with p(t | image) >=
+    beta * max p(t | image) (VCD's plausibility cut), the blank from ``mean_colour_blank`` (same
+    size: the same prompt tokens). alpha = 0 is greedy decoding. No KV cache: each step runs
+    both prompts in full, which keeps it short and obviously right, and slow."""
+    tokenizer = processor.tokenizer
+    config = _generation_config(args, 1.0, tokenizer, model.get_output_embeddings().weight.shape[0])
+    end, pad = config.eos_token_id, config.pad_token_id
+    text = prompts.render(processor, questions, args.system_prompt)
+    encs = [processor(text=text, images=list(ims), return_tensors="pt", padding=True)
+            for ims in (images, [mean_colour_blank(im) for im in images])]
+    ids, mask, mm = encs[0]["input_ids"], encs[0]["attention_mask"], encs[0]["mm_token_type_ids"]
+    done = torch.zeros(len(questions), dtype=torch.bool)
+    out: list[Tensor] = []
+    for _ in range(args.max_new_tokens):
+        logp = [model(input_ids=ids, attention_mask=mask, mm_token_type_ids=mm,
+                      pixel_values=enc["pixel_values"], image_grid_thw=enc["image_grid_thw"]
+                      ).logits[:, -1].float().index_fill(
+                          -1, torch.tensor(config.suppress_tokens), float("-inf")).log_softmax(-1)
+                for enc in (encs if alpha else encs[:1])]
+        score = logp[0]
+        if alpha:
+            plausible = logp[0] >= logp[0].amax(-1, keepdim=True) + math.log(beta)
+            score = torch.where(plausible, (1 + alpha) * logp[0] - alpha * logp[1], -math.inf)
+        token = torch.where(done, pad, score.argmax(-1))
+        out.append(token)
+        ids = torch.cat([ids, token[:, None]], 1)
+        mask = torch.cat([mask, (~done).long()[:, None]], 1)
+        mm = torch.cat([mm, torch.zeros_like(token)[:, None]], 1)
+        done |= torch.isin(token, torch.tensor(end))
+        if done.all():
+            break
+    texts = []
+    for row in torch.stack(out, 1).tolist():
+        stop = next((i for i, t in enumerate(row) if t in end), len(row))
+        texts.append(tokenizer.decode(row[:stop], skip_special_tokens=True))
+    return texts
+
+
 def probe(model_spec: str, split: str, n: int, group: int, temperature: float, batch: int,
           blank: bool = True, top_p: float = 1.0, top_k: int = 0, views: int = 0,
-          shift: int = 6) -> dict:
+          shift: int = 6, contrast: float = 0.0) -> dict:
     """Per question template and overall: greedy, blank-image greedy, mean@G and maj@G at
     (temperature, top_p, top_k); with ``views`` > 0 also the greedy accuracy on that many shifted
-    copies of each image (``view``) and of their majority answer (``maj_view``)."""
+    copies of each image (``view``) and of their majority answer (``maj_view``); with
+    ``contrast`` > 0 that of visual contrastive decoding at that alpha (``contrast``)."""
     model, processor = policy.load_policy(policy.PolicyArgs(model=model_spec, max_pixels=PIXELS,
                                                             min_pixels=56 * 56))
     model.eval()
@@ -97,6 +150,10 @@ def probe(model_spec: str, split: str, n: int, group: int, temperature: float, b
                     model, processor, [shifted_view(im, rng, shift) for im, rng in
                                        zip(images, rngs) for _ in range(views)],
                     [q for q in questions for _ in range(views)], args)
+            if contrast:
+                contrasted = [parse(t).answer for t in
+                              contrastive_greedy(model, processor, images, questions, args,
+                                                 contrast)]
         for b, record in enumerate(records):
             answers = [p.answer for p in sampled.parsed[b * group:(b + 1) * group]]
             row = {"greedy": is_correct(greedy.parsed[b].answer, record.answer),
@@ -108,6 +165,8 @@ def probe(model_spec: str, split: str, n: int, group: int, temperature: float, b
                 seen = [p.answer for p in shifted.parsed[b * views:(b + 1) * views]]
                 row |= {"view": sum(is_correct(a, record.answer) for a in seen) / views,
                         "maj_view": is_correct(majority(seen), record.answer)}
+            if contrast:
+                row["contrast"] = is_correct(contrasted[b], record.answer)
             for key in ("all", record.template):
                 for name, value in row.items():
                     hits[key][name].append(float(value))
@@ -127,6 +186,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--views", type=int, default=0, help="also answer greedily on this many "
                         "shifted copies of each image and take their majority (0: off)")
     parser.add_argument("--shift", type=int, default=6, help="largest shift of a view, pixels")
+    parser.add_argument("--contrast", type=float, default=0.0, help="also decode greedily with "
+                        "visual contrastive decoding at this alpha against a mean-colour blank "
+                        "(0: off; a forward pass per token, slow)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--no-blank", action="store_true", help="skip the blank-image control")
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -135,15 +197,17 @@ def main(argv: list[str] | None = None) -> None:
     policy.register_builder("warm", warm_model, warmup.RECIPES)
     start = time.monotonic()
     result = probe(a.model, a.split, a.n, a.group, a.temperature, a.batch, not a.no_blank,
-                   a.top_p, a.top_k, a.views, a.shift)
+                   a.top_p, a.top_k, a.views, a.shift, a.contrast)
     print(f"{a.model} on shapes:{a.split} (n={a.n}, G={a.group}, T={a.temperature}, "
-          f"top_p={a.top_p}, top_k={a.top_k}), "
+          f"top_p={a.top_p}, top_k={a.top_k}{f', contrast {a.contrast}' if a.contrast else ''}), "
           f"{time.monotonic() - start:.0f} s")
     views = f" {'view':>6} {'maj-view':>8}" if a.views else ""
+    views += f" {'contrast':>8}" if a.contrast else ""
     print(f"{'template':<20} {'n':>4} {'greedy':>7} {'blank':>6} {'mean@G':>7} {'maj@G':>6}{views}")
     for key in ["all", *sorted(k for k in result if k != "all")]:
         r = result[key]
         views = f" {r['view']:>6.3f} {r['maj_view']:>8.3f}" if a.views else ""
+        views += f" {r['contrast']:>8.3f}" if a.contrast else ""
         print(f"{key:<20} {r['n']:>4} {r['greedy']:>7.3f} {r['blank']:>6.3f} {r['mean']:>7.3f} "
               f"{r['maj']:>6.3f}{views}")
     r = result["all"]

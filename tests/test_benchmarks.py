@@ -267,3 +267,25 @@ def test_toy_world_preflight_samples_as_the_runs_do(tmp_path, monkeypatch):
     assert "--model.sampling.top_p=0.7" in calls[0]
     assert calls[0].index("--model.sampling.top_p=0.7") > calls[0].index("--model.sampling."
                                                                           "val_group_size=8")
+
+
+def test_contrastive_greedy_is_greedy_without_contrast_or_under_a_full_cut():
+    """VCD's decoding reduces to greedy at alpha 0, and at beta 1 (only the image's own argmax is
+    plausible, whatever the blank says); the blank is each image's mean colour."""
+    from benchmarks.warm_start import contrastive_greedy, mean_colour_blank
+    from srmcr.evaluation import generate_greedy
+    from srmcr.rollout import SamplingArgs
+    from tests.fixtures import MEAN_COLOURS, QUESTIONS, randomize_lora, tiny_policy, two_images
+
+    model, processor = tiny_policy()
+    randomize_lora(model)
+    model.eval()
+    args = SamplingArgs(max_new_tokens=8)
+    greedy = generate_greedy(model, processor, two_images(), QUESTIONS, args).texts
+    assert any(greedy)  # something was decoded, so the comparisons below can fail
+    assert contrastive_greedy(model, processor, two_images(), QUESTIONS, args, 0.0) == greedy
+    assert contrastive_greedy(model, processor, two_images(), QUESTIONS, args, 5.0,
+                              beta=1.0) == greedy
+    blanks = [mean_colour_blank(im) for im in two_images()]
+    assert [b.getpixel((0, 0)) for b in blanks] == MEAN_COLOURS
+    assert [b.size for b in blanks] == [im.size for im in two_images()]
