@@ -38,7 +38,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageStat
+from PIL import Image
 from torch import Tensor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +51,7 @@ from srmcr import policy, prompts, warmup  # noqa: E402
 from srmcr.answers import is_correct  # noqa: E402
 from srmcr.cues.answer_agreement import answer_key, group_votes  # noqa: E402
 from srmcr.evaluation import generate_greedy  # noqa: E402
+from srmcr.logprobs import mean_colour_blank  # noqa: E402
 from srmcr.parsing import parse  # noqa: E402
 from srmcr.rollout import SamplingArgs, _generation_config, sample  # noqa: E402
 
@@ -73,11 +74,6 @@ def shifted_view(image: Image.Image, rng: random.Random, shift: int) -> Image.Im
     canvas = Image.new(image.mode, image.size, image.getpixel((0, 0)))
     canvas.paste(image, (dx, dy))
     return canvas
-
-
-def mean_colour_blank(image: Image.Image) -> Image.Image:
-    """The image filled with its mean colour: the blank the visual-grounding cue compares with."""
-    return Image.new("RGB", image.size, tuple(round(c) for c in ImageStat.Stat(image).mean))
 
 
 def contrastive_greedy(model, processor, images: list[Image.Image], questions: list[str],

@@ -117,10 +117,15 @@ def rollout_logprobs(model, rollout: Rollout, micro_batch_size: int,
     return TokenLogProbs(**{k: torch.cat(v) if v else None for k, v in parts.items()})
 
 
+def mean_colour_blank(image: Image.Image) -> Image.Image:
+    """The blank visual grounding compares with: ``image``'s size, filled with its mean colour."""
+    return Image.new("RGB", image.size,
+                     tuple(round(c) for c in ImageStat.Stat(image.convert("RGB")).mean))
+
+
 def blank_pixel_values(processor, rollout: Rollout) -> Tensor:
     """Pixel values of blank images: same size as each prompt's image, filled with its mean colour."""
-    blanks = [Image.new("RGB", im.size, tuple(round(c) for c in ImageStat.Stat(im.convert("RGB")).mean))
-              for im in rollout.images]
+    blanks = [mean_colour_blank(im) for im in rollout.images]
     out = processor.image_processor(images=blanks, return_tensors="pt")
     if not torch.equal(out["image_grid_thw"].to(rollout.image_grid_thw.device),
                        rollout.image_grid_thw):

@@ -272,7 +272,8 @@ def test_toy_world_preflight_samples_as_the_runs_do(tmp_path, monkeypatch):
 def test_contrastive_greedy_is_greedy_without_contrast_or_under_a_full_cut():
     """VCD's decoding reduces to greedy at alpha 0, and at beta 1 (only the image's own argmax is
     plausible, whatever the blank says); the blank is each image's mean colour."""
-    from benchmarks.warm_start import contrastive_greedy, mean_colour_blank
+    from benchmarks.warm_start import contrastive_greedy
+    from srmcr.logprobs import mean_colour_blank
     from srmcr.evaluation import generate_greedy
     from srmcr.rollout import SamplingArgs
     from tests.fixtures import MEAN_COLOURS, QUESTIONS, randomize_lora, tiny_policy, two_images
