@@ -229,8 +229,8 @@ def curves(folder: Path) -> tuple[dict[str, list[tuple[int, float]]], float | No
 
 def preflight(a: argparse.Namespace) -> dict:
     """``main.py preflight`` of the warm start on the held-out split (G = 8, sampled as the runs
-    sample: tiny.yaml's starting temperature and ``--set`` overrides): greedy, mean@8, maj@8 and
-    the SR-MCR reward's AUC; cached."""
+    sample: tiny.yaml's starting temperature and ``--set`` overrides): greedy, mean@8, maj@8,
+    maj@8's paired lead over greedy and the SR-MCR reward's AUC; cached."""
     import torch
 
     from srmcr.validity import verdict
@@ -246,10 +246,11 @@ def preflight(a: argparse.Namespace) -> dict:
               f"--data.val={a.preflight_split}", f"--model.sampling.val_group_size={PREFLIGHT_G}",
               *a.set, "--save", str(folder / "signals.pt")], folder / "preflight.log")
     summary = torch.load(folder / "signals.pt", weights_only=False)["summary"]
-    reward = summary["signals"]["reward"]
+    reward, lead = summary["signals"]["reward"], summary["headroom"]
     result = {"settings": settings, "greedy": summary["greedy_accuracy"],
               "mean": summary["sample_accuracy"], "maj": summary["majority_accuracy"],
               "auc": reward.auc, "auc_low": reward.low, "auc_high": reward.high,
+              "lead": None if lead is None else [lead.lead, lead.low, lead.high],
               "verdict": verdict(summary, summary["greedy_accuracy"])}
     done.write_text(json.dumps(result, indent=1))
     return result
@@ -448,10 +449,12 @@ def report(a: argparse.Namespace, variants: dict[str, Variant], results: list[di
             for c, x in warm["eval"]["correlation_with_correct"].items()))
     G = PREFLIGHT_G
     sampled = f", {' '.join(a.set)}" if a.set else ""
+    lead = "" if not checks.get("lead") else (  # paired maj - greedy; absent from older results
+        " (maj - greedy {:+.3f} [{:+.3f}, {:+.3f}])".format(*checks["lead"]))
     premise = (f"\n\nPre-flight of the warm start ({a.preflight_split}, G = {G}, T = 1{sampled}): "
                f"greedy {checks['greedy']:.3f}, mean@{G} {checks['mean']:.3f}, maj@{G} "
-               f"{checks['maj']:.3f}, reward AUC {checks['auc']:.3f} [{checks['auc_low']:.3f}, "
-               f"{checks['auc_high']:.3f}]. {checks['verdict']}")
+               f"{checks['maj']:.3f}{lead}, reward AUC {checks['auc']:.3f} "
+               f"[{checks['auc_low']:.3f}, {checks['auc_high']:.3f}]. {checks['verdict']}")
     md = (f"{title}\n\n{table(rows, labels)}{premise}{tracking}\n\naccuracy (last): the last "
           f"checkpoint's on {a.split}; adapter: the best checkpoint by val/accuracy on {a.select} "
           f"(what AdapterExport writes to adapter/; step 0, the warm start itself, included), "

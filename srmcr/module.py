@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
@@ -330,10 +331,12 @@ class SRMCRModule(L.LightningModule):
         return self.sampling.val_group_size if self.sampling.val_group_size is not None \
             else self.sampling.group_size
 
-    def sample_validity(self, batch, batch_idx: int) -> validity.ValidityBatch | None:
+    def sample_validity(self, batch, batch_idx: int, greedy: Sequence[bool | None] | None = None
+                        ) -> validity.ValidityBatch | None:
         """G completions per labelled question at the training temperature, scored by the
-        reward and every diagnostic signal; None without a labelled question, past
-        ``val_sample_batches``, or with the sampled validation off."""
+        reward and every diagnostic signal, paired with ``greedy`` (per record: its greedy
+        answer is right); None without a labelled question, past ``val_sample_batches``, or
+        with the sampled validation off."""
         rows = [i for i, a in enumerate(batch.answers) if a is not None]
         G, limit = self.val_group_size, self.sampling.val_sample_batches
         if not rows or G == 0 or (limit is not None and batch_idx >= limit):
@@ -347,13 +350,15 @@ class SRMCRModule(L.LightningModule):
                                   update=self.validation_learns_reliability)
         correct = evaluation.correctness([p.answer for p in rollout.parsed],
                                          [batch.answers[i] for i in rows for _ in range(G)])
+        paired = None if greedy is None else torch.tensor([bool(greedy[i]) for i in rows])
         return validity.validity_batch(rollout, out.rewards, scores, self.reward.names,
-                                       torch.tensor(correct))
+                                       torch.tensor(correct), paired)
 
     def validation_step(self, batch, batch_idx: int) -> validity.ValidityBatch | None:
         rollout, _ = self.evaluate_batch(batch)
         self.eval_metrics.update(rollout, batch.answers)
-        sampled = self.sample_validity(batch, batch_idx)
+        greedy = evaluation.correctness([p.answer for p in rollout.parsed], batch.answers)
+        sampled = self.sample_validity(batch, batch_idx, greedy)
         if sampled is not None:
             self.validity_metrics.update(sampled)
         return sampled  # for callbacks (the pre-flight report)

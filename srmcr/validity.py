@@ -81,6 +81,7 @@ class ValidityBatch:
     signals: Tensor  # (N, S) NaN = abstain
     correct: Tensor  # (N,) bool
     majority: Tensor  # (B,) bool: maj@G
+    greedy: Tensor | None = None  # (B,) bool: the question's greedy answer is right
 
     def aucs(self) -> Tensor:  # (S, B)
         return torch.stack([group_auc(self.signals[:, k], self.correct, self.group_size)
@@ -93,9 +94,10 @@ def signal_names(cue_names: Sequence[str]) -> list[str]:
 
 
 def validity_batch(rollout: Rollout, rewards: Tensor, scores: Tensor, cue_names: Sequence[str],
-                   correct: Tensor) -> ValidityBatch:
+                   correct: Tensor, greedy: Tensor | None = None) -> ValidityBatch:
     """A ``ValidityBatch`` from a sampled rollout: its rewards (N,), raw cue scores (N, K),
-    correctness (N,), and the diagnostics computed here."""
+    correctness (N,), the diagnostics computed here, and (B,) whether each question's greedy
+    answer is right (pairs maj@G with greedy question by question)."""
     agree = AnswerAgreement().score(rollout)
     extra = {"well_formed": rollout.well_formed, "answer_agreement": agree,
              "answer_support": AnswerSupport().score(rollout),
@@ -106,7 +108,8 @@ def validity_batch(rollout: Rollout, rewards: Tensor, scores: Tensor, cue_names:
     signals = torch.stack([c.float().cpu() for c in columns], -1)
     G = rollout.group_size
     return ValidityBatch(G, names, signals, correct.bool(),
-                         majority_correct(agree.cpu(), correct, G))
+                         majority_correct(agree.cpu(), correct, G),
+                         None if greedy is None else greedy.bool().cpu())
 
 
 class RewardValidity(Metric):
@@ -162,9 +165,31 @@ class SignalSummary:
     groups: int  # mixed groups where the signal is defined
 
 
+@dataclass
+class Headroom:
+    """maj@G minus greedy accuracy on the same questions: about the most that sharpening toward
+    the group's consensus can add to greedy accuracy."""
+
+    lead: float  # mean over questions of maj - greedy (1, 0 or -1 each)
+    low: float  # 95% bootstrap interval over questions
+    high: float
+    fixed: int  # questions the majority gets right and greedy wrong
+    broken: int  # and the other way round
+    questions: int
+
+
+def headroom(majority: Tensor, greedy: Tensor, samples: int = 2000) -> Headroom:
+    """``Headroom`` of paired (B,) bools: maj@G and greedy right per question."""
+    diff = majority.double() - greedy.double()
+    lo, hi = bootstrap_interval(diff, samples)
+    return Headroom(float(diff.mean()), lo, hi, int((diff > 0).sum()), int((diff < 0).sum()),
+                    len(diff))
+
+
 def summarize(batches: Sequence[ValidityBatch], samples: int = 2000) -> dict[str, Any]:
-    """Pre-flight figures over a validation pass: mean@G, maj@G, mixed groups, and every
-    signal's AUC with its 95% interval (``SignalSummary``)."""
+    """Pre-flight figures over a validation pass: mean@G, maj@G, mixed groups, every signal's
+    AUC with its 95% interval (``SignalSummary``) and, where the batches carry greedy
+    correctness, maj@G's ``Headroom`` over greedy (else None)."""
     if not batches:
         raise ValueError("no labelled question was sampled: give validation data with answers "
                          "(data.val) and sampling.val_group_size >= 2")
@@ -178,16 +203,22 @@ def summarize(batches: Sequence[ValidityBatch], samples: int = 2000) -> dict[str
         finite = per_group[~per_group.isnan()]
         signals[name] = SignalSummary(float(finite.mean()) if len(finite) else NAN, lo, hi,
                                       len(finite))
+    paired = all(b.greedy is not None for b in batches)
+    lead = headroom(majority, torch.cat([b.greedy for b in batches]), samples) if paired \
+        else None
     return {"group_size": G, "questions": len(majority),
             "sample_accuracy": float(correct.float().mean()),
             "majority_accuracy": float(majority.float().mean()),
-            "mixed_groups": int((correct.any(1) & ~correct.all(1)).sum()), "signals": signals}
+            "mixed_groups": int((correct.any(1) & ~correct.all(1)).sum()), "signals": signals,
+            "headroom": lead}
 
 
 def verdict(summary: dict[str, Any], greedy_accuracy: float) -> str:
     """One line: go when the reward's AUC interval is above 0.5 and maj@G >= greedy (the group's
     consensus is worth sharpening toward); otherwise say what fails and which cues point the
-    wrong way."""
+    wrong way. A go whose paired ``Headroom`` interval is not above 0 says that it is within
+    noise: on warm:small, maj@8 one question above greedy led to no gain (README, Does it
+    work?)."""
     reward: SignalSummary = summary["signals"]["reward"]
     wrong_way = [n for n, s in summary["signals"].items()
                  if n != "reward" and s.high < 0.5]
@@ -203,9 +234,25 @@ def verdict(summary: dict[str, Any], greedy_accuracy: float) -> str:
         if wrong_way else ""
     if problems:
         return "NO-GO: " + "; ".join(problems) + tail
+    lead: Headroom | None = summary.get("headroom")
+    if lead is not None and not lead.low > 0:  # measured: a lead within noise gained nothing
+        tail = (f"; but maj@{summary['group_size']}'s lead over greedy on the same questions, "
+                f"{100 * lead.lead:+.1f} points (95% interval [{100 * lead.low:+.1f}, "
+                f"{100 * lead.high:+.1f}]), is within noise: expect little or no gain") + tail
     return (f"GO: the reward ranks right above wrong (AUC {reward.auc:.2f}, interval "
             f"[{reward.low:.2f}, {reward.high:.2f}]) and maj@{summary['group_size']} >= greedy"
             + tail)
+
+
+def headroom_lines(summary: dict[str, Any]) -> list[str]:
+    """The report's line for ``summary["headroom"]``; none without it."""
+    lead: Headroom | None = summary.get("headroom")
+    if lead is None:
+        return []
+    return [f"maj@{summary['group_size']} - greedy:   {lead.lead:+.3f}  [{lead.low:+.3f}, "
+            f"{lead.high:+.3f}] over {lead.questions} paired questions: the majority fixes "
+            f"{lead.fixed} and breaks {lead.broken} of greedy's answers (about the most "
+            "sharpening toward it can gain)"]
 
 
 def format_report(summary: dict[str, Any], greedy_accuracy: float) -> str:
@@ -216,6 +263,7 @@ def format_report(summary: dict[str, Any], greedy_accuracy: float) -> str:
              f"greedy accuracy:   {greedy_accuracy:.3f}",
              f"mean@{G} (sampled): {summary['sample_accuracy']:.3f}",
              f"maj@{G} (majority): {summary['majority_accuracy']:.3f}",
+             *headroom_lines(summary),
              "", f"{'signal':<24} {'AUC':>6}  95% interval   groups"]
     for name, s in summary["signals"].items():
         lines.append(f"{name:<24} {s.auc:>6.3f}  [{s.low:.3f}, {s.high:.3f}]  {s.groups:>5}")

@@ -196,7 +196,9 @@ def test_toy_world_quick_runs_end_to_end(tmp_path):
     assert [s for s, _ in trained["curves"]["val/accuracy"]] == [0, 1, 2]  # step 0: the start
     assert trained["eval_best"]["n"] == 8 and trained["best_step"] in (0, 1, 2)
     assert len(trained["curves"]["train/reward_raw"]) == 2
-    assert "| SR-MCR | 1 |" in (tmp_path / "toy_world.md").read_text()
+    md = (tmp_path / "toy_world.md").read_text()
+    assert "| SR-MCR | 1 |" in md and "maj - greedy " in md  # the pre-flight's paired lead
+    assert len(summary["preflight"]["lead"]) == 3
 
     # More questions: the finished runs are evaluated again, not retrained; the earlier
     # evaluations stay on disk.

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from srmcr.validity import (RewardValidity, SignalSummary, ValidityBatch, bootstrap_interval,
-                            group_auc, majority_correct, summarize, verdict)
+from srmcr.validity import (Headroom, RewardValidity, SignalSummary, ValidityBatch,
+                            bootstrap_interval, format_report, group_auc, headroom,
+                            majority_correct, summarize, verdict)
 
 NAN = math.nan
 AUC_CASES = [  # scores of ONE group, correctness, expected AUC, reason
@@ -49,11 +50,31 @@ def test_bootstrap_interval_brackets_the_mean_and_ignores_nan():
     assert all(math.isnan(x) for x in bootstrap_interval(torch.tensor([NAN])))
 
 
-def _batch(reward, well_formed, correct, agree) -> ValidityBatch:
+def _batch(reward, well_formed, correct, agree, greedy=None) -> ValidityBatch:
     signals = torch.tensor([reward, well_formed], dtype=torch.float).T
     correct = torch.tensor(correct, dtype=torch.bool)
     return ValidityBatch(2, ["reward", "well_formed"], signals, correct,
-                         majority_correct(torch.tensor(agree), correct, 2))
+                         majority_correct(torch.tensor(agree), correct, 2),
+                         None if greedy is None else torch.tensor(greedy, dtype=torch.bool))
+
+
+def test_headroom_pairs_majority_with_greedy_question_by_question():
+    majority = torch.tensor([1, 1, 0, 0, 1], dtype=torch.bool)
+    greedy = torch.tensor([1, 0, 1, 0, 0], dtype=torch.bool)
+    got = headroom(majority, greedy, samples=500)  # per question: 0, +1, -1, 0, +1
+    assert (got.lead, got.fixed, got.broken, got.questions) == (pytest.approx(0.2), 2, 1, 5)
+    assert -1 <= got.low < 0.2 < got.high <= 1
+    same = headroom(majority, majority, samples=50)  # no question differs: no lead, no spread
+    assert (same.lead, same.low, same.high, same.fixed, same.broken) == (0, 0, 0, 0, 0)
+
+
+def test_summarize_pairs_only_when_every_batch_has_greedy():
+    a = _batch([0.9, 0.1, 0.3, 0.3], [1, 1, 1, 1], [1, 0, 1, 1], [1, 0, 1, 1], greedy=[0, 1])
+    b = _batch([0.2, 0.8, 0.5, 0.5], [1, 1, 1, 1], [0, 0, 1, 1], [1, 0, 1, 1], greedy=[0, 0])
+    lead = summarize([a, b], samples=100)["headroom"]  # maj@2 [1, 1, 0, 1] vs greedy [0, 1, 0, 0]
+    assert (lead.lead, lead.fixed, lead.broken, lead.questions) == (0.5, 2, 0, 4)
+    no_greedy = _batch([0.2, 0.8, 0.5, 0.5], [1, 1, 1, 1], [0, 0, 1, 1], [1, 0, 1, 1])
+    assert summarize([a, no_greedy], samples=100)["headroom"] is None  # e.g. an old --save file
 
 
 def test_metric_over_batches_equals_the_pooled_summary():
@@ -88,6 +109,30 @@ VERDICTS = [
     (_summary(0.6, 0.7, 0.5, cue_high=0.45), 0.45, "GO: ",
      "pointing the wrong way (AUC interval below 0.5): lexical_fidelity", "names a bad cue"),
 ]
+
+
+NOISY_LEAD = Headroom(0.001, -0.02, 0.021, 40, 39, 1024)  # warm:small at top-p 0.5, roughly
+CLEAR_LEAD = Headroom(0.05, 0.03, 0.07, 80, 29, 1024)
+VERDICTS += [
+    ({**_summary(0.6, 0.7, 0.5), "headroom": NOISY_LEAD}, 0.45, "GO: ",
+     "lead over greedy on the same questions, +0.1 points (95% interval [-2.0, +2.1]), is within "
+     "noise", "a go whose paired lead holds 0 says so"),
+    ({**_summary(0.45, 0.6, 0.5), "headroom": NOISY_LEAD}, 0.45, "NO-GO: ",
+     "the reward's AUC interval", "a no-go stays one, whatever the lead"),
+]
+
+
+def test_a_clear_lead_adds_no_caveat():
+    line = verdict({**_summary(0.6, 0.7, 0.5), "headroom": CLEAR_LEAD}, 0.45)
+    assert line.startswith("GO: ") and "noise" not in line
+
+
+def test_report_prints_the_paired_lead():
+    summary = {**_summary(0.6, 0.7, 0.5), "questions": 1024, "sample_accuracy": 0.4,
+               "mixed_groups": 300, "headroom": CLEAR_LEAD}
+    assert ("maj@8 - greedy:   +0.050  [+0.030, +0.070] over 1024 paired questions: the majority "
+            "fixes 80 and breaks 29") in format_report(summary, 0.45)
+    assert "- greedy" not in format_report({**summary, "headroom": None}, 0.45)
 
 
 @pytest.mark.parametrize(("summary", "greedy", "prefix", "says", "reason"), VERDICTS,
