@@ -114,8 +114,9 @@ def validity_batch(rollout: Rollout, rewards: Tensor, scores: Tensor, cue_names:
 
 class RewardValidity(Metric):
     """Validation sums for ``val/sample_accuracy`` (mean@G), ``val/majority_accuracy`` (maj@G),
-    ``val/reward_auc``, ``val/auc/<signal>`` and ``val/mixed_groups`` (groups holding both right
-    and wrong completions), summed across ranks by torchmetrics."""
+    ``val/majority_lead`` (maj@G - greedy on the same questions), ``val/reward_auc``,
+    ``val/auc/<signal>`` and ``val/mixed_groups`` (groups holding both right and wrong
+    completions), summed across ranks by torchmetrics."""
 
     full_state_update = False
 
@@ -125,7 +126,8 @@ class RewardValidity(Metric):
         zeros = torch.zeros(len(self.names), dtype=torch.float64)
         self.add_state("auc_sum", default=zeros.clone(), dist_reduce_fx="sum")
         self.add_state("auc_groups", default=zeros.clone(), dist_reduce_fx="sum")
-        for name in ("sample_correct", "samples", "majority_correct", "groups", "mixed"):
+        for name in ("sample_correct", "samples", "majority_correct", "groups", "mixed",
+                     "lead_sum", "paired"):
             self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64),
                            dist_reduce_fx="sum")
 
@@ -142,16 +144,22 @@ class RewardValidity(Metric):
         self.majority_correct += float(batch.majority.sum())
         self.groups += len(batch.majority)
         self.mixed += float((correct.any(1) & ~correct.all(1)).sum())
+        if batch.greedy is not None:
+            self.lead_sum += float(batch.majority.double().sum() - batch.greedy.double().sum())
+            self.paired += len(batch.greedy)
 
     def compute(self) -> dict[str, Tensor]:
         """``sample_accuracy``, ``majority_accuracy``, ``mixed_groups``, ``reward_auc`` and
-        ``auc/<signal>`` (NaN where no group was mixed); {} when nothing was sampled."""
+        ``auc/<signal>`` (NaN where no group was mixed), and ``majority_lead`` where batches
+        carried greedy correctness; {} when nothing was sampled."""
         if self.groups == 0:
             return {}
         aucs = self.auc_sum / self.auc_groups  # 0/0 = NaN: no mixed group
         out = {"sample_accuracy": self.sample_correct / self.samples,
                "majority_accuracy": self.majority_correct / self.groups,
                "mixed_groups": self.mixed}
+        if self.paired > 0:
+            out["majority_lead"] = self.lead_sum / self.paired
         for name, auc in zip(self.names, aucs):
             out["reward_auc" if name == "reward" else f"auc/{name}"] = auc
         return out

@@ -149,6 +149,9 @@ def test_sampled_validation_logs_validity_without_moving_the_reward(tmp_path, mo
                 "val/auc/well_formed", "val/auc/self_certainty", "val/majority_accuracy"):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert "val/accuracy" in metrics  # greedy, as before
+    # Paired maj@3 - greedy: the random model gives no answer, so no majority answer exists and
+    # greedy is wrong too (the patched correctness leaves the 2-record greedy batches alone).
+    assert metrics["val/majority_lead"] == 0.0
     assert updates == [False, False]  # the reliability is measured, never trained
     assert module.reward.reliability_ema.tolist() == [0.25, 0.25]
     # The pre-flight lets the reliability learn from the sampled groups, as training would.

@@ -68,6 +68,16 @@ def test_headroom_pairs_majority_with_greedy_question_by_question():
     assert (same.lead, same.low, same.high, same.fixed, same.broken) == (0, 0, 0, 0, 0)
 
 
+def test_validity_metric_pairs_majority_with_greedy():
+    a = _batch([0.9, 0.1, 0.3, 0.3], [1, 1, 1, 1], [1, 0, 1, 1], [1, 0, 1, 1], greedy=[0, 1])
+    b = _batch([0.2, 0.8, 0.5, 0.5], [1, 1, 1, 1], [0, 0, 1, 1], [1, 0, 0, 0], greedy=[1, 1])
+    metric = RewardValidity(["reward", "well_formed"])
+    metric.update(a)
+    metric.update(b)
+    # maj@2 [1, 1 | 0, 0] against greedy [0, 1 | 1, 1]: +1, 0, -1, -1 over 4 questions.
+    assert metric.compute()["majority_lead"].item() == pytest.approx(-1 / 4)
+
+
 def test_summarize_pairs_only_when_every_batch_has_greedy():
     a = _batch([0.9, 0.1, 0.3, 0.3], [1, 1, 1, 1], [1, 0, 1, 1], [1, 0, 1, 1], greedy=[0, 1])
     b = _batch([0.2, 0.8, 0.5, 0.5], [1, 1, 1, 1], [0, 0, 1, 1], [1, 0, 1, 1], greedy=[0, 0])
@@ -90,6 +100,7 @@ def test_metric_over_batches_equals_the_pooled_summary():
     assert got["sample_accuracy"].item() == pytest.approx(4 / 8)
     assert got["majority_accuracy"].item() == pytest.approx(3 / 4)
     assert got["mixed_groups"].item() == 2
+    assert "majority_lead" not in got  # no greedy correctness to pair with
     assert summarize([a, b], samples=100)["signals"]["reward"].auc == pytest.approx(0.5)
     assert RewardValidity(["reward"]).compute() == {}  # nothing sampled: nothing to log
 

@@ -89,7 +89,8 @@ def test_tiny_config_writes_scalars_checkpoint_and_adapter(tmp_path, monkeypatch
                 "frac_zero_std_groups", "completion_len", "temperature", "confidence",
                 "collapse", "reward/semantic_alignment", "weight/visual_grounding"]:
         assert f"train/{key}" in tags
-    for key in ["accuracy", "sample_accuracy", "majority_accuracy", "reward_auc", "mixed_groups",
+    for key in ["accuracy", "sample_accuracy", "majority_accuracy", "majority_lead",
+                "reward_auc", "mixed_groups",
                 "auc/semantic_alignment", "auc/visual_grounding", "auc/answer_agreement",
                 "auc/self_certainty", "auc/well_formed"]:
         assert f"val/{key}" in tags, key
