@@ -27,13 +27,10 @@ from lightning.pytorch import LightningDataModule, LightningModule  # noqa: E402
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from datamodules.image_question import ImageQuestionDataModule  # noqa: E402
-from datamodules.traces import warm_model  # noqa: E402
 from callbacks.preflight import PreflightReport  # noqa: E402
-from srmcr import warmup  # noqa: E402
+from datamodules.image_question import ImageQuestionDataModule  # noqa: E402
 from srmcr.errors import ConfigError, MissingFileError, UserError  # noqa: E402
 from srmcr.module import SRMCRModule  # noqa: E402
-from srmcr.policy import register_builder  # noqa: E402
 
 
 def latest_run(runs: Path) -> Path:
@@ -163,7 +160,6 @@ def run_cli(args: list[str] | None) -> LightningCLI:
     """fit / validate / test / predict through LightningCLI, and ``preflight``."""
     set_parsing_settings(docstring_parse_attribute_docstrings=True)  # config docs in --help
     hf_logging.disable_progress_bar()  # per-shard bars of a few-MB model are noise
-    register_builder("warm", warm_model, warmup.RECIPES)  # policy.model warm:<name>: built once
     args = sys.argv[1:] if args is None else list(args)
     if args[:1] == ["preflight"]:
         return preflight(args[1:])

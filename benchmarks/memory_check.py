@@ -1,4 +1,4 @@
-"""Measured peak tensor memory of real SR-MCR steps on CPU, against ``srmcr.memory``'s estimate.
+"""Measured peak tensor memory of real SR-MCR steps on CPU, against ``tools.memory``'s estimate.
 
     python benchmarks/memory_check.py --model tiny:tiny
     python benchmarks/memory_check.py --model tiny:small -- \
@@ -34,13 +34,11 @@ from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 import srmcr.module as module_lib  # noqa: E402
-from srmcr.policy import register_builder  # noqa: E402
 from datamodules.image_question import ImageQuestionDataModule  # noqa: E402
-from datamodules.traces import warm_model  # noqa: E402
-from datamodules.records import parse_shapes  # noqa: E402
-from datamodules.shapes import make_record  # noqa: E402
 from srmcr import encoder as encoder_lib  # noqa: E402
-from srmcr import memory  # noqa: E402
+from tools import memory  # noqa: E402
+from toyworld.shapes import make_record  # noqa: E402
+from toyworld.sources import parse_shapes  # noqa: E402
 
 PHASES = {"generation": (module_lib, "sample"), "log-prob passes": (None, "score_passes"),
           "reference pass": (None, "reference_logp"), "loss pass": (None, "optimize")}
@@ -100,7 +98,6 @@ def tensor_bytes(tensors) -> int:
 
 
 def measure(config: Path, overrides: list[str], steps: int, warmup: int) -> dict[str, float]:
-    register_builder("warm", warm_model)  # as main.py: tiny.yaml starts from warm:small
     cli = LightningCLI(module_lib.SRMCRModule, ImageQuestionDataModule, run=False,
                        args=["-c", str(config), *overrides, "--trainer.logger=false",
                              "--trainer.callbacks=[]", "--trainer.enable_checkpointing=false"])

@@ -87,11 +87,8 @@ def collect(args: argparse.Namespace) -> dict:
 
     from callbacks.preflight import PreflightReport
     from datamodules.image_question import ImageQuestionDataModule
-    from datamodules.traces import warm_model
     from srmcr.module import SRMCRModule
-    from srmcr.policy import register_builder
 
-    register_builder("warm", warm_model)
     cli = LightningCLI(SRMCRModule, ImageQuestionDataModule, run=False, args=[
         "-c", args.config, f"--model.reward.cues=[{','.join(COLLECT)}]",
         f"--model.sampling.val_group_size={args.group_size}",

@@ -36,9 +36,7 @@ from lightning.pytorch.cli import LightningCLI  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 import srmcr.module as module_lib  # noqa: E402
-from srmcr.policy import register_builder  # noqa: E402
 from datamodules.image_question import ImageQuestionDataModule  # noqa: E402
-from datamodules.traces import warm_model  # noqa: E402
 from srmcr.module import SRMCRModule  # noqa: E402
 from srmcr.parsing import parse  # noqa: E402
 from srmcr.policy_view import PolicyView  # noqa: E402
@@ -105,7 +103,6 @@ def with_answers(sample):
 
 
 def build(config: str, overrides: list[str]) -> tuple[SRMCRModule, ImageQuestionDataModule]:
-    register_builder("warm", warm_model)  # as main.py: tiny.yaml starts from warm:small
     cli = LightningCLI(SRMCRModule, ImageQuestionDataModule, run=False,
                        args=["-c", config, *overrides, "--trainer.logger=false",
                              "--trainer.callbacks=[]", "--trainer.enable_checkpointing=false"])

@@ -15,7 +15,7 @@ model itself (its LoRA adapter starts at zero), after it each run's last checkpo
 checkpoint on the selection split (the exported adapter). The scorer is always the five SR-MCR
 cues, whatever reward the run trained on (the checkpoint's reward state is dropped: it does not
 change what the model generates), so the cue columns compare. Labels enter only the accuracy.
-A trace is flawed-looking when ``datamodules.flaws`` finds a loop, a hallucinated shape or a
+A trace is flawed-looking when ``toyworld.flaws`` finds a loop, a hallucinated shape or a
 contradiction in its steps, judged against the record's scene.
 
 Variants: ``srmcr`` (configs/recipes/srmcr.yaml; every ``--seeds``); the ablations ``no_<cue>``,
@@ -53,9 +53,9 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.toy_world_report import aggregate, plot, table  # noqa: E402
 from callbacks.best import checkpoint_record  # noqa: E402
-from datamodules.flaws import DETECTORS, find_flaws  # noqa: E402
-from datamodules.records import parse_shapes  # noqa: E402
-from datamodules.shapes import make_record  # noqa: E402
+from toyworld.flaws import DETECTORS, find_flaws  # noqa: E402
+from toyworld.shapes import make_record  # noqa: E402
+from toyworld.sources import parse_shapes  # noqa: E402
 
 BASE, SRMCR = "configs/tiny.yaml", "configs/recipes/srmcr.yaml"
 _REWARD = yaml.safe_load((ROOT / SRMCR).read_text())["model"]["reward"]

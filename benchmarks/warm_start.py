@@ -45,15 +45,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from datamodules.records import fit_pixels  # noqa: E402
-from datamodules.shapes import make_record  # noqa: E402
-from datamodules.traces import warm_model  # noqa: E402
-from srmcr import policy, prompts, warmup  # noqa: E402
+from srmcr import policy, prompts  # noqa: E402
 from srmcr.answers import is_correct  # noqa: E402
 from srmcr.cues.answer_agreement import answer_key, group_votes  # noqa: E402
 from srmcr.evaluation import generate_greedy  # noqa: E402
 from srmcr.logprobs import mean_colour_blank  # noqa: E402
 from srmcr.parsing import parse  # noqa: E402
 from srmcr.rollout import SamplingArgs, _generation_config, sample  # noqa: E402
+from toyworld.shapes import make_record  # noqa: E402
 
 PIXELS = 112 * 112  # configs/tiny.yaml's images: 16 image tokens
 
@@ -190,7 +189,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     a = parser.parse_args(argv)
     torch.set_num_threads(1)
-    policy.register_builder("warm", warm_model, warmup.RECIPES)
     start = time.monotonic()
     result = probe(a.model, a.split, a.n, a.group, a.temperature, a.batch, not a.no_blank,
                    a.top_p, a.top_k, a.views, a.shift, a.contrast)

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from datamodules.batch import BatchProgress, ImageQuestionBatch, Stage, collate
-from datamodules.records import REASONS, SHAPES_PREFIX, DecodeArgs, Source, parse_shapes, resolve
+from datamodules.records import REASONS, DecodeArgs, Source, registered, resolve
 from datamodules.stream import RecordStream, StreamStart, probe
 from srmcr.errors import ConfigError, DataError, MissingFileError
 
@@ -55,8 +55,7 @@ def _specs(name: str, value: str | list[str] | None) -> list[str]:
     for spec in specs:
         if not spec:
             raise ConfigError(f"{name}: an empty source string; give a JSONL path, glob or shapes:")
-        if spec.startswith(SHAPES_PREFIX):
-            parse_shapes(spec)  # a typo in the query fails now, not at setup
+        registered(spec)  # a typo in a registered source's spec fails now, not at setup
     return specs
 
 
@@ -70,11 +69,12 @@ def _gather(obj: Any) -> list[Any]:
 
 
 class ImageQuestionDataModule(L.LightningDataModule):
-    """Streams JSONL records ``{"image", "question", "answer"?, "id"?}`` or the shapes world.
+    """Streams JSONL records ``{"image", "question", "answer"?, "id"?}`` or a registered source.
 
     Args:
-        train: Training source(s): a JSONL path, a glob, or ``shapes:<split>`` with optional
-            ``?n=512&size=112&seed=0``; several are concatenated (globs in sorted order). The
+        train: Training source(s): a JSONL path, a glob, or a registered ``<kind>:`` source
+            (``srmcr.sources``; the toy world's ``shapes:<split>?n=512&size=112&seed=0``);
+            several are concatenated (globs in sorted order). The
             stream is infinite: the trainer's ``max_steps`` sets the length.
         val: Validation source(s), same syntax; one pass in file order.
         test: Test source(s), same syntax; one pass in file order.

@@ -1,8 +1,9 @@
-"""Record sources (JSONL files, the in-memory shapes world) and decoding one record.
+"""Record sources (JSONL files, and registered ``<kind>:`` sources) and decoding one record.
 
-A source yields raw records cheaply, ``(label, payload)`` with label ``"path:line"`` or
-``"shapes:<split>:<index>"``; ``decode`` turns one into an ``Example`` (parse, validate, open and
-resize the image) or raises ``BadRecord`` with a reason. The split keeps shuffling, sharding and
+A source yields raw records cheaply, ``(label, payload)`` with label ``"path:line"`` or, for a
+registered source (``srmcr.sources``), e.g. ``"shapes:<split>:<index>"``; ``decode`` turns one
+into an ``Example`` (parse, validate, open and resize the image) or raises ``BadRecord`` with a
+reason. The split keeps shuffling, sharding and
 fast-forwarding on raw records, so skipped records never cost an image decode.
 """
 
@@ -14,18 +15,15 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
-from urllib.parse import parse_qsl
+from typing import Any, Literal, Protocol, get_args
 
 from PIL import Image
 
-from datamodules.shapes import make_record
-from srmcr.errors import ConfigError, MissingFileError
+from srmcr import sources
+from srmcr.errors import MissingFileError
 
 Reason = Literal["bad_json", "missing_field", "missing_image", "bad_image", "long_question"]
 REASONS: tuple[Reason, ...] = get_args(Reason)
-SHAPES_PREFIX = "shapes:"
-_SHAPES_KEYS = ("n", "size", "seed")
 # What PIL raises on corrupt files: OSError (truncated, decoder errors; UnidentifiedImageError is
 # one), ValueError, SyntaxError ("broken PNG file" from a damaged chunk) and DecompressionBombError.
 _IMAGE_ERRORS = (OSError, Image.UnidentifiedImageError, ValueError, SyntaxError,
@@ -122,53 +120,27 @@ class JsonlSource:
                        label if id_ is None or id_ == "" else str(id_), label)
 
 
-@dataclass(frozen=True)
-class ShapesSource:
-    split: str
-    n: int = 512
-    size: int = 112
-    seed: int = 0
+class Source(Protocol):
+    """What the record stream reads: raw records, cheaply, and their decoding."""
 
-    def __str__(self) -> str:
-        return f"{SHAPES_PREFIX}{self.split}?n={self.n}&size={self.size}&seed={self.seed}"
+    def raws(self) -> Iterator[tuple[str, Any]]: ...
 
-    def raws(self) -> Iterator[tuple[str, int]]:
-        for index in range(self.n):
-            yield f"{SHAPES_PREFIX}{self.split}:{index}", index
-
-    def decode(self, label: str, raw: int, args: DecodeArgs) -> Example:
-        record = make_record(self.seed, self.split, raw, self.size)
-        if len(record.question) > args.max_question_chars:
-            raise BadRecord("long_question", f"{len(record.question)} characters")
-        image = fit_pixels(record.image, args.min_pixels, args.max_pixels)
-        return Example(image, record.question, record.answer, record.id, label)
+    def decode(self, label: str, raw: Any, args: DecodeArgs) -> Example: ...
 
 
-Source = JsonlSource | ShapesSource
-
-
-def parse_shapes(spec: str) -> ShapesSource:
-    """``shapes:<split>[?n=512&size=112&seed=0]`` -> ShapesSource; ValueError says what is wrong."""
-    split, _, query = spec[len(SHAPES_PREFIX):].partition("?")
-    if not split:
-        raise ConfigError(f"{spec!r}: write the split, e.g. 'shapes:train?n=512'")
-    try:
-        params = {key: int(value) for key, value in parse_qsl(query, strict_parsing=bool(query))}
-    except ValueError as error:
-        raise ConfigError(f"{spec!r}: expected '?n=512&size=112&seed=0' ({error})") from error
-    unknown = sorted(set(params) - set(_SHAPES_KEYS))
-    if unknown:
-        raise ConfigError(f"{spec!r}: unknown keys {unknown}; allowed: {list(_SHAPES_KEYS)}")
-    source = ShapesSource(split, **params)
-    if source.n < 1 or source.size < 8:
-        raise ConfigError(f"{spec!r}: n must be >= 1 and size >= 8")
-    return source
+def registered(spec: str) -> Source | None:
+    """The source of a ``<kind>:...`` spec whose kind is registered (``srmcr.sources``), else
+    None; a registered kind with a malformed spec raises ``ConfigError``."""
+    kind = sources.spec_kind(spec)
+    found = None if kind is None else sources.data_source(kind)
+    return None if found is None else found.parse(spec)
 
 
 def resolve(spec: str) -> list[Source]:
     """One source string -> its sources; a missing file or an empty glob is an error here."""
-    if spec.startswith(SHAPES_PREFIX):
-        return [parse_shapes(spec)]
+    source = registered(spec)
+    if source is not None:
+        return [source]
     pattern = str(Path(spec).expanduser())
     if any(char in pattern for char in "*?["):
         paths = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
@@ -176,5 +148,7 @@ def resolve(spec: str) -> list[Source]:
             raise MissingFileError(f"no file matches the glob {spec!r}")
         return [JsonlSource(p) for p in paths]
     if not Path(pattern).is_file():
-        raise MissingFileError(f"no such JSONL file: {spec!r}")
+        kinds = sources.data_kinds()
+        also = f" (registered sources: {', '.join(k + ':' for k in kinds)})" if kinds else ""
+        raise MissingFileError(f"no such JSONL file: {spec!r}{also}")
     return [JsonlSource(Path(pattern))]

@@ -12,8 +12,15 @@ import torch
 from PIL import Image, ImageStat
 from torch import Tensor
 
-from srmcr.prefix import (cache_through_checkpoints, language_core, output_head, prompt_groups,
-                          prompt_record, repeated, shares_under_checkpointing)
+from srmcr.prefix import (
+    cache_through_checkpoints,
+    language_core,
+    output_head,
+    prompt_groups,
+    prompt_record,
+    repeated,
+    shares_under_checkpointing,
+)
 from srmcr.rollout import Rollout, eval_mode, image_inputs
 
 

@@ -20,8 +20,13 @@ from torch import Tensor
 from srmcr import evaluation, grpo, validity
 from srmcr.errors import ConfigError
 from srmcr.guards import CollapseMonitor, UpdateGuard
-from srmcr.logprobs import (TokenLogProbs, blank_pixel_values, completion_logits,
-                            rollout_logprobs, token_logprobs)
+from srmcr.logprobs import (
+    TokenLogProbs,
+    blank_pixel_values,
+    completion_logits,
+    rollout_logprobs,
+    token_logprobs,
+)
 from srmcr.policy import PolicyArgs, load_policy
 from srmcr.policy_view import PolicyView
 from srmcr.reward import RewardOutput, SelfReward

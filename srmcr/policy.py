@@ -1,13 +1,13 @@
 """Load the policy (Qwen2.5-VL + LoRA, optionally 4-/8-bit) and its processor.
 
-A model spec is a hub id (``Qwen/Qwen2.5-VL-7B-Instruct``), a local folder, or ``tiny:<size>``
-(built locally by ``srmcr.tiny``). The reference policy for the KL term is the same model with the
-LoRA adapter disabled, so no second copy of the weights is ever loaded.
+A model spec is a hub id (``Qwen/Qwen2.5-VL-7B-Instruct``), a local folder, or a registered
+``<kind>:<name>`` source (``srmcr.sources``; the toy world registers ``tiny:`` and ``warm:``).
+The reference policy for the KL term is the same model with the LoRA adapter disabled, so no
+second copy of the weights is ever loaded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -16,9 +16,9 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import BitsAndBytesConfig, Qwen2_5_VLForConditionalGeneration
 
-from srmcr import tiny
+from srmcr import sources
 from srmcr.errors import ConfigError, MissingFileError
-from srmcr.tiny import ImageOnlyQwenProcessor
+from srmcr.processor import ImageOnlyQwenProcessor
 
 DType = Literal["float32", "bfloat16", "float16"]
 LANGUAGE_MODEL = r"model\.language_model\.layers\.\d+\.(?:self_attn|mlp)\."
@@ -59,9 +59,9 @@ class PolicyArgs:
     """Which model to load, at which precision, and how to adapt it."""
 
     model: str = "tiny:small"
-    """Hub id, local folder, ``tiny:<tiny|small>`` (built locally, no download) or
-    ``warm:<name>`` (tiny after a one-time supervised warm-up on shapes traces: ``warm:small``,
-    ``warm:small-v3`` (the earlier, weaker warm start) or ``warm:tiny``)."""
+    """Hub id, local folder, or a registered ``<kind>:<name>`` source built on this machine (the
+    toy world's ``tiny:<tiny|small>``, random weights, and ``warm:<name>``, a tiny model after a
+    one-time supervised warm-up on shapes traces: ``warm:small``, ``warm:small-v3``)."""
     quantization: Literal["none", "4bit", "8bit"] = "none"
     """Load the frozen base in 4-bit nf4 (QLoRA, double quantization) or 8-bit."""
     dtype: DType = "float32"
@@ -86,50 +86,33 @@ class PolicyArgs:
             check_bitsandbytes(self.quantization)
 
 
-# Locally built models, "<kind>:<name>" -> (name, cache_dir) -> folder. tiny: names the sizes of
-# srmcr.tiny; warm: names a warm-up recipe (srmcr.warmup.RECIPES) of a tiny model on shapes-world
-# traces, which live outside srmcr/: main.py registers its builder (datamodules.traces.warm_model).
-LOCAL_KINDS = ("tiny", "warm")
-BUILDERS: dict[str, Callable[[str, Path], Path]] = {"tiny": tiny.cached}
-NAMES: dict[str, tuple[str, ...]] = {"tiny": tuple(tiny.SPECS)}  # what each kind can build
-
-
-def register_builder(kind: str, build: Callable[[str, Path], Path],
-                     names: Sequence[str] | None = None) -> None:
-    """Let ``resolve_model`` build ``<kind>:<name>`` specs with ``build(name, cache_dir)``;
-    ``names`` lists the names it builds (default: the tiny sizes)."""
-    if kind not in LOCAL_KINDS:
-        raise ValueError(f"unknown local model kind {kind!r}; one of {LOCAL_KINDS}")
-    BUILDERS[kind] = build
-    NAMES[kind] = tuple(names or tiny.SPECS)
-
-
 def check_model_spec(spec: str) -> None:
     """Fail fast, before anything loads, on a spec that cannot name a model."""
-    kind, local, name = spec.partition(":")
-    if local and kind in LOCAL_KINDS:
-        names = NAMES.get(kind, tuple(tiny.SPECS))
-        if name not in names:
+    kind = sources.spec_kind(spec)
+    found = None if kind is None else sources.model_source(kind)
+    if found is not None:
+        _, _, name = spec.partition(":")
+        if name not in found.names:
             raise ConfigError(f"policy.model {spec!r}: unknown {kind} model; use one of "
-                              f"{', '.join(f'{kind}:{n}' for n in sorted(names))}")
+                              f"{', '.join(f'{kind}:{n}' for n in sorted(found.names))}")
         return
     if Path(spec).expanduser().is_dir():
         return
     if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+        local = ", ".join(f"{k}:<name>" for k in sources.model_kinds())
         raise MissingFileError(f"policy.model {spec!r} is neither an existing folder nor a hub id "
-                               "('org/name') nor tiny:<tiny|small> (or warm:<name>)")
+                               f"('org/name')" + (f" nor a registered source ({local})"
+                                                  if local else ""))
 
 
-def resolve_model(spec: str, cache_dir: Path = tiny.DEFAULT_CACHE) -> str:
-    """Turn a model spec into something ``from_pretrained`` accepts (building tiny:/warm:)."""
+def resolve_model(spec: str, cache_dir: Path = sources.DEFAULT_CACHE) -> str:
+    """Turn a model spec into something ``from_pretrained`` accepts (building a registered
+    ``<kind>:<name>`` source once)."""
     check_model_spec(spec)
-    kind, local, size = spec.partition(":")
-    if local and kind in LOCAL_KINDS:
-        if kind not in BUILDERS:
-            raise RuntimeError(f"policy.model {spec!r}: no builder for {kind}: specs in this "
-                               f"process; main.py registers one, elsewhere call srmcr.policy."
-                               f"register_builder('{kind}', datamodules.traces.warm_model)")
-        return str(BUILDERS[kind](size, cache_dir))
+    kind = sources.spec_kind(spec)
+    found = None if kind is None else sources.model_source(kind)
+    if found is not None:
+        return str(found.build(spec.partition(":")[2], cache_dir))
     path = Path(spec).expanduser()
     return str(path) if path.is_dir() else spec
 

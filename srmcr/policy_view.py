@@ -17,8 +17,14 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from srmcr.rollout import (Rollout, SamplingArgs, _generation_config, end_token_ids, eval_mode,
-                           select_images)
+from srmcr.rollout import (
+    Rollout,
+    SamplingArgs,
+    _generation_config,
+    end_token_ids,
+    eval_mode,
+    select_images,
+)
 
 _SENTINEL = "\u0000completion\u0000"  # stands for the completion when rendering a follow-up turn
 

@@ -6,19 +6,18 @@ the reliability state together. Shape letters: B groups, G completions per group
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
-
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
 from srmcr.cues import CUE_NAMES, CUES, Cue, CueName
-from srmcr.errors import ConfigError
 from srmcr.encoder import TextEncoder
+from srmcr.errors import ConfigError
 
 if TYPE_CHECKING:  # the rollout module imports transformers: seconds
     from srmcr.rollout import Rollout

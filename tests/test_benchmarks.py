@@ -72,8 +72,15 @@ def test_toy_world_variants_configure_what_they_name(tmp_path, capsys, monkeypat
 
     monkeypatch.setattr("sys.argv", ["main.py"])  # the CLI warns when pytest's argv is there too
 
-    from benchmarks.toy_world import (COOLING, CUES, ROOT, all_variants, fit_args, parse_args,
-                                      write_no_cooling)
+    from benchmarks.toy_world import (
+        COOLING,
+        CUES,
+        ROOT,
+        all_variants,
+        fit_args,
+        parse_args,
+        write_no_cooling,
+    )
     from main import main
 
     a = parse_args(["--out", str(tmp_path), "--steps", "40"])
@@ -275,8 +282,8 @@ def test_contrastive_greedy_is_greedy_without_contrast_or_under_a_full_cut():
     """VCD's decoding reduces to greedy at alpha 0, and at beta 1 (only the image's own argmax is
     plausible, whatever the blank says); the blank is each image's mean colour."""
     from benchmarks.warm_start import contrastive_greedy
-    from srmcr.logprobs import mean_colour_blank
     from srmcr.evaluation import generate_greedy
+    from srmcr.logprobs import mean_colour_blank
     from srmcr.rollout import SamplingArgs
     from tests.fixtures import MEAN_COLOURS, QUESTIONS, randomize_lora, tiny_policy, two_images
 

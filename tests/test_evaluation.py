@@ -9,8 +9,13 @@ import pytest
 import torch
 
 from main import main
-from srmcr.evaluation import (EvalMetrics, correctness, eval_log_dict, generate_greedy,
-                              prediction_records)
+from srmcr.evaluation import (
+    EvalMetrics,
+    correctness,
+    eval_log_dict,
+    generate_greedy,
+    prediction_records,
+)
 from srmcr.logprobs import completion_logits
 from srmcr.rollout import SamplingArgs
 from tests.cues.fakes import make_rollout

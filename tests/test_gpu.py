@@ -2,7 +2,7 @@
 
 The model overlays run as written (4-bit nf4 or bf16 weights, bf16-mixed, checkpointing) with
 only the model and the lengths shrunk, so these tests exercise the CUDA paths of bitsandbytes,
-autocast and PEFT that CPU runs cannot. Each prints the measured peak beside ``srmcr.memory``'s
+autocast and PEFT that CPU runs cannot. Each prints the measured peak beside ``tools.memory``'s
 estimate for the same settings. They skip themselves without CUDA.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from srmcr import memory
+from tools import memory
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model.policy.model=tiny:tiny", "--model.sampling.max_new_tokens=16",

@@ -6,11 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
-from srmcr import tiny
 from srmcr.logprobs import completion_logits
 from srmcr.policy import LoraArgs, PolicyArgs, resolve_model
 from srmcr.rollout import SamplingArgs, sample
 from tests.fixtures import QUESTIONS, tiny_policy, two_images
+from toyworld import tiny
 
 LORA_PARAM = re.compile(r"base_model\.model\.model\.language_model\.layers\.\d+\."
                         r"(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)"
@@ -93,7 +93,7 @@ def test_resolve_existing_folder_and_hub_id(tmp_path, monkeypatch):
 def test_resolve_missing_path_is_a_helpful_error(spec, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"neither an existing folder nor a hub id "
-                                                r"\('org/name'\) nor tiny:<tiny\|small>") as err:
+                                                r"\('org/name'\) nor a registered source \(tiny:<name>, warm:<name>\)") as err:
         resolve_model(spec)
     assert repr(spec) in str(err.value)
 

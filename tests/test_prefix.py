@@ -6,13 +6,18 @@ from functools import partial
 import pytest
 import torch
 from torch.utils.checkpoint import checkpoint
+from transformers.cache_utils import DynamicLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from srmcr.logprobs import completion_logits, token_logprobs
-from transformers.cache_utils import DynamicLayer
-
-from srmcr.prefix import (PromptRecord, ReservedLayer, SharedPrefix, cache_through_checkpoints,
-                          language_core, shares_under_checkpointing)
+from srmcr.prefix import (
+    PromptRecord,
+    ReservedLayer,
+    SharedPrefix,
+    cache_through_checkpoints,
+    language_core,
+    shares_under_checkpointing,
+)
 from srmcr.rollout import SamplingArgs
 from tests.fixtures import needs_bnb_4bit, randomize_lora, sample_with_logits, tiny_policy
 

@@ -8,8 +8,15 @@ import torch.distributed as dist
 from jsonargparse import ArgumentParser
 
 from srmcr.cues import CUE_NAMES
-from srmcr.reward import (SelfReward, batch_scaled, consensus_correlation, fill_abstentions,
-                          floored_weights, gate_unanswered, group_zscores)
+from srmcr.reward import (
+    SelfReward,
+    batch_scaled,
+    consensus_correlation,
+    fill_abstentions,
+    floored_weights,
+    gate_unanswered,
+    group_zscores,
+)
 from tests.cues.fakes import HashingEncoder, make_rollout
 
 NAN = math.nan

@@ -2,14 +2,11 @@
 
 import pytest
 import torch
-
-from srmcr.parsing import parse
 from transformers.generation.logits_process import SuppressTokensLogitsProcessor
 
-from srmcr.rollout import (SamplingArgs, SuppressTokens, completion_mask, sample,
-                           select_images)
-from tests.fixtures import (GRIDS, IMAGE_TOKENS, QUESTIONS, tiny_policy,
-                            two_images)
+from srmcr.parsing import parse
+from srmcr.rollout import SamplingArgs, SuppressTokens, completion_mask, sample, select_images
+from tests.fixtures import GRIDS, IMAGE_TOKENS, QUESTIONS, tiny_policy, two_images
 
 END = (2, 0)  # <|im_end|>, <|endoftext|> in the tiny tokenizer (the sampler's end tokens)
 

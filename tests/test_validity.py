@@ -5,9 +5,19 @@ import math
 import pytest
 import torch
 
-from srmcr.validity import (Headroom, RewardValidity, SignalSummary, ValidityBatch,
-                            bootstrap_interval, format_report, group_auc, headroom,
-                            majority_correct, summarize, verdict)
+from srmcr.validity import (
+    Headroom,
+    RewardValidity,
+    SignalSummary,
+    ValidityBatch,
+    bootstrap_interval,
+    format_report,
+    group_auc,
+    headroom,
+    majority_correct,
+    summarize,
+    verdict,
+)
 
 NAN = math.nan
 AUC_CASES = [  # scores of ONE group, correctness, expected AUC, reason

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-from srmcr.cues.answer_agreement import (AnswerAgreement, AnswerSupport, answer_agreement,
-                                         answer_support)
+from srmcr.cues.answer_agreement import (
+                                         AnswerAgreement,
+                                         AnswerSupport,
+                                         answer_agreement,
+                                         answer_support,
+)
 from srmcr.cues.answer_certainty import AnswerCertainty, answer_certainty
 from srmcr.cues.base import Cue, TextCue
 from srmcr.cues.lexical_fidelity import LexicalFidelity, lexical_fidelity

@@ -14,10 +14,9 @@ abstains. No encoder: the ``encoder`` argument exists for the shared signature.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor

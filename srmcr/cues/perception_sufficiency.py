@@ -14,9 +14,8 @@ One batched generation per step, for the completions with an answer only (``Poli
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor

@@ -8,9 +8,8 @@ the first term alone, which a policy could game by dropping its answer). Empty r
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor

@@ -6,9 +6,8 @@ one step abstains (NaN): with nothing to follow, consistency does not apply.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor

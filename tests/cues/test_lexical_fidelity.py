@@ -1,6 +1,5 @@
 """lexical_fidelity = ½·|C(q)∩W(r)|/|C(q)| + ½·|A(a)∩W(r)|/|A(a)|; no answer: its term is 0."""
 
-import math
 
 import pytest
 import torch

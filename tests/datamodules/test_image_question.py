@@ -71,7 +71,7 @@ def test_batches_are_typed_and_ids_default_to_source_line(images: Path):
 
 
 def test_shapes_source_equals_the_written_files(tmp_path: Path):
-    from datamodules.shapes import write_dataset
+    from toyworld.shapes import write_dataset
     path = write_dataset(tmp_path, n=6, seed=5, split="val")
     files = take(ImageQuestionDataModule(val=str(path), batch_size=6), "val")[0]
     memory = take(ImageQuestionDataModule(val="shapes:val?n=6&seed=5", batch_size=6), "val")[0]

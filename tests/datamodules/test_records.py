@@ -1,4 +1,4 @@
-"""Sources and decoding: image size caps, shapes source strings, resolving paths and globs."""
+"""Sources and decoding: image size caps, resolving paths and globs."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from datamodules.records import (DecodeArgs, JsonlSource, ShapesSource, fit_pixels, parse_shapes,
-                                 resolve)
-from datamodules.shapes import make_record
+from datamodules.records import DecodeArgs, JsonlSource, fit_pixels, resolve
 from tests.datamodules.helpers import png, write_jsonl
 
 MIN, MAX = 56 * 56, 448 * 448
@@ -51,31 +49,6 @@ def test_image_root_replaces_the_jsonl_folder(tmp_path: Path):
     args = DecodeArgs(1, 10**6, 100, image_root=tmp_path / "imgs")
     (label, raw), = source.raws()
     assert source.decode(label, raw, args).image.size == (16, 16)
-
-
-def test_shapes_source_matches_make_record():
-    source = parse_shapes("shapes:val?n=5&size=64&seed=2")
-    assert source == ShapesSource("val", n=5, size=64, seed=2)
-    labels = [label for label, _ in source.raws()]
-    assert labels == [f"shapes:val:{i}" for i in range(5)]
-    example = source.decode("shapes:val:3", 3, DecodeArgs(1, 10**6, 100))
-    record = make_record(2, "val", 3, size=64)
-    assert (example.question, example.answer, example.id) == (record.question, record.answer,
-                                                              record.id)
-    assert example.image.tobytes() == record.image.tobytes()
-    assert parse_shapes("shapes:train") == ShapesSource("train", n=512, size=112, seed=0)
-
-
-@pytest.mark.parametrize("spec, match", [
-    ("shapes:", "write the split"),
-    ("shapes:train?n=ten", "expected"),
-    ("shapes:train?count=3", "unknown keys"),
-    ("shapes:train?n=0", "n must be"),
-    ("shapes:train?n", "expected"),
-])
-def test_bad_shapes_strings_say_what_is_wrong(spec, match):
-    with pytest.raises(ValueError, match=match):
-        parse_shapes(spec)
 
 
 def test_resolve_sorts_globs_and_reports_missing_paths(tmp_path: Path):

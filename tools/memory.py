@@ -1,7 +1,7 @@
 """GPU memory of one SR-MCR step, by part, estimated from a config before anything is loaded.
 
-    python -m srmcr.memory -c configs/tiny.yaml -c configs/qwen2_5_vl_7b_qlora.yaml --gpu-gb 22
-    python -m srmcr.memory -c configs/tiny.yaml -- --model.policy.model=tiny:tiny
+    python -m tools.memory -c configs/tiny.yaml -c configs/qwen2_5_vl_7b_qlora.yaml --gpu-gb 22
+    python -m tools.memory -c configs/tiny.yaml -- --model.policy.model=tiny:tiny
 
 Peak = what lives through the step (weights, LoRA and its AdamW state, the reward's sentence
 encoder) + the largest phase: generation (KV cache, prefill, vision tower), the no-grad log-prob
@@ -19,13 +19,44 @@ import argparse
 import json
 from pathlib import Path
 
-from srmcr.memory_model import (  # noqa: F401 (re-exported: the public API)
-    GB, PATCH_PIXELS, NF4_BYTES, INT8_BYTES, NF4_MATRIX_BYTES, ENCODER_BYTES, CUDA_CONTEXT_BYTES,
-    ALLOCATOR_SLACK, QUESTION_FILLER, KNOBS, GROUPS, ModelDims, QWEN2_5_VL, StepSettings, Widths,
-    widths, Phase, MemoryPlan, projection_shapes, decoder_linear_params, vision_params,
-    other_params, weight_bytes, lora_params, layer_activation_bytes, shared_layer_bytes,
-    shared_prompts, no_grad_layer_bytes, head_copy_bytes, checkpointed_loss_pass,
-    pixel_bytes, vision_bytes, logits_bytes, kv_cache_bytes, plan, largest_fitting)
+from tools.memory_model import (  # noqa: F401 (re-exported: the public API)
+    ALLOCATOR_SLACK,
+    CUDA_CONTEXT_BYTES,
+    ENCODER_BYTES,
+    GB,
+    GROUPS,
+    INT8_BYTES,
+    KNOBS,
+    NF4_BYTES,
+    NF4_MATRIX_BYTES,
+    PATCH_PIXELS,
+    QUESTION_FILLER,
+    QWEN2_5_VL,
+    MemoryPlan,
+    ModelDims,
+    Phase,
+    StepSettings,
+    Widths,
+    checkpointed_loss_pass,
+    decoder_linear_params,
+    head_copy_bytes,
+    kv_cache_bytes,
+    largest_fitting,
+    layer_activation_bytes,
+    logits_bytes,
+    lora_params,
+    no_grad_layer_bytes,
+    other_params,
+    pixel_bytes,
+    plan,
+    projection_shapes,
+    shared_layer_bytes,
+    shared_prompts,
+    vision_bytes,
+    vision_params,
+    weight_bytes,
+    widths,
+)
 
 
 # ---- configs ---------------------------------------------------------------------------------
@@ -72,11 +103,13 @@ def model_dims(spec: str) -> tuple[ModelDims, str | None]:
     """Dimensions of a model spec, and a local folder with its tokenizer if there is one."""
     if spec in QWEN2_5_VL:
         return QWEN2_5_VL[spec], None
+    from srmcr import sources
     from srmcr.policy import resolve_model
 
-    kind, local, size = spec.partition(":")
-    if local and kind == "warm":  # a warmed-up tiny model: the same architecture
-        spec = f"tiny:{size}"
+    kind = sources.spec_kind(spec)
+    found = None if kind is None else sources.model_source(kind)
+    if found is not None and found.architecture is not None:  # the same config.json, cheaper
+        spec = found.architecture(spec.partition(":")[2])
     path = Path(resolve_model(spec))
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"no config.json for {spec!r}: give a local model folder, "
@@ -97,7 +130,7 @@ def prompt_text_tokens(system_prompt: str, question_chars: int, tokenizer: str |
     if tokenizer is None:
         return (len(system_prompt) + question_chars) // 4 + 20
     from srmcr import prompts
-    from srmcr.tiny import ImageOnlyQwenProcessor
+    from srmcr.processor import ImageOnlyQwenProcessor
 
     processor = ImageOnlyQwenProcessor.from_pretrained(tokenizer)
     text = prompts.render(processor, [question], system_prompt)[0]
@@ -174,7 +207,7 @@ def advice(s: StepSettings, gpu_gb: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> MemoryPlan:
-    parser = argparse.ArgumentParser(prog="python -m srmcr.memory",
+    parser = argparse.ArgumentParser(prog="python -m tools.memory",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", type=Path, action="append", required=True,
                         help="a YAML; repeat for overlays, merged in order")

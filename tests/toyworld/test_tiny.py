@@ -9,8 +9,9 @@ from safetensors.torch import load_file
 from transformers import Qwen2_5_VLConfig, Qwen2Tokenizer
 from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
 
-from srmcr import prompts, tiny
-from srmcr.tiny import SPECIAL_TOKENS, ImageOnlyQwenProcessor
+from srmcr import prompts
+from toyworld import tiny
+from toyworld.tiny import SPECIAL_TOKENS, ImageOnlyQwenProcessor
 
 FORMAT_TEXT = ("<think>Step 1: I see two red circles.\nStep 2: I see one blue circle.</think>"
                "<answer>3</answer>")

@@ -7,16 +7,18 @@ import pytest
 import torch
 import yaml
 
-from datamodules.traces import TRACE_VERSION, TraceDataModule, warm_model
 from main import main
-from srmcr import policy, warmup
+from srmcr import sources
 from srmcr.logprobs import completion_logits
 from srmcr.policy import PolicyArgs, check_model_spec, load_policy, resolve_model
 from srmcr.rollout import SamplingArgs
-from srmcr.warmup import (RECIPES, WarmupModule, completion_nll, teacher_forced,
-                          warmup_cosine)
+from toyworld import warmup
+from toyworld.recipes import RECIPES, VERSION
+from toyworld.sources import warm_model
+from toyworld.traces import TRACE_VERSION, TraceDataModule
+from toyworld.warmup import WarmupModule, completion_nll, teacher_forced, warmup_cosine
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMALL_IMAGES = {"max_pixels": 56 * 56}  # 4 image tokens: fast
 
 
@@ -180,18 +182,13 @@ def _quantized() -> PolicyArgs:
 # ---------------------------------------------------------------- warm:<size>
 
 
-def test_warm_spec_checks_sizes_and_needs_a_builder(monkeypatch):
+def test_warm_spec_checks_names_through_the_registry():
     check_model_spec("warm:small")
     with pytest.raises(ValueError, match=r"unknown warm model; use one of warm:small"):
         check_model_spec("warm:huge")
-    monkeypatch.delitem(policy.BUILDERS, "warm", raising=False)
-    with pytest.raises(RuntimeError, match=r"register_builder\('warm', datamodules.traces"):
-        resolve_model("warm:tiny")
 
 
-def test_warm_names_are_the_recipes_and_the_earlier_warm_start_keeps_its_cache(tmp_path,
-                                                                               monkeypatch):
-    monkeypatch.setitem(policy.NAMES, "warm", tuple(RECIPES))
+def test_warm_names_are_the_recipes_and_the_earlier_warm_start_keeps_its_cache(tmp_path):
     check_model_spec("warm:small-v3")  # the premise-fails warm start stays reachable
     with pytest.raises(ValueError, match=r"use one of warm:small, warm:small-v3, warm:tiny"):
         check_model_spec("warm:small-v2")
@@ -205,13 +202,12 @@ def test_warm_names_are_the_recipes_and_the_earlier_warm_start_keeps_its_cache(t
 
 @pytest.mark.slow
 def test_warm_spec_builds_once_into_a_folder_load_policy_loads(tmp_path, monkeypatch):
-    monkeypatch.setitem(policy.BUILDERS, "warm", warm_model)
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
     path = Path(resolve_model("warm:tiny", cache_dir=tmp_path))
     assert torch.equal(torch.rand(3), expected)  # the build left the caller's RNG alone
-    assert path == tmp_path / f"warm-tiny-v{warmup.VERSION}.{TRACE_VERSION}"
+    assert path == tmp_path / f"warm-tiny-v{VERSION}.{TRACE_VERSION}"
     assert not list(tmp_path.glob(".warm-*"))  # the temporary build folder is gone
     model, processor = load_policy(PolicyArgs(model=str(path)))
     assert processor.image_processor.size["longest_edge"] == RECIPES["tiny"].max_pixels
@@ -271,16 +267,15 @@ def test_warmup_config_trains_validates_and_exports_through_main(tmp_path, monke
 
 @pytest.mark.slow
 def test_first_srmcr_run_on_a_warm_spec_builds_it_then_trains(tmp_path, monkeypatch):
-    """main.py registers the warm: builder; the build (a Trainer inside SR-MCR's configure_model)
-    happens once, and the run goes on from the warmed-up weights."""
-    import main as entry
-
+    """The registered warm: builder runs (a Trainer inside SR-MCR's configure_model) once, and
+    the run goes on from the warmed-up weights."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(entry, "warm_model",
-                        lambda size, cache: warm_model(size, tmp_path / "cache"))
+    warm = sources.model_source("warm")
+    monkeypatch.setitem(sources._MODELS, "warm", sources.ModelSource(
+        lambda name, cache: warm_model(name, tmp_path / "cache"), warm.names))
     cli = main(["fit", "-c", str(ROOT / "configs/tiny.yaml"), "--model.policy.model=warm:tiny",
                 "--model.sampling.max_new_tokens=8", "--data.train=shapes:train?n=8&size=56",
                 "--data.batch_size=2", "--model.policy.max_pixels=3136", "--data.max_pixels=3136",
                 "--data.min_pixels=784", "--trainer.fast_dev_run=1"])
-    assert (tmp_path / "cache" / f"warm-tiny-v{warmup.VERSION}.{TRACE_VERSION}").is_dir()
+    assert (tmp_path / "cache" / f"warm-tiny-v{VERSION}.{TRACE_VERSION}").is_dir()
     assert cli.trainer.global_step == 1

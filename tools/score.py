@@ -1,9 +1,9 @@
 """Score completions with the text cues, to debug a reward without a model or a GPU.
 
-    python -m srmcr.score --question "How many circles?" \\
+    python -m tools.score --question "How many circles?" \\
         --completion "<think>Step 1: I count the circles.</think><answer>3</answer>"
-    python -m srmcr.score --jsonl predictions.jsonl     # lines with "question", "completion"
-    python -m srmcr.score --jsonl runs.jsonl --json     # one JSON object per line instead
+    python -m tools.score --jsonl predictions.jsonl     # lines with "question", "completion"
+    python -m tools.score --jsonl runs.jsonl --json     # one JSON object per line instead
 
 Prints the parsed steps and answer, well-formedness and the format gate (a completion without a
 usable answer ranks below every well-formed one of its group), each text cue's raw score in [0, 1] ("abstains"
@@ -93,7 +93,7 @@ def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m srmcr.score",
+    parser = argparse.ArgumentParser(prog="python -m tools.score",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--question", help="the question the completion answers")
     parser.add_argument("--completion", help="the model's output, tags included")

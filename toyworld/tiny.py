@@ -5,16 +5,13 @@ default build a real ``Qwen2_5_VLForConditionalGeneration`` of a few million par
 byte-level BPE tokenizer trained on a small fixed corpus and Qwen's special tokens and chat template.
 Every code path (processor, generation, LoRA, 4-bit) is the one the real 3B/7B models take.
 
-    python -m srmcr.tiny --size small --out DIR
+    python -m toyworld.tiny --size small --out DIR
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -23,12 +20,13 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
-from transformers.models.qwen2_5_vl import Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
+
+from srmcr.processor import ImageOnlyQwenProcessor
+from srmcr.sources import DEFAULT_CACHE, build_atomically
 
 TinySize = Literal["tiny", "small"]
 BUILD_VERSION = 1  # bump when the builder's output changes, so stale caches are rebuilt
-DEFAULT_CACHE = Path.home() / ".cache" / "srmcr"
 
 SPECIAL_TOKENS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
@@ -113,26 +111,6 @@ def build_tokenizer(vocab_size: int) -> Qwen2Tokenizer:
     return tok
 
 
-class ImageOnlyQwenProcessor(Qwen2_5_VLProcessor):
-    """Qwen2.5-VL processor without the video processor (which needs torchvision).
-
-    Load with ``ImageOnlyQwenProcessor.from_pretrained``: ``AutoProcessor`` on such a folder
-    silently returns only the tokenizer (NOTES.md).
-    """
-
-    # ProcessorMixin derives its sub-processors from this signature: no video_processor here.
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
-
-    @classmethod
-    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None,
-                                       **kwargs):
-        tokenizer = Qwen2Tokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)
-        image_processor = Qwen2VLImageProcessorPil.from_pretrained(pretrained_model_name_or_path,
-                                                                   **kwargs)
-        return [image_processor, tokenizer]
-
-
 def build_processor(tokenizer: Qwen2Tokenizer) -> ImageOnlyQwenProcessor:
     # Pixel caps small enough for CPU: a 112x112 image is 8x8 patches -> 16 image tokens.
     image_processor = Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=224 * 224)
@@ -187,21 +165,6 @@ def cached(size: TinySize, cache_dir: Path = DEFAULT_CACHE) -> Path:
     if not (final / "config.json").exists():
         build_atomically(final, lambda tmp: build(size, tmp))
     return final
-
-
-def build_atomically(final: Path, build_into: Callable[[Path], object]) -> None:
-    """Build a model folder into a temporary sibling, then rename it to ``final``: concurrent
-    builders race safely (the first rename wins, the others use its folder)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}-"))
-    try:
-        build_into(tmp)
-        tmp.rename(final)
-    except OSError:  # another process renamed its build first: use that one
-        if not (final / "config.json").exists():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:

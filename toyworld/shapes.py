@@ -3,9 +3,9 @@
 Record ``index`` of split ``split`` under ``seed`` is a pure function of those three values (its
 random generator is seeded with the string ``f"{seed}:{split}:{index}"``, which Python hashes
 with SHA-512, not with the per-process string hash), so the in-memory ``shapes:<split>`` source
-and the files written by ``python -m datamodules.shapes`` hold the same data, and any record can
+and the files written by ``python -m toyworld.shapes`` hold the same data, and any record can
 be produced without the ones before it. The world itself (``Shape``, ``Scene``, ``render``)
-lives in ``datamodules.scene``, the question templates in ``datamodules.shapes_questions``.
+lives in ``toyworld.scene``, the question templates in ``toyworld.shapes_questions``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from datamodules.scene import COLOURS, KINDS, Scene, Shape, render, sample_scene
-from datamodules.shapes_questions import TEMPLATES, ask
+from toyworld.scene import COLOURS, KINDS, Scene, Shape, render, sample_scene
+from toyworld.shapes_questions import TEMPLATES, ask
 
 __all__ = ["COLOURS", "KINDS", "TEMPLATES", "Scene", "Shape", "ShapesRecord", "main",
            "make_record", "render", "sample_scene", "write_dataset"]
@@ -63,7 +63,7 @@ def write_dataset(out: Path, n: int, seed: int = 0, split: str = "train", size: 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m datamodules.shapes",
+    parser = argparse.ArgumentParser(prog="python -m toyworld.shapes",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--n", type=int, required=True, help="number of records")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datamodules.shapes import COLOURS, KINDS, TEMPLATES, main, make_record, render
+from toyworld.shapes import COLOURS, KINDS, TEMPLATES, main, make_record, render
 
 
 @dataclass

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from datamodules.perception import CHANNELS, NAMES, perception_loader, token_targets
-from datamodules.records import ShapesSource
-from datamodules.scene import Scene, Shape
+from toyworld.perception import CHANNELS, NAMES, perception_loader, token_targets
+from toyworld.scene import Scene, Shape
+from toyworld.sources import ShapesSource
 
 N = len(NAMES)
 

@@ -1,4 +1,4 @@
-"""The memory model of one SR-MCR step: sizes, widths and formulas (see ``srmcr.memory``)."""
+"""The memory model of one SR-MCR step: sizes, widths and formulas (see ``tools.memory``)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 A real Qwen2.5-VL's vision tower comes pretrained; tiny:<size>'s is random, and its features,
 though image-dependent, entangle colour, kind and place so that a 4-layer language model learns to
 read little of them in a few thousand warm-up steps (and, trained along, the tower collapses).
-``srmcr.vision_pretrain.VisionPretrain`` therefore pre-trains the tower and its merger first,
+``toyworld.vision_pretrain.VisionPretrain`` therefore pre-trains the tower and its merger first,
 the way dense-prediction heads are trained: each merged image token (a 28 x 28 pixel block,
 row-major, as the Qwen2.5-VL merger orders them) predicts, with a linear head, the colours and
 kinds of the shapes that cover its block, and those of the shape whose centre lies in it.
@@ -22,9 +22,9 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.records import ShapesSource
-from datamodules.scene import BACKGROUND, COLOURS, KINDS, Scene, render
-from datamodules.shapes import make_record
+from toyworld.scene import BACKGROUND, COLOURS, KINDS, Scene, render
+from toyworld.shapes import make_record
+from toyworld.sources import ShapesSource
 
 NAMES = [*sorted(COLOURS), *KINDS]  # 10 attributes: a shape has one colour and one kind
 CHANNELS = 2 * len(NAMES)  # a shape with it covers the block; has its centre in the block

@@ -9,7 +9,7 @@ saves a full model folder (weights + processor) that ``load_policy`` loads like 
 
 The traces come from a DataModule whose batches have ``images``, ``questions``, ``completions``
 (the target text after the assistant header) and, for validation, ``answers``. srmcr/ knows
-nothing of the shapes world: ``datamodules.traces.TraceDataModule`` writes those traces.
+nothing of the shapes world: ``toyworld.traces.TraceDataModule`` writes those traces.
 
 Why a full fine-tune and not LoRA: the base is random, so there is no pretrained function for a
 low-rank update to adjust, and at 4M parameters all weights train about as fast as an adapter.
@@ -23,7 +23,7 @@ per-question-type majority). ``vision_scale`` standardizes them once, before tra
 (``standardize_merger``), as a pretrained tower's features would be: with it, a 20-token system
 prompt and 1500 steps, warm:small-v3 answers 41% of held-out questions against 31% with blank
 images and 34% for the majority answer per question type. warm:small goes further: it first
-pre-trains the tower (``srmcr.vision_pretrain``), then freezes it for the warm-up (52% greedy on
+pre-trains the tower (``toyworld.vision_pretrain``), then freezes it for the warm-up (52% greedy on
 shapes:heldout; the search is in ``RECIPES``).
 """
 
@@ -36,7 +36,7 @@ import random
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
@@ -50,14 +50,15 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from transformers import Qwen2_5_VLForConditionalGeneration
 
-from srmcr import evaluation, prompts, tiny
+from srmcr import evaluation, prompts
 from srmcr.errors import ConfigError
 from srmcr.logprobs import completion_logits, token_logprobs
 from srmcr.parsing import parse
 from srmcr.policy import PolicyArgs, load_processor, resolve_model
 from srmcr.rollout import Rollout, SamplingArgs, end_token_ids
-
-VERSION = 4  # bump when the module changes what a warm:<name> build contains (keys its cache)
+from srmcr.sources import DEFAULT_CACHE, build_atomically
+from toyworld import tiny
+from toyworld.recipes import RECIPES, WarmRecipe
 
 
 def teacher_forced(processor, images: Sequence[Image.Image], questions: Sequence[str],
@@ -283,61 +284,7 @@ def _to(rollout: Rollout, device: torch.device) -> Rollout:
     return rollout
 
 
-# ---- warm:<size>: a fixed recipe, built once and cached ------------------------------------
-@dataclass(frozen=True)
-class WarmRecipe:
-    """The fixed warm-up behind ``warm:<size>`` (configs/tiny_warmup.yaml spells out the small
-    one as a config)."""
-
-    steps: int
-    batch_size: int
-    lr: float
-    warmup_steps: int
-    minutes: float  # measured on 2 shared CPU cores, for the log line
-    beta2: float = 0.95
-    max_pixels: int = 112 * 112  # the tiny configs' image size: 16 image tokens
-    vision_scale: float | None = 4.0  # WarmupModule's: standardized vision features
-    system_prompt: str = prompts.TINY_SYSTEM_PROMPT  # configs/tiny.yaml's, which rollouts use
-    seed: int = 0
-    base: str = "small"  # the tiny:<base> it starts from
-    version: int = VERSION  # keys the cache folder: warm-<base>-v<version>.<data version>
-    vision_steps: int = 0  # pre-training steps of the vision tower first (0: keep it random)
-    vision_batch_size: int = 32
-    vision_lr: float = 3e-3
-    vision_align: bool = False  # align the tower with the word embeddings (VisionPretrain words)
-    clean: float = 0.6  # share of clean traces among the warm-up's (the rest carry one flaw)
-
-
-RECIPES: dict[str, WarmRecipe] = {
-    # tests only: checks the plumbing in seconds, learns little
-    "tiny": WarmRecipe(steps=8, batch_size=4, lr=3e-3, warmup_steps=2, minutes=0.1,
-                       max_pixels=56 * 56, base="tiny", vision_steps=4, vision_batch_size=8),
-    # The default (configs/tiny.yaml): the vision tower pre-trained first (VisionPretrain on
-    # datamodules.perception's per-token colour and kind targets), then the language model on
-    # 90% clean traces. The search (greedy / maj@8 at T = 1 on 256 shapes:val records, the
-    # language model's 1500 steps unless said): random tower (small-v3) 0.422 / 0.398; tower
-    # pre-trained 400 steps 0.477 / 0.484 (128 records), 1200 steps 0.484 / 0.449, and with
-    # 2000 language-model steps 0.480 / 0.480, or lr 1.2e-3 0.461 / 0.441; aligned with the word
-    # embeddings 0.508 / 0.504; 90% clean traces 0.520 / 0.535, aligned and 90% clean 0.508 /
-    # 0.461; 168-pixel images (36 image tokens) 0.531 / 0.512, built in 8.1 min (over the 6-minute
-    # budget). Training the merger or the whole tower along with the language model collapsed it
-    # (0.344 and 0.352, answers independent of the image). Counting and positions stay near the
-    # blank-image level in every variant: the language model copies the question's words.
-    # On 1024 val records (greedy; this recipe 0.564): tower also predicting the scene's counts
-    # 0.508; count steps worded noun first ("circles 2") 0.543; 2250 language-model steps after
-    # 400 tower steps 0.549; this recipe + 750 steps at lr 3e-4 0.590 (held-out greedy 0.565,
-    # maj@8 0.556 < greedy; built in 8.3 min). README "The warm starts" has the details.
-    "small": WarmRecipe(steps=1500, batch_size=8, lr=7e-4, warmup_steps=30, minutes=7,
-                        vision_steps=800, clean=0.9),
-    # The earlier warm start, kept as the case where label-free training's premise fails: a
-    # random vision tower, standardized (greedy 41% on 128 shapes:val records against 31% with
-    # blank images; maj@8 at T = 1 below greedy). Without the standardized vision features, or
-    # with 600 steps, answers did not depend on the image (32-34%, real = blank).
-    "small-v3": WarmRecipe(steps=1500, batch_size=8, lr=7e-4, warmup_steps=30, minutes=5,
-                           version=3),
-}
-
-
+# ---- warm:<name>: a fixed recipe, built once and cached ------------------------------------
 @contextlib.contextmanager
 def _seeded(seed: int) -> Iterator[None]:
     """Seed python, numpy and torch inside, and give the caller its own RNG states back after:
@@ -358,7 +305,7 @@ def pretrain_vision(base: str, out: Path, loader: DataLoader, recipe: WarmRecipe
                     progress: bool = True) -> Path:
     """``VisionPretrain`` on ``loader`` for ``recipe.vision_steps``: the model folder ``base``
     with its vision tower (and merger) trained, written to ``out``."""
-    from srmcr.vision_pretrain import VisionPretrain
+    from toyworld.vision_pretrain import VisionPretrain
 
     batch = next(iter(loader))
     words = {"words": loader.dataset.words, "word_weights": loader.dataset.word_weights} \
@@ -372,7 +319,7 @@ def pretrain_vision(base: str, out: Path, loader: DataLoader, recipe: WarmRecipe
     return module.save(out)
 
 
-def build(name: str, out: Path, data: L.LightningDataModule, cache_dir: Path = tiny.DEFAULT_CACHE,
+def build(name: str, out: Path, data: L.LightningDataModule, cache_dir: Path = DEFAULT_CACHE,
           progress: bool = True, recipe: WarmRecipe | None = None,
           vision_data: DataLoader | None = None) -> Path:
     """Warm ``tiny:<recipe.base>`` up with ``recipe`` (default ``RECIPES[name]``) and save it to
@@ -417,7 +364,7 @@ def cached(name: str, cache_dir: Path, data: Callable[[WarmRecipe], L.LightningD
                    f"{recipe.steps} supervised steps on reasoning traces{vision}, cached as "
                    f"{final}")
     start = time.monotonic()
-    tiny.build_atomically(final, lambda tmp: build(
+    build_atomically(final, lambda tmp: build(
         name, tmp, data(recipe), cache_dir,
         vision_data=vision_data(recipe) if vision_data and recipe.vision_steps else None))
     rank_zero_info(f"built warm:{name} in {(time.monotonic() - start) / 60:.1f} min")

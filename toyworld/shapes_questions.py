@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from datamodules.scene import COLOURS, KINDS, MARGIN, Scene, Shape
+from toyworld.scene import COLOURS, KINDS, MARGIN, Scene, Shape
 
 Template = Callable[[Scene, random.Random], "tuple[str, str] | None"]
 LARGEST_RATIO = 1.5  # the largest shape must beat the runner-up's area by this much

@@ -14,7 +14,7 @@ last step, with probability ``TraceMix.wrong_answer``. Traces are short (the tin
 ~5 tokens on "Step k:" and ~12 on the tags): ~90% fit tiny.yaml's 48 completion tokens. Each is a
 pure function of (seed, split, index), like the records it describes.
 
-    python -m datamodules.traces --split warmup --n 8     # print a few
+    python -m toyworld.traces --split warmup --n 8     # print a few
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -33,10 +32,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.records import ShapesSource, fit_pixels, parse_shapes
-from datamodules.scene import COLOURS, KINDS, Scene, Shape
-from datamodules.shapes import ShapesRecord, make_record
+from datamodules.records import fit_pixels
 from srmcr.errors import ConfigError
+from toyworld.scene import COLOURS, KINDS, Scene, Shape
+from toyworld.shapes import ShapesRecord, make_record
+from toyworld.sources import ShapesSource, parse_shapes
 
 Flaw = Literal["loop", "hallucination", "contradiction"]
 Kind = Literal["clean", "loop", "hallucination", "contradiction"]
@@ -146,7 +146,7 @@ def _wrong_count(answer: str) -> Callable[[random.Random], str]:
     return lambda rng: str(n + 1 if n == 0 or rng.random() < 0.5 else n - 1)
 
 
-# ---- one plan per question template (datamodules.shapes_questions.TEMPLATES) --------------
+# ---- one plan per question template (toyworld.shapes_questions.TEMPLATES) --------------
 _NAME = r"(\w+) (\w+)"
 _QUESTION = {
     "count_kind": re.compile(r"How many (\w+)s are there\?"),
@@ -329,7 +329,7 @@ def collate(items: list[tuple[ShapesRecord, Trace]], min_pixels: int,
 
 
 class TraceDataModule(L.LightningDataModule):
-    """Shapes records with reasoning traces, for the supervised warm-up (``srmcr.warmup``).
+    """Shapes records with reasoning traces, for the supervised warm-up (``toyworld.warmup``).
 
     Args:
         train: ``shapes:<split>?n=..&size=..&seed=..`` (see ImageQuestionDataModule); one epoch
@@ -372,32 +372,8 @@ class TraceDataModule(L.LightningDataModule):
         return batch  # PIL images stay on the CPU; the processor makes tensors in the module
 
 
-def warm_model(name: str, cache_dir: Path) -> Path:
-    """The folder of ``warm:<name>``: ``tiny:<size>`` warmed up on traces (its vision tower first
-    pre-trained on ``datamodules.perception`` targets when the recipe says so), built once and
-    cached. main.py registers it as the builder of ``warm:`` specs
-    (``srmcr.policy.register_builder``)."""
-    from datamodules.perception import perception_loader
-    from srmcr import warmup  # here, so printing traces does not import the model stack
-
-    def data(recipe: warmup.WarmRecipe) -> TraceDataModule:
-        n = recipe.steps * recipe.batch_size
-        return TraceDataModule(train=f"shapes:warmup?n={n}&seed={recipe.seed}", val=None,
-                               batch_size=recipe.batch_size, max_pixels=recipe.max_pixels,
-                               mix=TraceMix(clean=recipe.clean))
-
-    def vision_data(recipe: warmup.WarmRecipe) -> DataLoader:
-        n = recipe.vision_steps * recipe.vision_batch_size
-        side = int(recipe.max_pixels ** 0.5)
-        return perception_loader(ShapesSource("perception", n=n, size=side, seed=recipe.seed),
-                                 recipe.vision_batch_size)
-
-    return warmup.cached(name, cache_dir, data, data_version=TRACE_VERSION,
-                         vision_data=vision_data)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m datamodules.traces",
+    parser = argparse.ArgumentParser(prog="python -m toyworld.traces",
                                      description=__doc__.splitlines()[0])
     for flag, default in (("--split", "warmup"), ("--n", 8), ("--seed", 0)):
         parser.add_argument(flag, default=default, type=type(default))

@@ -1,12 +1,12 @@
-"""``python -m srmcr.score``: text cue scores and parsing of completions, without a model."""
+"""``python -m tools.score``: text cue scores and parsing of completions, without a model."""
 
 import json
 import math
 
 import pytest
 
-from srmcr.score import IMAGE_CUES, TEXT_CUES, main, score_completions
 from tests.cues.fakes import HashingEncoder
+from tools.score import IMAGE_CUES, TEXT_CUES, main, score_completions
 
 GOOD = ("<think>Step 1: I see two red circles and one blue circle.\n"
         "Step 2: So there are three circles in total.</think><answer>3</answer>")

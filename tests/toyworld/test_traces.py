@@ -7,13 +7,12 @@ from functools import cache
 
 import pytest
 
-from datamodules.scene import COLOURS, KINDS
-from datamodules.shapes_questions import TEMPLATES
-from datamodules.traces import (TraceBatch, TraceDataModule, TraceMix, main, make_trace,
-                                render_trace)
-from srmcr import tiny
 from srmcr.answers import is_correct
 from srmcr.parsing import parse
+from toyworld import tiny
+from toyworld.scene import COLOURS, KINDS
+from toyworld.shapes_questions import TEMPLATES
+from toyworld.traces import TraceBatch, TraceDataModule, TraceMix, main, make_trace, render_trace
 
 N = 600
 # A shape named positively: "red circle", not "no red circle" (a denial names what is absent).

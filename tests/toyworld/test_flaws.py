@@ -5,10 +5,10 @@ from typing import get_args
 
 import pytest
 
-from datamodules.flaws import DETECTORS, Mention, find_flaws, mentions
-from datamodules.scene import Scene, Shape
-from datamodules.traces import Flaw, TraceMix, make_trace
 from srmcr.parsing import parse
+from toyworld.flaws import DETECTORS, Mention, find_flaws, mentions
+from toyworld.scene import Scene, Shape
+from toyworld.traces import Flaw, TraceMix, make_trace
 
 # red circle on the left, blue square on the right, a small green circle at the bottom middle
 SCENE = Scene((Shape("circle", "red", 0.2, 0.3, 0.2), Shape("square", "blue", 0.8, 0.3, 0.25),

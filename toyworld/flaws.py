@@ -1,6 +1,6 @@
 """Which flaws a reasoning trace shows, judged against the scene it is about.
 
-The inverse of the trace writer (``datamodules.traces``): its three flaws, detected in any text,
+The inverse of the trace writer (``toyworld.traces``): its three flaws, detected in any text,
 the warm-up's traces or a trained model's completions. Deterministic rules on the words of the
 steps (step markers already stripped, as ``srmcr.parsing.parse`` gives them), no model:
 
@@ -14,7 +14,7 @@ steps (step markers already stripped, as ``srmcr.parsing.parse`` gives them), no
   "A is left of B" against "A is right of B" or "B is left of A" (likewise above / below); or two
   different kinds called "the largest shape".
 
-Only the shapes world's vocabulary (``datamodules.scene``) is understood; other text never
+Only the shapes world's vocabulary (``toyworld.scene``) is understood; other text never
 counts as a flaw. Used by ``benchmarks/toy_world.py`` for the share of flawed-looking traces.
 """
 
@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Literal, NamedTuple
 
-from datamodules.scene import COLOURS, KINDS, Scene
+from toyworld.scene import COLOURS, KINDS, Scene
 
 Flaw = Literal["loop", "hallucination", "contradiction"]  # the names of traces.Flaw
 _COLOUR, _KIND = "|".join(COLOURS), "|".join(KINDS)

@@ -4,13 +4,13 @@ A real Qwen2.5-VL's vision tower is pretrained; a locally built ``tiny:<size>``'
 features do depend on the image (each merged token mostly on its own 28 x 28 block), but they
 entangle what is there so that the language model, in a few thousand warm-up steps, learns to
 read little of them, and training the tower along with the language model collapses it (see
-``srmcr.warmup``). ``VisionPretrain`` gives the tower what pretraining gives a real one:
+``toyworld.warmup``). ``VisionPretrain`` gives the tower what pretraining gives a real one:
 features from which a linear head reads what each image token shows. It trains the tower and its
 merger, with a linear head on the merger's outputs, by binary cross-entropy against 0/1 (or
 soft) targets per image token; the head is thrown away after. What the targets mean is the
-data's business (``datamodules.perception`` for the shapes world): srmcr/ knows no world.
+data's business (``toyworld.perception`` for the shapes world): srmcr/ knows no world.
 
-Measured on tiny:small (shapes world, 112 x 112 images = 16 tokens): see ``srmcr.warmup.RECIPES``.
+Measured on tiny:small (shapes world, 112 x 112 images = 16 tokens): see ``toyworld.warmup.RECIPES``.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from srmcr.policy import resolve_model
-from srmcr.vision_pretrain import VisionPretrain
+from toyworld.vision_pretrain import VisionPretrain
 
 SIDE = 56  # 2 x 2 merged tokens with tiny:tiny
 
