@@ -21,3 +21,16 @@ class DataError(UserError, ValueError):
 
 class MissingFileError(UserError, FileNotFoundError):
     """A data file, model folder or checkpoint that does not exist."""
+
+
+def require(rules: dict[str, bool]) -> None:
+    """The project's one way to check config values: ``{message: condition}``, in order; the
+    first false condition raises ``ConfigError(message)``. Each message names the setting, the
+    value it got and what to set instead, e.g.
+
+        require({f"sampling.group_size={g}: set it to 2 or more (GRPO compares completions)":
+                 g >= 2})
+    """
+    for message, ok in rules.items():
+        if not ok:
+            raise ConfigError(message)

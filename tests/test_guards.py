@@ -72,3 +72,11 @@ def test_collapse_warns_once_after_patience(caplog):
         fired = [monitor.update(f, 0.7, step) for step, f in enumerate([1, 1, 0.5, 1, 1, 1, 1])]
     assert fired == [False, False, False, False, False, True, False]
     assert "Raise the sampling temperature" in caplog.text
+
+
+def test_require_raises_the_first_failing_rule_as_a_config_error():
+    from srmcr.errors import ConfigError, require
+
+    require({"never shown": True})
+    with pytest.raises(ConfigError, match="^second$"):
+        require({"first": True, "second": False, "third": False})
