@@ -1,6 +1,6 @@
 """Does label-free training help? Warm start -> evaluate -> SR-MCR without labels -> evaluate.
 
-    .venv/bin/python -m benchmarks.toy_world                 # everything: ~55 min on 2 cores
+    .venv/bin/python -m benchmarks.toy_world                 # everything: about an hour on 2 cores
     .venv/bin/python -m benchmarks.toy_world --quick         # plumbing check on warm:tiny, ~35 s
     .venv/bin/python -m benchmarks.toy_world --variants srmcr,no_cooling --seeds 0 --steps 40
 
@@ -63,11 +63,10 @@ CUES: list[str] = _REWARD["init_args"]["cues"]  # the main variant's, and every 
 COOLING, NO_COOLING = "callbacks.cooling.ConfidenceCooling", "no_cooling.yaml"
 HELD_OUT = "heldout"  # a split no config, test or warm-up uses: nothing was ever tuned on it
 PREFLIGHT_G = 8  # the pre-flight of the warm start samples G completions per held-out question
-# Planning figures (2-core machine, 1 torch thread, warm:small, tiny.yaml's B = 4 x G = 4, 48 new
-# tokens): seconds per SR-MCR step (1.0 quiet, with prompt sharing and tiny.yaml's 20-token
-# system prompt), per evaluated record, per process start (imports, model load); recipe steps
-# relative to SR-MCR's, measured with benchmarks/step_time.py --recipes: mm_upt 1.18 s, srmcr
-# 1.83, srmcr_plus 2.43, vision_sr1 1.74 (beside other work, before prompt sharing).
+# Planning figures for --dry-run's budget (2-core machine, 1 torch thread, warm:small, tiny.yaml's
+# B = 4 x G = 4, 48 new tokens): seconds per SR-MCR step, per evaluated record and per process
+# start (imports, model load); recipe steps relative to SR-MCR's, from benchmarks/step_time.py
+# --recipes (docs/performance.md). Only the plan's time estimate reads them.
 STEP_S, RECORD_S, START_S = 1.1, 0.15, 15.0
 STEP_COST = {"mm_upt": 0.65, "vision_sr1_labelfree": 0.95, "srmcr_plus": 1.33}
 

@@ -7,10 +7,11 @@ Label-free rewards sharpen what the model already believes, so they can lift gre
 where the majority answer of G samples beats a single greedy answer (``maj@G >= greedy``). This
 prints, for one model and one split of the shapes world, the greedy accuracy, the accuracy of a
 sample at T (mean@G) and of the majority answer (maj@G), overall and per question template, with
-blank images as the control (what the model answers without looking), and the criterion of
-issue [toy-world-2]: greedy >= 55% on ``shapes:heldout`` and maj@8 >= greedy. ``main.py
-preflight`` gives the same three accuracies plus the reward's AUC; this script splits them by
-question type, which is what tells a perception gap (counting) from a format or prompt one.
+blank images as the control (what the model answers without looking), and the criterion fixed
+before any training result (docs/warm_starts.md): greedy >= 55% on ``shapes:heldout`` and
+maj@8 >= greedy. ``main.py preflight`` gives the same three accuracies plus the reward's AUC;
+this script splits them by question type, which is what tells a perception gap (counting) from a
+format or prompt one.
 
 Two knobs ask whether the model's errors are noise that a majority averages out or a bias that
 every sample shares: ``--top-p``/``--top-k`` sample only among the tokens the model nearly ties

@@ -1,4 +1,4 @@
-"""Plot a run's TensorBoard scalars into one PNG (the README's picture of a tiny run).
+"""Plot a run's TensorBoard scalars into one PNG (docs/results.md's picture of a tiny run).
 
     pip install matplotlib   # docs only, not a dependency of srmcr
     python docs/plot_curves.py lightning_logs/tiny/version_0 docs/tiny_run.png \

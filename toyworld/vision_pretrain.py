@@ -10,7 +10,8 @@ merger, with a linear head on the merger's outputs, by binary cross-entropy agai
 soft) targets per image token; the head is thrown away after. What the targets mean is the
 data's business (``toyworld.perception`` for the shapes world): srmcr/ knows no world.
 
-Measured on tiny:small (shapes world, 112 x 112 images = 16 tokens): see ``toyworld.warmup.RECIPES``.
+The recipe that uses it, and the search that chose it: ``toyworld.recipes`` and
+docs/warm_starts.md.
 """
 
 from __future__ import annotations

@@ -14,17 +14,14 @@ nothing of the shapes world: ``toyworld.traces.TraceDataModule`` writes those tr
 Why a full fine-tune and not LoRA: the base is random, so there is no pretrained function for a
 low-rank update to adjust, and at 4M parameters all weights train about as fast as an adapter.
 SR-MCR then puts its LoRA adapter on top of the warmed-up weights. Why the vision tower stays
-frozen by default: trained along, the random tiny tower collapsed to one large near-constant
-output per image (measured: mean |feature| 0.05 -> 15, spread across tokens unchanged at 0.03),
-which erases what SR-MCR's LoRA, on the language model only, could later learn to read.
-Frozen as they are, though, the random tower's features are nearly the same for every image, and
-the language model learned to ignore them (answers identical with real and blank images, at the
-per-question-type majority). ``vision_scale`` standardizes them once, before training
-(``standardize_merger``), as a pretrained tower's features would be: with it, a 20-token system
-prompt and 1500 steps, warm:small-v3 answers 41% of held-out questions against 31% with blank
-images and 34% for the majority answer per question type. warm:small goes further: it first
-pre-trains the tower (``toyworld.vision_pretrain``), then freezes it for the warm-up (52% greedy on
-shapes:heldout; the search is in ``RECIPES``).
+frozen by default: trained along, the random tiny tower collapses to one large near-constant
+output per image, which erases what SR-MCR's LoRA, on the language model only, could later learn
+to read. Frozen as they are, though, the random tower's features are nearly the same for every
+image, and the language model learns to ignore them. ``vision_scale`` standardizes them once,
+before training (``standardize_merger``), as a pretrained tower's features would be; that is
+warm:small-v3. warm:small goes further: it first pre-trains the tower
+(``toyworld.vision_pretrain``), then freezes it for the warm-up. The measurements behind each of
+these choices: docs/warm_starts.md.
 """
 
 from __future__ import annotations
@@ -107,9 +104,8 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, floor: float) 
 
 
 def _adamw(params) -> torch.optim.Optimizer:
-    # Measured on toy tasks with tiny:small: copying a word from the question, or reading one
-    # coloured patch, is learned in ~200 steps at lr 5e-4..1e-3 with beta2 0.95, not at all in
-    # 300-400 steps at lr 3e-3 or with beta2 0.999.
+    # A lower beta2 and a moderate lr: on toy tasks with tiny:small, a higher lr or the default
+    # beta2 learned nothing in the same steps (docs/warm_starts.md).
     return torch.optim.AdamW(params, lr=7e-4, betas=(0.9, 0.95), weight_decay=0.0)
 
 
@@ -266,11 +262,10 @@ def standardize_merger(merger: torch.nn.Module, features: Tensor, std: float) ->
     """Fold ``(x - mean) / sd * std`` per output dimension, with the mean and sd of
     ``features`` (the merger's outputs on calibration images), into the merger's last Linear.
 
-    Why: a random vision tower's features are nearly the same for every image (measured on
-    tiny:small: between-image spread 0.006 against a mean size of 0.05). A probe reads them, but
-    the language model, which sees them beside text embeddings, learned to ignore them: greedy
-    answers were identical with real and blank images. Standardized, they are image-dependent at
-    the text embeddings' scale, as a pretrained tower's would be."""
+    Why: a random vision tower's features are nearly the same for every image. A probe reads
+    them, but the language model, which sees them beside text embeddings, learns to ignore them
+    (docs/warm_starts.md). Standardized, they are image-dependent at the text embeddings' scale,
+    as a pretrained tower's would be."""
     last = merger.mlp[-1]
     mean, sd = features.mean(0), features.std(0).clamp(min=1e-6)
     last.weight.mul_((std / sd)[:, None])
