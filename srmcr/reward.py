@@ -1,4 +1,4 @@
-"""The self-reward: cue scores -> a reliability-weighted, group-normalized reward (DESIGN.md).
+"""The self-reward: cue scores -> a reliability-weighted, group-normalized reward (docs/design.md).
 
 The maths lives in pure tensor functions at the top; ``SelfReward`` only wires cues, encoder and
 the reliability state together. Shape letters: B groups, G completions per group, N = B*G, K cues.
@@ -17,12 +17,12 @@ from torch import Tensor, nn
 
 from srmcr.cues import CUE_NAMES, CUES, Cue, CueName
 from srmcr.encoder import TextEncoder
-from srmcr.errors import ConfigError
+from srmcr.errors import require
 
 if TYPE_CHECKING:  # the rollout module imports transformers: seconds
     from srmcr.rollout import Rollout
 
-EPS = 1e-6  # DESIGN's z = (s − mean_g) / (std_g + 1e-6)
+EPS = 1e-6  # z = (s − mean_g) / (std_g + 1e-6): a flat group stays finite
 # The default recipe (docs/reward.md): the five SR-MCR cues plus the group's vote share of each
 # answer, which also anchors the reliability weights; chosen by within-group AUC on shapes:val.
 DEFAULT_CUES: tuple[CueName, ...] = (*CUE_NAMES, "answer_support")
@@ -49,20 +49,6 @@ def group_zscores(filled: Tensor, group_size: int) -> Tensor:  # (N, K) -> (N, K
     z = centred / (centred.square().mean(1, keepdim=True).sqrt() + EPS)
     flat = (s.amax(1, keepdim=True) - s.amin(1, keepdim=True)) == 0  # exact: no float noise
     return torch.where(flat | s.isnan(), 0.0, z).view_as(filled)
-
-
-def batch_scaled(filled: Tensor, group_size: int) -> Tensor:  # (N, K) -> (N, K)
-    """Scores centred in their group and divided by the cue's spread over the whole batch
-    (RMS of the centred values), not by each group's own: a cue whose scores barely move inside
-    a group keeps a small say instead of being blown up to unit scale. Whole-group abstentions
-    give 0."""
-    s = _grouped(filled, group_size)  # (B, G, K)
-    centred = torch.nan_to_num(s - s.mean(1, keepdim=True))
-    scale = centred.square().mean((0, 1), keepdim=True).sqrt()  # (1, 1, K)
-    return torch.where(scale > 1e-6, centred / (scale + EPS), 0.0).view_as(filled)
-
-
-NORMALIZERS = {"group": group_zscores, "batch": batch_scaled}
 
 
 def gate_unanswered(rewards: Tensor, well_formed: Tensor, group_size: int,
@@ -123,14 +109,15 @@ def weighted_raw(filled: Tensor, weights: Tensor) -> Tensor:  # (N, K), (K,) -> 
 
 @dataclass
 class RewardOutput:
-    rewards: Tensor  # (N,) Σ w_k z_k, gated (or + λ_fmt·well_formed): what advantages come from
+    rewards: Tensor  # (N,) Σ w_k z_k, gated: what advantages come from
     scores: Tensor  # (N, K) raw cue scores, NaN = abstain
     raw: Tensor  # (N,) Σ w_k s_k: the interpretable raw reward, for logging
     stats: dict[str, float]  # log keys without the "train/" prefix
 
 
 class SelfReward(nn.Module):
-    """Reliability-weighted, group-normalized self-reward from the cues (DESIGN.md, "Reward").
+    """Reliability-weighted, group-normalized self-reward from the cues (docs/design.md,
+    "Reward").
 
     Checkpoints hold only the reliability state (``reliability_ema``, ``reliability_initialised``
     buffers); the encoder is not a submodule and the cues' running means are not persistent.
@@ -146,50 +133,40 @@ class SelfReward(nn.Module):
         priors: prior weight per cue name (> 0; default 1.0 each). Priors of cues not enabled
             are ignored, so one YAML of priors serves every ablation.
         reliability: weight cues by their agreement with a reference (``anchor``); false =
-            normalized priors.
+            normalized priors (the fixed weights of recipes that sum their rewards).
         anchor: the cue whose within-group ranking the others' reliability is measured
             against: each cue's weight grows with its correlation with the anchor inside the
-            groups; a named anchor must be enabled. ``auto`` (default): answer_support, the
-            group's vote for each answer, when it is enabled, else the consensus;
-            ``consensus``: the mean of the other cues (version 1).
-        normalize: ``group``: z-scores within each group; ``batch``: centred within the group
-            and divided by the cue's spread over the whole batch, so a cue that barely moves
-            inside a group keeps a small say.
-        format: ``gate``: a completion without a usable answer (not well-formed) ranks at least
-            1 below every well-formed completion of its group; ``bonus``: version 1's additive
-            ``format_weight``·well_formed, which a high cue score can outweigh.
-        momentum: EMA momentum of the reliability.
+            groups; a named anchor must be enabled. ``auto``: answer_support, the group's vote
+            for each answer, when it is enabled, else the consensus (the mean of the other
+            cues), which cues sharing a bias inflate.
+        momentum: EMA momentum of the reliability: how many steps (about 1 / (1 − momentum))
+            a cue's weight remembers.
         tau: temperature of the weights, w_k ∝ prior_k · exp(ρ_k / tau).
-        floor: minimum weight of an enabled cue (needs floor · K <= 1).
-        format_weight: λ_fmt, added to the reward of a well-formed completion (``bonus`` only).
+        floor: minimum weight of an enabled cue, so no cue is silenced before it can recover
+            (needs floor · K <= 1).
         encoder_model: sentence-transformers folder or hub id for E(x); null = packaged MiniLM.
-        encoder_batch_size: texts per encoder forward pass.
+        encoder_batch_size: most texts per encoder forward pass; lower it if the encoder runs
+            out of memory.
+
+    A completion without a usable answer (not well-formed) ends at least 1 below every
+    well-formed completion of its group (``gate_unanswered``), whatever its cue scores.
     """
 
     def __init__(self, cues: Sequence[CueName] = DEFAULT_CUES,
-                 priors: dict[str, float] | None = None,
-                 reliability: bool = True,
-                 anchor: CueName | Literal["auto", "consensus"] = "auto",
-                 normalize: Literal["group", "batch"] = "group",
-                 format: Literal["gate", "bonus"] = "gate", momentum: float = 0.9,
-                 tau: float = 0.5, floor: float = 0.05, format_weight: float = 0.5,
-                 encoder_model: str | None = None, encoder_batch_size: int = 64) -> None:
+                 priors: dict[str, float] | None = None, reliability: bool = True,
+                 anchor: CueName | Literal["auto"] = "auto", momentum: float = 0.9,
+                 tau: float = 0.5, floor: float = 0.05, encoder_model: str | None = None,
+                 encoder_batch_size: int = 64) -> None:
         super().__init__()
-        names, prior_values = _check(list(cues), priors or {}, momentum, tau, floor, format_weight)
+        names, prior_values = _check(list(cues), priors or {}, momentum, tau, floor)
         if anchor == "auto":
-            anchor = AUTO_ANCHOR if AUTO_ANCHOR in names else "consensus"
-        if anchor != "consensus" and anchor not in names:
-            raise ConfigError(f"reward.anchor={anchor!r} is not an enabled cue; add it to "
-                              f"reward.cues or set anchor: consensus (the mean of the cues)")
-        if normalize not in NORMALIZERS or format not in ("gate", "bonus"):
-            raise ConfigError(f"reward.normalize must be one of {sorted(NORMALIZERS)} and "
-                              f"reward.format 'gate' or 'bonus'; got {normalize!r}, {format!r}")
+            anchor = AUTO_ANCHOR if AUTO_ANCHOR in names else None
+        require({f"reward.anchor={anchor!r} is not an enabled cue; add it to reward.cues or set "
+                 f"anchor: auto": anchor is None or anchor in names})
         self.names = names
-        self.anchor = None if anchor == "consensus" else names.index(anchor)
-        self.normalize, self.format = normalize, format
+        self.anchor = None if anchor is None else names.index(anchor)
         self.use_reliability = reliability and len(names) > 1  # one cue: nothing to agree with
         self.momentum, self.tau, self.floor = momentum, tau, floor
-        self.format_weight = format_weight
         self._encoder = TextEncoder(encoder_model, encoder_batch_size)
         self.cues = nn.ModuleDict({n: _build(n, self._encoder) for n in names})
         # Priors come from the config, not the checkpoint: not persistent.
@@ -247,7 +224,7 @@ class SelfReward(nn.Module):
     @torch.no_grad()
     def combine(self, scores: Tensor, well_formed: Tensor, group_size: int,
                 update: bool = True) -> RewardOutput:
-        """DESIGN's steps 1-5 on raw scores (N, K) and well_formed (N,); updates the EMA
+        """The reward of raw scores (N, K) and well_formed (N,); updates the reliability EMA
         unless ``update`` is false (validation measures the reward, it must not move it)."""
         n, k = scores.shape
         if group_size < 1 or n % group_size:
@@ -256,16 +233,12 @@ class SelfReward(nn.Module):
             raise ValueError(f"got scores for {k} cues, expected {len(self.names)}: {self.names}")
         scores = scores.to(self.reliability_ema)
         filled = fill_abstentions(scores, group_size)
-        z = NORMALIZERS[self.normalize](filled, group_size)
+        z = group_zscores(filled, group_size)
         if self.use_reliability and update:
             self._update_reliability(z, group_size)
         w = self.weights()
         well_formed = well_formed.to(z)
-        rewards = z @ w
-        if self.format == "bonus":
-            rewards = rewards + self.format_weight * well_formed
-        else:
-            rewards = gate_unanswered(rewards, well_formed, group_size)
+        rewards = gate_unanswered(z @ w, well_formed, group_size)
         raw = weighted_raw(filled, w)
         return RewardOutput(rewards, scores, raw, self._stats(rewards, raw, scores, w, well_formed))
 
@@ -300,21 +273,28 @@ def _build(name: str, encoder: TextEncoder) -> Cue:
 
 
 def _check(names: list[str], priors: dict[str, float], momentum: float, tau: float,
-           floor: float, format_weight: float) -> tuple[list[str], list[float]]:
+           floor: float) -> tuple[list[str], list[float]]:
     """Cross-field validation with errors that say how to fix the config."""
     valid = ", ".join(CUES)
-    for name in [*names, *priors]:
-        if name not in CUES:
-            raise ConfigError(f"unknown cue {name!r}; valid cues: {valid}")
-    if len(set(names)) != len(names):
-        raise ConfigError(f"cue listed twice in {names}")
-    if not names:
-        raise ConfigError(f"model.reward.cues is empty: enable at least one cue ({valid})")
+    unknown = [n for n in names if n not in CUES]
+    unknown_prior = [n for n in priors if n not in CUES]
+    twice = sorted({n for n in names if names.count(n) > 1})
     bad = {k: v for k, v in priors.items() if not (v > 0 and math.isfinite(v))}
-    if bad:
-        raise ConfigError(f"priors must be finite and > 0, got {bad}; to disable a cue, leave it "
-                          f"out of `cues`")
-    if not 0 <= momentum < 1 or tau <= 0 or not 0 <= floor * len(names) <= 1:
-        raise ConfigError(f"need 0 <= momentum < 1, tau > 0 and 0 <= floor·K <= 1; got "
-                          f"momentum={momentum}, tau={tau}, floor={floor}, K={len(names)}")
+    k = len(names)
+    require({
+        f"reward.cues: unknown cue {_first(unknown)}; valid cues: {valid}": not unknown,
+        f"reward.priors: unknown cue {_first(unknown_prior)}; valid cues: {valid}":
+            not unknown_prior,
+        f"reward.cues={names}: {_first(twice)} is listed twice; list each cue once": not twice,
+        f"reward.cues is empty: enable at least one cue ({valid})": bool(names),
+        f"reward.priors={bad}: set finite priors > 0; to disable a cue, leave it out of "
+        f"reward.cues": not bad,
+        f"reward.momentum={momentum}: set it in [0, 1)": 0 <= momentum < 1,
+        f"reward.tau={tau}: set it > 0": tau > 0,
+        f"reward.floor={floor} with {k} cues: set 0 <= floor <= 1/{k}": 0 <= floor * k <= 1,
+    })
     return names, [priors.get(n, 1.0) for n in names]
+
+
+def _first(values: list) -> str:  # the first offender, for a one-line message
+    return repr(values[0]) if values else ""

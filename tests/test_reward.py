@@ -1,4 +1,4 @@
-"""SelfReward: abstentions, group z-scores, reliability EMA, floored weights (DESIGN "Reward")."""
+"""SelfReward: abstentions, group z-scores, reliability EMA, floored weights, the format gate."""
 
 import math
 
@@ -10,7 +10,6 @@ from jsonargparse import ArgumentParser
 from srmcr.cues import CUE_NAMES
 from srmcr.reward import (
     SelfReward,
-    batch_scaled,
     consensus_correlation,
     fill_abstentions,
     floored_weights,
@@ -70,17 +69,16 @@ def test_floored_weights(logits, floor, expected, reason):
 def test_hand_computed_reliability_weights_and_rewards():
     # One group of 3, cues A, B agree, C half-agrees. z_A = z_B = A·(-1, 0, 1), z_C = A·(0, -1, 1).
     # corr(z_A, (z_B+z_C)/2) = 1.5/sqrt(2·1.5) = sqrt(3)/2, same for B; corr(z_C, z_A) = 1/2.
-    reward = SelfReward(cues=["semantic_alignment", "lexical_fidelity", "non_redundancy"],
-                        format="bonus")
+    reward = SelfReward(cues=["semantic_alignment", "lexical_fidelity", "non_redundancy"])
     scores = torch.tensor([[0.0, 0.0, 0.5], [0.5, 0.5, 0.0], [1.0, 1.0, 1.0]])
-    out = reward.combine(scores, torch.tensor([1.0, 0.0, 1.0]), group_size=3)
+    out = reward.combine(scores, torch.ones(3), group_size=3)  # all well-formed: no gate
     rho = [math.sqrt(3) / 2, math.sqrt(3) / 2, 0.5]
     assert reward.reliability_ema.tolist() == pytest.approx(rho, abs=1e-5)
     e = [math.exp(r / 0.5) for r in rho]
     w = [x / sum(e) for x in e]
     assert reward.weights().tolist() == pytest.approx(w, abs=1e-5)
     z = [[-A, -A, 0.0], [0.0, 0.0, -A], [A, A, A]]
-    expected = [sum(wk * zk for wk, zk in zip(w, row)) + 0.5 * f for row, f in zip(z, [1, 0, 1])]
+    expected = [sum(wk * zk for wk, zk in zip(w, row)) for row in z]
     assert out.rewards.tolist() == pytest.approx(expected, abs=1e-4)
     raw = [sum(wk * s for wk, s in zip(w, row)) for row in scores.tolist()]
     assert out.raw.tolist() == pytest.approx(raw, abs=1e-6)
@@ -91,7 +89,7 @@ def test_hand_computed_reliability_weights_and_rewards():
 
 
 def test_abstentions_are_neutral_and_counted():
-    reward = SelfReward(cues=["semantic_alignment", "step_consistency"], format_weight=0.0)
+    reward = SelfReward(cues=["semantic_alignment", "step_consistency"])
     scores = torch.tensor([[0.2, 0.9], [0.6, NAN], [0.1, NAN], [0.3, NAN]])  # G = 2
     out = reward.combine(scores, torch.zeros(4), group_size=2)
     assert out.stats["abstain/step_consistency"] == 3
@@ -146,8 +144,10 @@ def test_cues_are_disabled_by_leaving_them_out_and_names_are_checked():
     assert SelfReward().needs_blank_logprobs
     with pytest.raises(ValueError, match="valid cues: semantic_alignment, lexical_fidelity"):
         SelfReward(cues=["semantic_alignment", "grounding"])
-    with pytest.raises(ValueError, match="unknown cue 'novelty'"):
+    with pytest.raises(ValueError, match="reward.priors: unknown cue 'novelty'"):
         SelfReward(priors={"novelty": 1.0})
+    with pytest.raises(ValueError, match="'non_redundancy' is listed twice"):
+        SelfReward(cues=["non_redundancy", "non_redundancy"])
     with pytest.raises(ValueError, match="cues is empty: enable at least one"):
         SelfReward(cues=[])
     with pytest.raises(ValueError, match="leave it out"):
@@ -248,7 +248,7 @@ def test_gate_unanswered(rewards, well_formed, expected, reason):
 ANSWERED = ("<think>Step 1: I see two red circles and a blue square.\nStep 2: So there are two "
             "red circles.</think><answer>{}</answer>")
 LOOPHOLES = [  # (the answered completion, its loophole twin, why the twin must not win)
-    (ANSWERED.format("2"), ANSWERED.format(""), "an EMPTY answer keeps no format bonus"),
+    (ANSWERED.format("2"), ANSWERED.format(""), "an EMPTY answer is no answer"),
     (ANSWERED.format("2"), ANSWERED.split("<answer>")[0], "the answer block deleted"),
     (ANSWERED.format("no"), ANSWERED.split("</think>")[0], "cut off before </think>"),
     (ANSWERED.format("7"), ANSWERED.format("2").replace("<think>", "").replace("</think>", ""),
@@ -259,8 +259,7 @@ LOOPHOLES = [  # (the answered completion, its loophole twin, why the twin must 
 ]
 
 
-@pytest.mark.parametrize("recipe", [dict(format="gate"),
-                                    dict(format="gate", normalize="batch"),
+@pytest.mark.parametrize("recipe", [dict(),
                                     dict(cues=[*CUE_NAMES[:3], CUE_NAMES[4], "answer_agreement"],
                                          anchor="answer_agreement")])
 @pytest.mark.parametrize(("answered", "twin", "reason"), LOOPHOLES, ids=[x[2] for x in LOOPHOLES])
@@ -275,12 +274,10 @@ def test_no_completion_without_a_usable_answer_outscores_an_answered_one(recipe,
     assert out.rewards[1] < min(out.rewards[0], out.rewards[2]), out.rewards
 
 
-def test_the_format_bonus_of_version_1_can_be_outscored():
-    # Why the gate is the default: with the additive bonus, cue z-scores can outweigh it.
+def test_the_gate_holds_whatever_the_cue_scores():
+    # The best cue score on the one completion without an answer: it still ends below the rest
+    # (an additive bonus for being well-formed could be outweighed by the z-scores).
     scores = torch.tensor([[0.0], [1.0], [0.5], [0.5]])
-    out = SelfReward(cues=["lexical_fidelity"], format="bonus").combine(
-        scores, torch.tensor([1.0, 0.0, 1.0, 1.0]), 4)
-    assert out.rewards[1] > out.rewards[0]
     gated = SelfReward(cues=["lexical_fidelity"]).combine(scores, torch.tensor([1.0, 0, 1, 1]), 4)
     assert gated.rewards[1] < gated.rewards[[0, 2, 3]].min()
 
@@ -300,13 +297,3 @@ def test_anchor_reliability_is_the_correlation_with_the_anchor():
     # "auto": answer_support anchors when enabled (the default recipe), else the consensus.
     assert SelfReward().anchor == SelfReward().names.index("answer_support") == 5
     assert SelfReward(cues=["lexical_fidelity", "non_redundancy"]).anchor is None
-
-
-def test_batch_scaling_keeps_a_small_spread_small():
-    # Cue 0 moves by 0.02 in group 1 and by 1.0 in group 2: z-scores give both unit scale;
-    # batch scaling divides by the batch RMS of the centred values, sqrt((2·0.01² + 2·0.5²)/4).
-    filled = torch.tensor([[0.49], [0.51], [0.0], [1.0]])
-    rms = math.sqrt((2 * 0.01**2 + 2 * 0.5**2) / 4)
-    assert batch_scaled(filled, 2).flatten().tolist() == pytest.approx(
-        [-0.01 / rms, 0.01 / rms, -0.5 / rms, 0.5 / rms], rel=1e-4)
-    assert group_zscores(filled, 2).flatten().tolist() == pytest.approx([-1, 1, -1, 1], abs=1e-3)

@@ -70,7 +70,7 @@ def format_row(row: dict[str, Any]) -> str:
     lines.append("format gate:   " + (
         "passes (well-formed, with an answer)" if row["well_formed"] else
         "GATED: no usable answer (none, empty, or outside one <think> + one <answer> block); "
-        "with format: gate it ranks below every well-formed completion of its group"))
+        "it ranks below every well-formed completion of its group"))
     lines.append("text cues:")
     width = max(map(len, row["scores"]), default=0)
     lines += [f"  {name:<{width}}  {'abstains' if s is None else f'{s:.4f}'}"
