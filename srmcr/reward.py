@@ -9,13 +9,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from srmcr.cues import CUE_NAMES, CUES, Cue, CueName
+from srmcr.cues import CUE_NAMES, CUES, Cue, CueInputs, ScoreMean
 from srmcr.encoder import TextEncoder
 from srmcr.errors import require
 
@@ -25,8 +25,8 @@ if TYPE_CHECKING:  # the rollout module imports transformers: seconds
 EPS = 1e-6  # z = (s − mean_g) / (std_g + 1e-6): a flat group stays finite
 # The default recipe (docs/reward.md): the five SR-MCR cues plus the group's vote share of each
 # answer, which also anchors the reliability weights; chosen by within-group AUC on shapes:val.
-DEFAULT_CUES: tuple[CueName, ...] = (*CUE_NAMES, "answer_support")
-AUTO_ANCHOR: CueName = "answer_support"
+DEFAULT_CUES: tuple[str, ...] = (*CUE_NAMES, "answer_support")
+AUTO_ANCHOR = "answer_support"
 
 
 def _grouped(x: Tensor, group_size: int) -> Tensor:  # (N, K) -> (B, G, K); explicit B for K = 0
@@ -119,16 +119,21 @@ class SelfReward(nn.Module):
     """Reliability-weighted, group-normalized self-reward from the cues (docs/design.md,
     "Reward").
 
+    Per step, ``score`` computes every enabled cue once, from the rollout and the ``CueInputs``
+    it takes (``needs``: the caller computes only those). ``combine`` turns the scores into
+    rewards. Each cue is also the running mean of the scores given to ``update_means``
+    (``val/reward/<cue>``).
+
     Checkpoints hold only the reliability state (``reliability_ema``, ``reliability_initialised``
-    buffers); the encoder is not a submodule and the cues' running means are not persistent.
+    buffers); the encoder is not a submodule and the running means are not persistent.
 
     Args:
-        cues: the enabled cues, by name: any of ``CUE_NAMES`` (the five SR-MCR cues) or of
-            ``RecipeCueName`` (answer_support, answer_agreement, self_certainty,
-            answer_certainty, perception_sufficiency, self_verification; see
-            configs/recipes/ and docs/reward.md). Default: the five + answer_support. Ablate
-            one by leaving it out,
-            e.g. ``--model.reward.cues='[semantic_alignment,lexical_fidelity,non_redundancy,
+        cues: the enabled cues, by name: the five SR-MCR cues (semantic_alignment,
+            lexical_fidelity, non_redundancy, visual_grounding, step_consistency) or any other
+            cue of srmcr/cues/ (answer_support, answer_agreement, self_certainty, ...: see
+            configs/recipes/ and docs/reward.md); a wrong name lists them all. Default: the five
+            + answer_support. Ablate one by leaving it out, e.g.
+            ``--model.reward.cues='[semantic_alignment,lexical_fidelity,non_redundancy,
             step_consistency]'`` (one flag, no spaces).
         priors: prior weight per cue name (> 0; default 1.0 each). Priors of cues not enabled
             are ignored, so one YAML of priors serves every ablation.
@@ -147,32 +152,29 @@ class SelfReward(nn.Module):
         encoder_model: sentence-transformers folder or hub id for E(x); null = packaged MiniLM.
         encoder_batch_size: most texts per encoder forward pass; lower it if the encoder runs
             out of memory.
-
-    A completion without a usable answer (not well-formed) ends at least 1 below every
-    well-formed completion of its group (``gate_unanswered``), whatever its cue scores.
     """
 
-    def __init__(self, cues: Sequence[CueName] = DEFAULT_CUES,
+    def __init__(self, cues: Sequence[str] = DEFAULT_CUES,
                  priors: dict[str, float] | None = None, reliability: bool = True,
-                 anchor: CueName | Literal["auto"] = "auto", momentum: float = 0.9,
-                 tau: float = 0.5, floor: float = 0.05, encoder_model: str | None = None,
+                 anchor: str = "auto", momentum: float = 0.9, tau: float = 0.5,
+                 floor: float = 0.05, encoder_model: str | None = None,
                  encoder_batch_size: int = 64) -> None:
         super().__init__()
-        names, prior_values = _check(list(cues), priors or {}, momentum, tau, floor)
+        self.names, priors = list(cues), priors or {}
         if anchor == "auto":
-            anchor = AUTO_ANCHOR if AUTO_ANCHOR in names else None
-        require({f"reward.anchor={anchor!r} is not an enabled cue; add it to reward.cues or set "
-                 f"anchor: auto": anchor is None or anchor in names})
-        self.names = names
-        self.anchor = None if anchor is None else names.index(anchor)
-        self.use_reliability = reliability and len(names) > 1  # one cue: nothing to agree with
-        self.momentum, self.tau, self.floor = momentum, tau, floor
+            anchor = AUTO_ANCHOR if AUTO_ANCHOR in self.names else None
+        _check(self.names, priors, anchor, momentum, tau, floor)
         self._encoder = TextEncoder(encoder_model, encoder_batch_size)
-        self.cues = nn.ModuleDict({n: _build(n, self._encoder) for n in names})
+        self.cues = nn.ModuleDict({n: _build(n, self._encoder) for n in self.names})
+        self.anchor = None if anchor is None else self.names.index(anchor)
+        self.use_reliability = reliability and len(self.names) > 1  # one cue: no agreement
+        self.momentum, self.tau, self.floor = momentum, tau, floor
+        prior_values = [priors.get(n, 1.0) for n in self.names]
         # Priors come from the config, not the checkpoint: not persistent.
         self.register_buffer("log_prior", torch.tensor(prior_values).log(), persistent=False)
-        self.register_buffer("reliability_ema", torch.zeros(len(names)))  # ρ_k
-        self.register_buffer("reliability_initialised", torch.zeros(len(names), dtype=torch.bool))
+        self.register_buffer("reliability_ema", torch.zeros(len(self.names)))  # ρ_k
+        self.register_buffer("reliability_initialised",
+                             torch.zeros(len(self.names), dtype=torch.bool))
 
     @property
     def encoder(self) -> TextEncoder:
@@ -187,14 +189,9 @@ class SelfReward(nn.Module):
                 cue.encoder = encoder
 
     @property
-    def needs_blank_logprobs(self) -> bool:
-        """Whether the caller must fill ``rollout.blank_logp`` (and ``logp``) before ``forward``."""
-        return any(cue.needs_blank_logprobs for cue in self.cues.values())
-
-    @property
-    def needs_policy(self) -> bool:
-        """Whether the caller must set ``rollout.policy`` (a ``PolicyView``) before ``forward``."""
-        return any(cue.needs_policy for cue in self.cues.values())
+    def needs(self) -> frozenset[str]:
+        """The ``CueInputs`` fields the enabled cues take: the caller computes these, no others."""
+        return frozenset(n for cue in self.cues.values() for n in cue.needs)
 
     def weights(self) -> Tensor:  # (K,)
         if not self.use_reliability:
@@ -202,24 +199,37 @@ class SelfReward(nn.Module):
         return floored_weights(self.log_prior + self.reliability_ema / self.tau, self.floor)
 
     @torch.no_grad()
-    def forward(self, rollout: Rollout) -> RewardOutput:
-        """Score the rollout with every enabled cue, then ``combine``. Fill ``rollout.logp`` and
-        ``rollout.blank_logp`` first when ``needs_blank_logprobs``."""
-        return self.combine(self.score(rollout), rollout.well_formed, rollout.group_size)
+    def forward(self, rollout: Rollout, inputs: CueInputs = CueInputs()) -> RewardOutput:
+        """``score`` the rollout, then ``combine`` (the reliability learns from it)."""
+        return self.combine(self.score(rollout, inputs), rollout.well_formed, rollout.group_size)
 
     @torch.no_grad()
-    def score(self, rollout: Rollout, update_means: bool = True) -> Tensor:  # (N, K), NaN = abstain
-        """Raw cue scores; ``update_means=False`` leaves the cues' running means alone (the
-        sampled validation must not mix into ``val/reward/<cue>``, a mean over greedy ones)."""
+    def score(self, rollout: Rollout,
+              inputs: CueInputs = CueInputs()) -> Tensor:  # (N, K), NaN = abstain
+        """Raw scores of every cue, each computed once; nothing changes (``update_means`` adds
+        them to the running means)."""
         device = self.reliability_ema.device
         self._encoder.device = device  # follow the module, wherever Lightning moved it
         texts = [t for cue in self.cues.values() for t in cue.texts(rollout)]
         with self._encoder.step(texts):  # one batched encoder call for every text cue
-            columns = [(cue(rollout) if update_means else cue.score(rollout)).to(device)
-                       for cue in self.cues.values()]
-        if not columns:
-            return torch.zeros(len(rollout.texts), 0, device=device)
-        return torch.stack(columns, -1)
+            columns = [_score_cue(cue, rollout, inputs) for cue in self.cues.values()]
+        return torch.stack([c.to(device) for c in columns], -1)
+
+    def update_means(self, scores: Tensor) -> None:  # (N, K)
+        """Add scores from ``score`` to each cue's running mean."""
+        for mean, column in zip(self._means(), scores.unbind(-1)):
+            mean.update(column)
+
+    def means(self) -> dict[str, Tensor]:
+        """Each cue's mean score since ``reset_means``, summed across ranks (NaN if none)."""
+        return {name: mean.compute() for name, mean in zip(self.names, self._means())}
+
+    def reset_means(self) -> None:
+        for mean in self._means():
+            mean.reset()
+
+    def _means(self) -> list[ScoreMean]:
+        return list(self.cues.values())
 
     @torch.no_grad()
     def combine(self, scores: Tensor, well_formed: Tensor, group_size: int,
@@ -272,10 +282,20 @@ def _build(name: str, encoder: TextEncoder) -> Cue:
     return cls(encoder=encoder) if cls.uses_encoder else cls()
 
 
-def _check(names: list[str], priors: dict[str, float], momentum: float, tau: float,
-           floor: float) -> tuple[list[str], list[float]]:
+def _score_cue(cue: Cue, rollout: Rollout, inputs: CueInputs) -> Tensor:  # (N,)
+    """``cue.score`` with the ``CueInputs`` its signature names."""
+    given = {name: getattr(inputs, name) for name in cue.needs}
+    missing = [name for name, value in given.items() if value is None]
+    if missing:
+        raise ValueError(f"{cue.name} needs CueInputs.{missing[0]}: compute it before scoring "
+                         f"(SelfReward.needs lists what the enabled cues take)")
+    return cue.score(rollout, **given)
+
+
+def _check(names: list[str], priors: dict[str, float], anchor: str | None, momentum: float,
+           tau: float, floor: float) -> None:
     """Cross-field validation with errors that say how to fix the config."""
-    valid = ", ".join(CUES)
+    valid = ", ".join(sorted(CUES))
     unknown = [n for n in names if n not in CUES]
     unknown_prior = [n for n in priors if n not in CUES]
     twice = sorted({n for n in names if names.count(n) > 1})
@@ -289,11 +309,12 @@ def _check(names: list[str], priors: dict[str, float], momentum: float, tau: flo
         f"reward.cues is empty: enable at least one cue ({valid})": bool(names),
         f"reward.priors={bad}: set finite priors > 0; to disable a cue, leave it out of "
         f"reward.cues": not bad,
+        f"reward.anchor={anchor!r} is not an enabled cue; add it to reward.cues or set "
+        f"anchor: auto": anchor is None or anchor in names,
         f"reward.momentum={momentum}: set it in [0, 1)": 0 <= momentum < 1,
         f"reward.tau={tau}: set it > 0": tau > 0,
         f"reward.floor={floor} with {k} cues: set 0 <= floor <= 1/{k}": 0 <= floor * k <= 1,
     })
-    return names, [priors.get(n, 1.0) for n in names]
 
 
 def _first(values: list) -> str:  # the first offender, for a one-line message

@@ -7,7 +7,9 @@ import torch
 import torch.distributed as dist
 from jsonargparse import ArgumentParser
 
-from srmcr.cues import CUE_NAMES
+from srmcr.errors import ConfigError
+
+from srmcr.cues import CUE_NAMES, CueInputs
 from srmcr.reward import (
     SelfReward,
     consensus_correlation,
@@ -140,15 +142,16 @@ def test_one_cue_has_weight_one():
 
 def test_cues_are_disabled_by_leaving_them_out_and_names_are_checked():
     reward = SelfReward(cues=TEXT_CUES)
-    assert reward.names == TEXT_CUES and not reward.needs_blank_logprobs
-    assert SelfReward().needs_blank_logprobs
-    with pytest.raises(ValueError, match="valid cues: semantic_alignment, lexical_fidelity"):
+    assert reward.names == TEXT_CUES and not reward.needs
+    assert SelfReward().needs == {"blank_logp"}  # visual grounding's blank-image pass
+    with pytest.raises(ConfigError, match=r"^reward.cues: unknown cue 'grounding'; valid cues: "
+                                          r"answer_agreement, answer_certainty, answer_support"):
         SelfReward(cues=["semantic_alignment", "grounding"])
-    with pytest.raises(ValueError, match="reward.priors: unknown cue 'novelty'"):
+    with pytest.raises(ConfigError, match="reward.priors: unknown cue 'novelty'"):
         SelfReward(priors={"novelty": 1.0})
-    with pytest.raises(ValueError, match="'non_redundancy' is listed twice"):
+    with pytest.raises(ConfigError, match="'non_redundancy' is listed twice"):
         SelfReward(cues=["non_redundancy", "non_redundancy"])
-    with pytest.raises(ValueError, match="cues is empty: enable at least one"):
+    with pytest.raises(ConfigError, match="reward.cues is empty: enable at least one"):
         SelfReward(cues=[])
     with pytest.raises(ValueError, match="leave it out"):
         SelfReward(priors={"lexical_fidelity": 0.0})
@@ -200,14 +203,14 @@ def test_each_distinct_text_is_encoded_once_per_step_across_all_cues():
     assert reward.encoder.device == reward.reliability_ema.device
 
 
-def test_visual_grounding_needs_blank_logprobs_in_the_rollout():
+def test_visual_grounding_takes_the_blank_logprobs_from_the_inputs():
     reward = SelfReward(cues=["visual_grounding", "lexical_fidelity"])
-    rollout = make_rollout(["q"] * 2, ["<think>a b c</think><answer>c</answer>"] * 2, group_size=2)
-    with pytest.raises(ValueError, match="blank_logp"):
+    rollout = make_rollout(["q"] * 2, ["<think>a b c</think><answer>c</answer>"] * 2, group_size=2,
+                           logp=torch.tensor([[-1.0] * 4] * 2))
+    with pytest.raises(ValueError, match="visual_grounding needs CueInputs.blank_logp"):
         reward(rollout)
-    rollout.logp, rollout.blank_logp = torch.tensor([[-1.0] * 4] * 2), torch.full((2, 4), -2.0)
-    out = reward(rollout)
-    assert out.scores[:, 0].tolist() == pytest.approx([1 / (1 + math.exp(-2))] * 2)
+    out = reward(rollout, CueInputs(blank_logp=torch.full((2, 4), -2.0)))
+    assert out.scores[:, 0].tolist() == pytest.approx([1 / (1 + math.exp(-2))] * 2)  # Δ = 1
 
 
 def test_reliability_is_all_reduced_when_distributed(tmp_path):
@@ -297,3 +300,24 @@ def test_anchor_reliability_is_the_correlation_with_the_anchor():
     # "auto": answer_support anchors when enabled (the default recipe), else the consensus.
     assert SelfReward().anchor == SelfReward().names.index("answer_support") == 5
     assert SelfReward(cues=["lexical_fidelity", "non_redundancy"]).anchor is None
+
+
+@pytest.mark.filterwarnings("ignore:.*before the ``update`` method")  # the NaN means, on purpose
+def test_each_column_is_scored_once_per_step_and_the_means_take_those_scores(monkeypatch):
+    reward = SelfReward(cues=["answer_agreement", "lexical_fidelity"])
+    calls = []
+    for cue in reward.cues.values():
+        monkeypatch.setattr(cue, "score", lambda rollout, inner=cue.score: calls.append(1)
+                            or inner(rollout))
+    texts = [f"<think>Step 1: I count.</think><answer>{a}</answer>" for a in ("2", "2", "3")]
+    rollout = make_rollout(["q"] * 4, [*texts, "<think>none</think>"], group_size=2)
+    out = reward(rollout)
+    assert len(calls) == 2  # one call per cue
+    assert math.isnan(reward.means()["answer_agreement"])  # forward leaves the means alone
+    reward.update_means(out.scores)
+    reward.update_means(torch.tensor([[0.0, NAN]]))
+    # answer agreement: (1, 1) in group 1; "3" agrees with itself, the missing answer 0.
+    assert reward.means()["answer_agreement"].item() == pytest.approx(3 / 5)
+    assert reward.means()["lexical_fidelity"].item() == pytest.approx(out.scores[:, 1].mean())
+    reward.reset_means()
+    assert all(math.isnan(v) for v in reward.means().values())
