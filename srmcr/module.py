@@ -31,6 +31,7 @@ from srmcr.logprobs import (
 from srmcr.policy import PolicyArgs, load_policy
 from srmcr.policy_view import PolicyView
 from srmcr.reward import RewardOutput, SelfReward
+from srmcr.reward_functions import Records
 from srmcr.rollout import Rollout, SamplingArgs, sample
 
 
@@ -192,7 +193,7 @@ class SRMCRModule(L.LightningModule):
                          self.temperature, ids=batch.ids)
         inputs, old_logp = self.score_passes(rollout)
         ref = self.reference_logp(rollout) if self.grpo_args.beta > 0 else None
-        out = self.reward(rollout, inputs)
+        out = self.reward(rollout, inputs, self.records(batch))
         advantages = grpo.group_advantages(out.rewards.to(self.device), rollout.group_size,
                                            scale=self.grpo_args.advantage_scale)
         stats = self.optimize(rollout, advantages, old_logp, None if ref is None else ref.logp)
@@ -223,6 +224,14 @@ class SRMCRModule(L.LightningModule):
         if self.grpo_args.num_iterations == 1:
             return inputs, None
         return inputs, rollout_logprobs(self.model, rollout, mb, at_t1=False).logp
+
+    def records(self, batch, rows: Sequence[int] | None = None) -> Records:
+        """The batch's records (``rows`` of them) as reward functions see them. The labels come
+        along only when a function declares it uses them: otherwise they never reach the reward.
+        """
+        rows = range(len(batch.questions)) if rows is None else rows
+        answers = [batch.answers[i] for i in rows] if self.reward.uses_labels else None
+        return Records([batch.sources[i] for i in rows], answers)
 
     def reference_logp(self, rollout: Rollout) -> TokenLogProbs:
         """The adapter-disabled model's log-probs at the sampling temperature (the loss's KL)
@@ -324,12 +333,12 @@ class SRMCRModule(L.LightningModule):
     last_step: StepRecord | None = None  # set by training_step
 
     def evaluate_batch(self, batch) -> tuple[Rollout, Tensor]:
-        """Greedy completions, their log-prob passes (blank image included) and raw cue scores
-        (N, K); the cues' running means accumulate them."""
+        """Greedy completions, their log-prob passes (blank image included) and raw reward
+        column scores (N, K); the columns' running means accumulate them."""
         rollout = evaluation.generate_greedy(self.model, self.processor, batch.images,
                                              batch.questions, self.sampling, ids=batch.ids)
         inputs, _ = self.score_passes(rollout)
-        scores = self.reward.score(rollout, inputs)
+        scores = self.reward.score(rollout, inputs, self.records(batch))
         self.reward.update_means(scores)
         return rollout, scores
 
@@ -357,7 +366,7 @@ class SRMCRModule(L.LightningModule):
                          self.temperature, ids=[batch.ids[i] for i in rows])
         inputs, _ = self.score_passes(rollout)
         # (N, K); not added to the running means: val/reward/<cue> averages greedy completions.
-        scores = self.reward.score(rollout, inputs)
+        scores = self.reward.score(rollout, inputs, self.records(batch, rows))
         out = self.reward.combine(scores, rollout.well_formed, G,
                                   update=self.validation_learns_reliability)
         correct = evaluation.correctness([p.answer for p in rollout.parsed],

@@ -151,7 +151,8 @@ def test_cues_are_disabled_by_leaving_them_out_and_names_are_checked():
         SelfReward(priors={"novelty": 1.0})
     with pytest.raises(ConfigError, match="'non_redundancy' is listed twice"):
         SelfReward(cues=["non_redundancy", "non_redundancy"])
-    with pytest.raises(ConfigError, match="reward.cues is empty: enable at least one"):
+    with pytest.raises(ConfigError, match="reward.cues is empty and reward.functions gives no "
+                                          "function: enable at least one"):
         SelfReward(cues=[])
     with pytest.raises(ValueError, match="leave it out"):
         SelfReward(priors={"lexical_fidelity": 0.0})
