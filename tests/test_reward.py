@@ -7,9 +7,8 @@ import torch
 import torch.distributed as dist
 from jsonargparse import ArgumentParser
 
-from srmcr.errors import ConfigError
-
 from srmcr.cues import CUE_NAMES, CueInputs
+from srmcr.errors import ConfigError
 from srmcr.reward import (
     SelfReward,
     consensus_correlation,
