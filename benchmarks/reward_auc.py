@@ -37,13 +37,11 @@ from srmcr.reward import SelfReward  # noqa: E402
 FIVE = ["semantic_alignment", "lexical_fidelity", "non_redundancy", "visual_grounding",
         "step_consistency"]
 COLLECT = [*FIVE, "answer_agreement", "answer_support", "self_certainty", "answer_certainty"]
-# name -> SelfReward arguments. "v1" is the first definition (consensus reliability, format
-# bonus); the rest change one thing at a time, then combine what helped.
+# name -> SelfReward arguments: one change at a time, then what helped together. Every recipe
+# gates the completions without a usable answer.
 RECIPES: dict[str, dict[str, Any]] = {
-    "v1: five, consensus, bonus": dict(cues=FIVE, format="bonus"),
     "five, consensus, gate": dict(cues=FIVE),
     "five, fixed equal weights, gate": dict(cues=FIVE, reliability=False),
-    "five, batch-scaled, gate": dict(cues=FIVE, normalize="batch"),
     "answer_agreement alone": dict(cues=["answer_agreement"], reliability=False),
     "self_certainty alone": dict(cues=["self_certainty"], reliability=False),
     "agreement + certainty, equal": dict(cues=["answer_agreement", "self_certainty"],
@@ -52,13 +50,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     "five + agreement, anchor": dict(cues=[*FIVE, "answer_agreement"],
                                      anchor="answer_agreement"),
     "five + agreement + certainty, anchor": dict(cues=COLLECT, anchor="answer_agreement"),
-    "five + agreement + certainty, anchor, batch": dict(cues=COLLECT, anchor="answer_agreement",
-                                                        normalize="batch"),
-    "five + agreement (prior 3) + certainty, anchor, batch": dict(
-        cues=COLLECT, anchor="answer_agreement", normalize="batch",
-        priors={"answer_agreement": 3.0}),
-    "five + agreement (prior 5), anchor, batch": dict(
-        cues=[*FIVE, "answer_agreement"], anchor="answer_agreement", normalize="batch",
+    "five + agreement (prior 3) + certainty, anchor": dict(
+        cues=COLLECT, anchor="answer_agreement", priors={"answer_agreement": 3.0}),
+    "five + agreement (prior 5), anchor": dict(
+        cues=[*FIVE, "answer_agreement"], anchor="answer_agreement",
         priors={"answer_agreement": 5.0}),
     "answer_support alone": dict(cues=["answer_support"], reliability=False),
     "support + certainty, equal": dict(cues=["answer_support", "self_certainty"],

@@ -25,6 +25,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -96,9 +97,8 @@ def with_answers(sample):
     """``sample`` whose completions all end with an ``<answer>`` ("0", "1", "2" in turn)."""
     def answering(*args, **kwargs):
         rollout = sample(*args, **kwargs)
-        rollout.texts = [f"{t}<answer>{i % 3}</answer>" for i, t in enumerate(rollout.texts)]
-        rollout.parsed = [parse(t) for t in rollout.texts]
-        return rollout
+        texts = [f"{t}<answer>{i % 3}</answer>" for i, t in enumerate(rollout.texts)]
+        return replace(rollout, texts=texts, parsed=[parse(t) for t in texts])
     return answering
 
 

@@ -18,6 +18,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
 from srmcr import evaluation, grpo, validity
+from srmcr.cues import CueInputs
 from srmcr.errors import ConfigError
 from srmcr.guards import CollapseMonitor, UpdateGuard
 from srmcr.logprobs import (
@@ -30,6 +31,7 @@ from srmcr.logprobs import (
 from srmcr.policy import PolicyArgs, load_policy
 from srmcr.policy_view import PolicyView
 from srmcr.reward import RewardOutput, SelfReward
+from srmcr.reward_functions import Records
 from srmcr.rollout import Rollout, SamplingArgs, sample
 
 
@@ -189,9 +191,9 @@ class SRMCRModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> Tensor:
         rollout = sample(self.model, self.processor, batch.images, batch.questions, self.sampling,
                          self.temperature, ids=batch.ids)
-        old_logp = self.score_passes(rollout)
+        inputs, old_logp = self.score_passes(rollout)
         ref = self.reference_logp(rollout) if self.grpo_args.beta > 0 else None
-        out = self.reward(rollout)
+        out = self.reward(rollout, inputs, self.records(batch))
         advantages = grpo.group_advantages(out.rewards.to(self.device), rollout.group_size,
                                            scale=self.grpo_args.advantage_scale)
         stats = self.optimize(rollout, advantages, old_logp, None if ref is None else ref.logp)
@@ -202,23 +204,34 @@ class SRMCRModule(L.LightningModule):
         self.last_step = StepRecord(rollout, out, advantages)
         return stats["loss"]
 
-    def score_passes(self, rollout: Rollout) -> Tensor | None:
-        """No-grad passes the reward or the update need before the loss pass.
+    def score_passes(self, rollout: Rollout) -> tuple[CueInputs, Tensor | None]:
+        """No-grad passes the reward or the update need before the loss pass: the inputs the
+        enabled cues take (``reward.needs``, only those), and the old policy's log-probs.
 
         The sampler already gave the T=1 log-probs and confidence (``rollout.logp``,
         ``max_prob``). Visual grounding adds one forward, with blank images; num_iterations > 1
-        adds the old policy's log-probs at the sampling temperature, which are returned.
+        adds the old policy's log-probs at the sampling temperature (else None).
         """
-        mb = self.grpo_args.micro_batch_size
-        if self.reward.needs_policy:  # cues that ask the policy itself call it through this
-            rollout.policy = PolicyView(self.model, self.processor, self.sampling, mb)
-        if self.reward.needs_blank_logprobs:
+        mb, needs = self.grpo_args.micro_batch_size, self.reward.needs
+        policy = blank_logp = None
+        if "policy" in needs:  # cues that ask the policy itself call it through this
+            policy = PolicyView(self.model, self.processor, self.sampling, mb)
+        if "blank_logp" in needs:
             blank = blank_pixel_values(self.processor, rollout)
-            rollout.blank_logp = rollout_logprobs(self.model, rollout, mb, blank,
-                                                  at_temperature=False).logp_t1
+            blank_logp = rollout_logprobs(self.model, rollout, mb, blank,
+                                          at_temperature=False).logp_t1
+        inputs = CueInputs(blank_logp=blank_logp, policy=policy)
         if self.grpo_args.num_iterations == 1:
-            return None
-        return rollout_logprobs(self.model, rollout, mb, at_t1=False).logp
+            return inputs, None
+        return inputs, rollout_logprobs(self.model, rollout, mb, at_t1=False).logp
+
+    def records(self, batch, rows: Sequence[int] | None = None) -> Records:
+        """The batch's records (``rows`` of them) as reward functions see them. The labels come
+        along only when a function declares it uses them: otherwise they never reach the reward.
+        """
+        rows = range(len(batch.questions)) if rows is None else rows
+        answers = [batch.answers[i] for i in rows] if self.reward.uses_labels else None
+        return Records([batch.sources[i] for i in rows], answers)
 
     def reference_logp(self, rollout: Rollout) -> TokenLogProbs:
         """The adapter-disabled model's log-probs at the sampling temperature (the loss's KL)
@@ -320,12 +333,14 @@ class SRMCRModule(L.LightningModule):
     last_step: StepRecord | None = None  # set by training_step
 
     def evaluate_batch(self, batch) -> tuple[Rollout, Tensor]:
-        """Greedy completions, their log-prob passes (blank image included) and raw cue scores
-        (N, K); the cues' running means accumulate them."""
+        """Greedy completions, their log-prob passes (blank image included) and raw reward
+        column scores (N, K); the columns' running means accumulate them."""
         rollout = evaluation.generate_greedy(self.model, self.processor, batch.images,
                                              batch.questions, self.sampling, ids=batch.ids)
-        self.score_passes(rollout)
-        return rollout, self.reward.score(rollout)
+        inputs, _ = self.score_passes(rollout)
+        scores = self.reward.score(rollout, inputs, self.records(batch))
+        self.reward.update_means(scores)
+        return rollout, scores
 
     # Validation leaves the reward's reliability alone; the pre-flight (nothing trains) lets it
     # learn from the sampled groups, label-free, as the first training steps would.
@@ -349,8 +364,9 @@ class SRMCRModule(L.LightningModule):
         rollout = sample(self.model, self.processor, [batch.images[i] for i in rows],
                          [batch.questions[i] for i in rows], replace(self.sampling, group_size=G),
                          self.temperature, ids=[batch.ids[i] for i in rows])
-        self.score_passes(rollout)
-        scores = self.reward.score(rollout, update_means=False)  # (N, K)
+        inputs, _ = self.score_passes(rollout)
+        # (N, K); not added to the running means: val/reward/<cue> averages greedy completions.
+        scores = self.reward.score(rollout, inputs, self.records(batch, rows))
         out = self.reward.combine(scores, rollout.well_formed, G,
                                   update=self.validation_learns_reliability)
         correct = evaluation.correctness([p.answer for p in rollout.parsed],
@@ -382,18 +398,17 @@ class SRMCRModule(L.LightningModule):
         self.log_eval("test")
 
     def reset_eval_metrics(self) -> None:
-        # Outside inference mode: reset makes new state tensors, and the training step updates
-        # the cues' states in place afterwards (not allowed on inference tensors).
+        # Outside inference mode: reset makes new state tensors, and an update outside
+        # inference mode could not change inference tensors in place.
         with torch.inference_mode(False):
             self.eval_metrics.reset()
             self.validity_metrics.reset()
-            for cue in self.reward.cues.values():
-                cue.reset()
+            self.reward.reset_means()
 
     def log_eval(self, prefix: str) -> None:
         """``<prefix>/accuracy``, ``format_rate``, ``completion_len``, ``truncated``, counts, and
         ``reward/<cue>``: epoch means, already summed across ranks by torchmetrics."""
-        cue_means = {name: cue.compute() for name, cue in self.reward.cues.items()}
+        cue_means = self.reward.means()
         stats = self.eval_metrics.compute()
         with warnings.catch_warnings():  # every rank syncs, also one that sampled nothing
             warnings.filterwarnings("ignore", message=".*before the ``update`` method")

@@ -2,9 +2,9 @@
 
 Most cues read the rollout only. A few ask the policy itself a question about its own completions
 (``perception_sufficiency``: answer again without the image; ``self_verification``: is this answer
-correct?). Such a cue declares ``needs_policy = True``; the module then puts one ``PolicyView`` on
-the rollout (``rollout.policy``) before the reward scores it, and the cue calls the view ONCE per
-step for all N completions. The cues own the wording of their questions and the maths of their
+correct?). Such a cue takes ``policy`` in its ``score`` signature; the module then builds one
+``PolicyView`` (``CueInputs.policy``) before the reward scores, and the cue calls the view ONCE
+per step for all N completions. The cues own the wording of their questions and the maths of their
 scores; the view owns the mechanics (chat template, padding, chunking, generation settings), so the
 reward never imports the model and tests replace the view with a counting fake.
 """

@@ -1,7 +1,8 @@
-"""The self-reward: cue scores -> a reliability-weighted, group-normalized reward (DESIGN.md).
+"""The self-reward: cue scores -> a reliability-weighted, group-normalized reward (docs/design.md).
 
-The maths lives in pure tensor functions at the top; ``SelfReward`` only wires cues, encoder and
-the reliability state together. Shape letters: B groups, G completions per group, N = B*G, K cues.
+The maths lives in pure tensor functions at the top; ``SelfReward`` only wires cues, the user's
+reward functions, the encoder and the reliability state together. Shape letters: B groups, G
+completions per group, N = B*G, K reward columns (the enabled cues, then the functions).
 """
 
 from __future__ import annotations
@@ -9,24 +10,25 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from srmcr.cues import CUE_NAMES, CUES, Cue, CueName
+from srmcr.cues import CUE_NAMES, CUES, Cue, CueInputs, ScoreMean
 from srmcr.encoder import TextEncoder
-from srmcr.errors import ConfigError
+from srmcr.errors import require
+from srmcr.reward_functions import Records, RewardFunction, RewardFunctionArgs
 
 if TYPE_CHECKING:  # the rollout module imports transformers: seconds
     from srmcr.rollout import Rollout
 
-EPS = 1e-6  # DESIGN's z = (s − mean_g) / (std_g + 1e-6)
+EPS = 1e-6  # z = (s − mean_g) / (std_g + 1e-6): a flat group stays finite
 # The default recipe (docs/reward.md): the five SR-MCR cues plus the group's vote share of each
 # answer, which also anchors the reliability weights; chosen by within-group AUC on shapes:val.
-DEFAULT_CUES: tuple[CueName, ...] = (*CUE_NAMES, "answer_support")
-AUTO_ANCHOR: CueName = "answer_support"
+DEFAULT_CUES: tuple[str, ...] = (*CUE_NAMES, "answer_support")
+AUTO_ANCHOR = "answer_support"
 
 
 def _grouped(x: Tensor, group_size: int) -> Tensor:  # (N, K) -> (B, G, K); explicit B for K = 0
@@ -49,20 +51,6 @@ def group_zscores(filled: Tensor, group_size: int) -> Tensor:  # (N, K) -> (N, K
     z = centred / (centred.square().mean(1, keepdim=True).sqrt() + EPS)
     flat = (s.amax(1, keepdim=True) - s.amin(1, keepdim=True)) == 0  # exact: no float noise
     return torch.where(flat | s.isnan(), 0.0, z).view_as(filled)
-
-
-def batch_scaled(filled: Tensor, group_size: int) -> Tensor:  # (N, K) -> (N, K)
-    """Scores centred in their group and divided by the cue's spread over the whole batch
-    (RMS of the centred values), not by each group's own: a cue whose scores barely move inside
-    a group keeps a small say instead of being blown up to unit scale. Whole-group abstentions
-    give 0."""
-    s = _grouped(filled, group_size)  # (B, G, K)
-    centred = torch.nan_to_num(s - s.mean(1, keepdim=True))
-    scale = centred.square().mean((0, 1), keepdim=True).sqrt()  # (1, 1, K)
-    return torch.where(scale > 1e-6, centred / (scale + EPS), 0.0).view_as(filled)
-
-
-NORMALIZERS = {"group": group_zscores, "batch": batch_scaled}
 
 
 def gate_unanswered(rewards: Tensor, well_formed: Tensor, group_size: int,
@@ -123,79 +111,91 @@ def weighted_raw(filled: Tensor, weights: Tensor) -> Tensor:  # (N, K), (K,) -> 
 
 @dataclass
 class RewardOutput:
-    rewards: Tensor  # (N,) Σ w_k z_k, gated (or + λ_fmt·well_formed): what advantages come from
-    scores: Tensor  # (N, K) raw cue scores, NaN = abstain
+    rewards: Tensor  # (N,) Σ w_k z_k, gated: what advantages come from
+    scores: Tensor  # (N, K) raw column scores, NaN = abstain
     raw: Tensor  # (N,) Σ w_k s_k: the interpretable raw reward, for logging
     stats: dict[str, float]  # log keys without the "train/" prefix
 
 
 class SelfReward(nn.Module):
-    """Reliability-weighted, group-normalized self-reward from the cues (DESIGN.md, "Reward").
+    """Reliability-weighted, group-normalized self-reward from the cues and the user's reward
+    functions (docs/design.md, "Reward").
+
+    Per step, ``score`` computes every column once: each enabled cue from the rollout and the
+    ``CueInputs`` it takes (``needs``: the caller computes only those), each function from the
+    rollout and the ``Records``. ``combine`` turns the scores into rewards. Each column is also
+    the running mean of the scores given to ``update_means`` (``val/reward/<name>``).
 
     Checkpoints hold only the reliability state (``reliability_ema``, ``reliability_initialised``
-    buffers); the encoder is not a submodule and the cues' running means are not persistent.
+    buffers); the encoder is not a submodule and the running means are not persistent.
 
     Args:
-        cues: the enabled cues, by name: any of ``CUE_NAMES`` (the five SR-MCR cues) or of
-            ``RecipeCueName`` (answer_support, answer_agreement, self_certainty,
-            answer_certainty, perception_sufficiency, self_verification; see
-            configs/recipes/ and docs/reward.md). Default: the five + answer_support. Ablate
-            one by leaving it out,
-            e.g. ``--model.reward.cues='[semantic_alignment,lexical_fidelity,non_redundancy,
-            step_consistency]'`` (one flag, no spaces).
+        cues: the enabled cues, by name: the five SR-MCR cues (semantic_alignment,
+            lexical_fidelity, non_redundancy, visual_grounding, step_consistency) or any other
+            cue of srmcr/cues/ (answer_support, answer_agreement, self_certainty, ...: see
+            configs/recipes/ and docs/reward.md); a wrong name lists them all. Default: the five
+            + answer_support. Ablate one by leaving it out, e.g.
+            ``--model.reward.cues='[semantic_alignment,lexical_fidelity,non_redundancy,
+            step_consistency]'`` (one flag, no spaces). May be empty when ``functions`` are given.
+        functions: the user's reward functions, each ``{path: "mypkg.rewards:brevity", weight:
+            0.5, uses_labels: false}`` (``RewardFunctionArgs``). ``path``: ``module:function``,
+            called once per step as ``fn(prompts, completions, id=[...], source=[...])`` (the
+            N questions, each repeated G times, the N completions, and each completion's record
+            fields), returning one number per completion, None or NaN to abstain; the
+            function's name is its column's (``train/reward/<name>``). ``weight`` (1.0): its
+            prior, beside the cues'. ``uses_labels`` (false): also pass ``answer=[...]``, the
+            records' labels; the run then trains on labels, it is not label-free (for controls
+            such as an oracle). Each function is a column like a cue: group-normalized and
+            reliability-weighted.
         priors: prior weight per cue name (> 0; default 1.0 each). Priors of cues not enabled
-            are ignored, so one YAML of priors serves every ablation.
-        reliability: weight cues by their agreement with a reference (``anchor``); false =
-            normalized priors.
-        anchor: the cue whose within-group ranking the others' reliability is measured
-            against: each cue's weight grows with its correlation with the anchor inside the
-            groups; a named anchor must be enabled. ``auto`` (default): answer_support, the
-            group's vote for each answer, when it is enabled, else the consensus;
-            ``consensus``: the mean of the other cues (version 1).
-        normalize: ``group``: z-scores within each group; ``batch``: centred within the group
-            and divided by the cue's spread over the whole batch, so a cue that barely moves
-            inside a group keeps a small say.
-        format: ``gate``: a completion without a usable answer (not well-formed) ranks at least
-            1 below every well-formed completion of its group; ``bonus``: version 1's additive
-            ``format_weight``·well_formed, which a high cue score can outweigh.
-        momentum: EMA momentum of the reliability.
+            are ignored, so one YAML of priors serves every ablation. A function's prior is its
+            ``weight``.
+        reliability: weight the columns by their agreement with a reference (``anchor``);
+            false = normalized priors (the fixed weights of recipes that sum their rewards).
+        anchor: the column whose within-group ranking the others' reliability is measured
+            against: each weight grows with its column's correlation with the anchor inside the
+            groups; a named anchor must be enabled (a cue or a function). ``auto``:
+            answer_support, the group's vote for each answer, when it is enabled, else the
+            consensus (the mean of the other columns), which cues sharing a bias inflate.
+        momentum: EMA momentum of the reliability: how many steps (about 1 / (1 − momentum))
+            a cue's weight remembers.
         tau: temperature of the weights, w_k ∝ prior_k · exp(ρ_k / tau).
-        floor: minimum weight of an enabled cue (needs floor · K <= 1).
-        format_weight: λ_fmt, added to the reward of a well-formed completion (``bonus`` only).
+        floor: minimum weight of an enabled column, so no column is silenced before it can
+            recover (needs floor · K <= 1).
         encoder_model: sentence-transformers folder or hub id for E(x); null = packaged MiniLM.
-        encoder_batch_size: texts per encoder forward pass.
+        encoder_batch_size: most texts per encoder forward pass; lower it if the encoder runs
+            out of memory.
     """
 
-    def __init__(self, cues: Sequence[CueName] = DEFAULT_CUES,
-                 priors: dict[str, float] | None = None,
-                 reliability: bool = True,
-                 anchor: CueName | Literal["auto", "consensus"] = "auto",
-                 normalize: Literal["group", "batch"] = "group",
-                 format: Literal["gate", "bonus"] = "gate", momentum: float = 0.9,
-                 tau: float = 0.5, floor: float = 0.05, format_weight: float = 0.5,
-                 encoder_model: str | None = None, encoder_batch_size: int = 64) -> None:
+    def __init__(self, cues: Sequence[str] = DEFAULT_CUES,
+                 functions: Sequence[RewardFunctionArgs] = (),
+                 priors: dict[str, float] | None = None, reliability: bool = True,
+                 anchor: str = "auto", momentum: float = 0.9, tau: float = 0.5,
+                 floor: float = 0.05, encoder_model: str | None = None,
+                 encoder_batch_size: int = 64) -> None:
         super().__init__()
-        names, prior_values = _check(list(cues), priors or {}, momentum, tau, floor, format_weight)
-        if anchor == "auto":
-            anchor = AUTO_ANCHOR if AUTO_ANCHOR in names else "consensus"
-        if anchor != "consensus" and anchor not in names:
-            raise ConfigError(f"reward.anchor={anchor!r} is not an enabled cue; add it to "
-                              f"reward.cues or set anchor: consensus (the mean of the cues)")
-        if normalize not in NORMALIZERS or format not in ("gate", "bonus"):
-            raise ConfigError(f"reward.normalize must be one of {sorted(NORMALIZERS)} and "
-                              f"reward.format 'gate' or 'bonus'; got {normalize!r}, {format!r}")
-        self.names = names
-        self.anchor = None if anchor == "consensus" else names.index(anchor)
-        self.normalize, self.format = normalize, format
-        self.use_reliability = reliability and len(names) > 1  # one cue: nothing to agree with
-        self.momentum, self.tau, self.floor = momentum, tau, floor
-        self.format_weight = format_weight
+        cue_names, priors = list(cues), priors or {}
+        _check_cues(cue_names, priors, bool(functions))
         self._encoder = TextEncoder(encoder_model, encoder_batch_size)
-        self.cues = nn.ModuleDict({n: _build(n, self._encoder) for n in names})
+        self.cues = nn.ModuleDict({n: _build(n, self._encoder) for n in cue_names})
+        # A list, not a dict: a function may be named like a ModuleDict method ("values").
+        self.functions = nn.ModuleList([RewardFunction(f, f"reward.functions[{i}]")
+                                        for i, f in enumerate(functions)])
+        self.names = [*cue_names, *(f.name for f in self.functions)]
+        if anchor == "auto":
+            anchor = AUTO_ANCHOR if AUTO_ANCHOR in self.names else None
+        _check_columns(self.names, [f.args.weight for f in self.functions], anchor, momentum,
+                       tau, floor)
+        self.anchor = None if anchor is None else self.names.index(anchor)
+        self.use_reliability = reliability and len(self.names) > 1  # one column: no agreement
+        self.momentum, self.tau, self.floor = momentum, tau, floor
+        prior_values = [priors.get(n, 1.0) for n in cue_names] + [
+            f.args.weight for f in self.functions]
         # Priors come from the config, not the checkpoint: not persistent.
         self.register_buffer("log_prior", torch.tensor(prior_values).log(), persistent=False)
-        self.register_buffer("reliability_ema", torch.zeros(len(names)))  # ρ_k
-        self.register_buffer("reliability_initialised", torch.zeros(len(names), dtype=torch.bool))
+        self.register_buffer("reliability_ema", torch.zeros(len(self.names)))  # ρ_k
+        self.register_buffer("reliability_initialised",
+                             torch.zeros(len(self.names), dtype=torch.bool))
 
     @property
     def encoder(self) -> TextEncoder:
@@ -210,14 +210,15 @@ class SelfReward(nn.Module):
                 cue.encoder = encoder
 
     @property
-    def needs_blank_logprobs(self) -> bool:
-        """Whether the caller must fill ``rollout.blank_logp`` (and ``logp``) before ``forward``."""
-        return any(cue.needs_blank_logprobs for cue in self.cues.values())
+    def needs(self) -> frozenset[str]:
+        """The ``CueInputs`` fields the enabled cues take: the caller computes these, no others."""
+        return frozenset(n for cue in self.cues.values() for n in cue.needs)
 
     @property
-    def needs_policy(self) -> bool:
-        """Whether the caller must set ``rollout.policy`` (a ``PolicyView``) before ``forward``."""
-        return any(cue.needs_policy for cue in self.cues.values())
+    def uses_labels(self) -> bool:
+        """Whether a reward function reads the records' labels (``Records.answers``): the
+        caller passes them only then."""
+        return any(f.args.uses_labels for f in self.functions)
 
     def weights(self) -> Tensor:  # (K,)
         if not self.use_reliability:
@@ -225,47 +226,60 @@ class SelfReward(nn.Module):
         return floored_weights(self.log_prior + self.reliability_ema / self.tau, self.floor)
 
     @torch.no_grad()
-    def forward(self, rollout: Rollout) -> RewardOutput:
-        """Score the rollout with every enabled cue, then ``combine``. Fill ``rollout.logp`` and
-        ``rollout.blank_logp`` first when ``needs_blank_logprobs``."""
-        return self.combine(self.score(rollout), rollout.well_formed, rollout.group_size)
+    def forward(self, rollout: Rollout, inputs: CueInputs = CueInputs(),
+                records: Records | None = None) -> RewardOutput:
+        """``score`` the rollout, then ``combine`` (the reliability learns from it)."""
+        return self.combine(self.score(rollout, inputs, records), rollout.well_formed,
+                            rollout.group_size)
 
     @torch.no_grad()
-    def score(self, rollout: Rollout, update_means: bool = True) -> Tensor:  # (N, K), NaN = abstain
-        """Raw cue scores; ``update_means=False`` leaves the cues' running means alone (the
-        sampled validation must not mix into ``val/reward/<cue>``, a mean over greedy ones)."""
+    def score(self, rollout: Rollout, inputs: CueInputs = CueInputs(),
+              records: Records | None = None) -> Tensor:  # (N, K), NaN = abstain
+        """Raw scores of every column, each computed once; nothing changes (``update_means``
+        adds them to the running means)."""
         device = self.reliability_ema.device
         self._encoder.device = device  # follow the module, wherever Lightning moved it
         texts = [t for cue in self.cues.values() for t in cue.texts(rollout)]
         with self._encoder.step(texts):  # one batched encoder call for every text cue
-            columns = [(cue(rollout) if update_means else cue.score(rollout)).to(device)
-                       for cue in self.cues.values()]
-        if not columns:
-            return torch.zeros(len(rollout.texts), 0, device=device)
-        return torch.stack(columns, -1)
+            columns = [_score_cue(cue, rollout, inputs) for cue in self.cues.values()]
+        columns += [f.score(rollout, records) for f in self.functions]
+        return torch.stack([c.to(device) for c in columns], -1)
+
+    def update_means(self, scores: Tensor) -> None:  # (N, K)
+        """Add scores from ``score`` to each column's running mean."""
+        for mean, column in zip(self._means(), scores.unbind(-1)):
+            mean.update(column)
+
+    def means(self) -> dict[str, Tensor]:
+        """Each column's mean score since ``reset_means``, summed across ranks (NaN if none)."""
+        return {name: mean.compute() for name, mean in zip(self.names, self._means())}
+
+    def reset_means(self) -> None:
+        for mean in self._means():
+            mean.reset()
+
+    def _means(self) -> list[ScoreMean]:
+        return [*self.cues.values(), *self.functions]
 
     @torch.no_grad()
     def combine(self, scores: Tensor, well_formed: Tensor, group_size: int,
                 update: bool = True) -> RewardOutput:
-        """DESIGN's steps 1-5 on raw scores (N, K) and well_formed (N,); updates the EMA
+        """The reward of raw scores (N, K) and well_formed (N,); updates the reliability EMA
         unless ``update`` is false (validation measures the reward, it must not move it)."""
         n, k = scores.shape
         if group_size < 1 or n % group_size:
             raise ValueError(f"{n} completions do not split into groups of {group_size}")
         if k != len(self.names):
-            raise ValueError(f"got scores for {k} cues, expected {len(self.names)}: {self.names}")
+            raise ValueError(f"got scores for {k} columns, expected {len(self.names)}: "
+                             f"{self.names}")
         scores = scores.to(self.reliability_ema)
         filled = fill_abstentions(scores, group_size)
-        z = NORMALIZERS[self.normalize](filled, group_size)
+        z = group_zscores(filled, group_size)
         if self.use_reliability and update:
             self._update_reliability(z, group_size)
         w = self.weights()
         well_formed = well_formed.to(z)
-        rewards = z @ w
-        if self.format == "bonus":
-            rewards = rewards + self.format_weight * well_formed
-        else:
-            rewards = gate_unanswered(rewards, well_formed, group_size)
+        rewards = gate_unanswered(z @ w, well_formed, group_size)
         raw = weighted_raw(filled, w)
         return RewardOutput(rewards, scores, raw, self._stats(rewards, raw, scores, w, well_formed))
 
@@ -275,7 +289,7 @@ class SelfReward(nn.Module):
             packed = torch.stack([corr_sum, groups])  # one all-reduce: mean over all groups
             dist.all_reduce(packed)
             corr_sum, groups = packed
-        seen = groups > 0  # cues with no defined correlation this step keep their EMA
+        seen = groups > 0  # columns with no defined correlation this step keep their EMA
         step = corr_sum / groups.clamp(min=1)
         ema = self.momentum * self.reliability_ema + (1 - self.momentum) * step
         ema = torch.where(self.reliability_initialised, ema, step)  # first sight: no bias to 0
@@ -299,22 +313,57 @@ def _build(name: str, encoder: TextEncoder) -> Cue:
     return cls(encoder=encoder) if cls.uses_encoder else cls()
 
 
-def _check(names: list[str], priors: dict[str, float], momentum: float, tau: float,
-           floor: float, format_weight: float) -> tuple[list[str], list[float]]:
-    """Cross-field validation with errors that say how to fix the config."""
-    valid = ", ".join(CUES)
-    for name in [*names, *priors]:
-        if name not in CUES:
-            raise ConfigError(f"unknown cue {name!r}; valid cues: {valid}")
-    if len(set(names)) != len(names):
-        raise ConfigError(f"cue listed twice in {names}")
-    if not names:
-        raise ConfigError(f"model.reward.cues is empty: enable at least one cue ({valid})")
+def _score_cue(cue: Cue, rollout: Rollout, inputs: CueInputs) -> Tensor:  # (N,)
+    """``cue.score`` with the ``CueInputs`` its signature names."""
+    given = {name: getattr(inputs, name) for name in cue.needs}
+    missing = [name for name, value in given.items() if value is None]
+    if missing:
+        raise ValueError(f"{cue.name} needs CueInputs.{missing[0]}: compute it before scoring "
+                         f"(SelfReward.needs lists what the enabled cues take)")
+    return cue.score(rollout, **given)
+
+
+def _check_cues(names: list[str], priors: dict[str, float], has_functions: bool) -> None:
+    """Cue names and priors, before anything is built."""
+    valid = ", ".join(sorted(CUES))
+    unknown = [n for n in names if n not in CUES]
+    unknown_prior = [n for n in priors if n not in CUES]
+    twice = sorted({n for n in names if names.count(n) > 1})
     bad = {k: v for k, v in priors.items() if not (v > 0 and math.isfinite(v))}
-    if bad:
-        raise ConfigError(f"priors must be finite and > 0, got {bad}; to disable a cue, leave it "
-                          f"out of `cues`")
-    if not 0 <= momentum < 1 or tau <= 0 or not 0 <= floor * len(names) <= 1:
-        raise ConfigError(f"need 0 <= momentum < 1, tau > 0 and 0 <= floor·K <= 1; got "
-                          f"momentum={momentum}, tau={tau}, floor={floor}, K={len(names)}")
-    return names, [priors.get(n, 1.0) for n in names]
+    require({
+        f"reward.cues: unknown cue {_first(unknown)}; valid cues: {valid}": not unknown,
+        f"reward.priors: unknown cue {_first(unknown_prior)}; valid cues: {valid}":
+            not unknown_prior,
+        f"reward.cues={names}: {_first(twice)} is listed twice; list each cue once": not twice,
+        f"reward.cues is empty and reward.functions gives no function: enable at least one cue "
+        f"({valid}) or function": bool(names) or has_functions,
+        f"reward.priors={bad}: set finite priors > 0; to disable a cue, leave it out of "
+        f"reward.cues": not bad,
+    })
+
+
+def _check_columns(names: list[str], weights: list[float], anchor: str | None,
+                   momentum: float, tau: float, floor: float) -> None:
+    """Checks across cues and functions, once the functions are loaded."""
+    functions = names[len(names) - len(weights):]
+    taken = sorted({n for n in functions if n in CUES or n in ("reward", "well_formed")
+                    or names.count(n) > 1})
+    bad = [w for w in weights if not (w > 0 and math.isfinite(w))]
+    k = len(names)
+    require({
+        f"reward.functions: the name {_first(taken)} is taken (by a cue, another function or a "
+        f"log key): each reward column needs its own; wrap the function under another "
+        f"name": not taken,
+        f"reward.functions: weight={_first(bad)}: set a finite weight > 0; to disable a "
+        f"function, leave it out": not bad,
+        f"reward.anchor={anchor!r} is not an enabled cue or function; add it to reward.cues or "
+        f"set anchor: auto": anchor is None or anchor in names,
+        f"reward.momentum={momentum}: set it in [0, 1)": 0 <= momentum < 1,
+        f"reward.tau={tau}: set it > 0": tau > 0,
+        f"reward.floor={floor} with {k} reward columns: set 0 <= floor <= 1/{k}":
+            0 <= floor * k <= 1,
+    })
+
+
+def _first(values: list) -> str:  # the first offender, for a one-line message
+    return repr(values[0]) if values else ""

@@ -10,7 +10,6 @@ import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
@@ -24,9 +23,6 @@ from srmcr.errors import ConfigError
 from srmcr.lora_forward import plain_lora
 from srmcr.parsing import Parsed, parse
 from srmcr.prefix import language_core, prompt_groups, repeated
-
-if TYPE_CHECKING:  # policy_view imports this module
-    from srmcr.policy_view import PolicyView
 
 # Special tokens the policy may emit: only the end of its turn. A weak model that samples
 # <|image_pad|> breaks the next forward ("Image features and image tokens do not match").
@@ -88,9 +84,11 @@ class ImageFeatures:
     per_image: tuple[Tensor, ...]  # (B,) each (image tokens, H)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Rollout:
-    """Everything one step knows about its completions. Tensors live on the policy's device."""
+    """The sampled completions of one step, immutable once sampled: what the reward needs
+    beyond them comes as explicit inputs (``srmcr.cues.CueInputs``). Tensors live on the
+    policy's device; ``dataclasses.replace`` makes a changed copy."""
 
     group_size: int  # G
     questions: list[str]  # (N,) the question of each completion, repeated G times
@@ -113,10 +111,6 @@ class Rollout:
     suppressed: list[int] = field(default_factory=list)  # token ids the sampler never draws
     # 1 on the tokens of the text inside <answer>...</answer> (the sampler finds them):
     answer_mask: Tensor | None = None  # (N, T)
-    # Filled by the module's blank-image pass, only if a cue needs it:
-    blank_logp: Tensor | None = None  # (N, T) log pi(token | blank image)
-    # Set by the module when a cue asks the policy itself (reward.needs_policy):
-    policy: PolicyView | None = None
     # The sampler's vision-tower output, for the passes over the same images (None: recompute):
     image_features: ImageFeatures | None = None
 

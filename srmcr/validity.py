@@ -1,6 +1,6 @@
 """Reward validity: does a label-free signal rank the right completions of a group above the wrong?
 
-DESIGN.md, invariant 2. Labels only ever measure here (validation, pre-flight), never train.
+docs/design.md, invariant 2. Labels only ever measure here (validation, pre-flight), never train.
 The figure is the within-group AUC against correctness: over groups holding both right and wrong
 completions, P(signal of a right one > signal of a wrong one), ties counting half; the AUC of a
 set of groups is the mean of its groups' AUCs, so every question weighs the same and the 95%
@@ -20,7 +20,9 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from srmcr.cues import AnswerAgreement, AnswerCertainty, AnswerSupport, SelfCertainty
+from srmcr.cues.answer_agreement import AnswerAgreement, AnswerSupport
+from srmcr.cues.answer_certainty import AnswerCertainty
+from srmcr.cues.self_certainty import SelfCertainty
 
 if TYPE_CHECKING:  # the rollout module imports transformers: seconds
     from srmcr.rollout import Rollout
@@ -225,8 +227,7 @@ def verdict(summary: dict[str, Any], greedy_accuracy: float) -> str:
     """One line: go when the reward's AUC interval is above 0.5 and maj@G >= greedy (the group's
     consensus is worth sharpening toward); otherwise say what fails and which cues point the
     wrong way. A go whose paired ``Headroom`` interval is not above 0 says that it is within
-    noise: on warm:small, maj@8 one question above greedy led to no gain (README, Does it
-    work?)."""
+    noise: a majority no surer than greedy leaves training little to sharpen toward."""
     reward: SignalSummary = summary["signals"]["reward"]
     wrong_way = [n for n, s in summary["signals"].items()
                  if n != "reward" and s.high < 0.5]

@@ -52,7 +52,7 @@ def test_srmcr_overrides_pin_the_shared_settings(s):
     assert (module.policy_args.lora.r, module.policy_args.lora.alpha) == (s.lora_r, s.lora_alpha)
     assert module.grpo_args.beta == s.beta and module.grpo_args.aggregation == "grpo"
     assert list(module.reward.names) == list(REWARDS["text"])
-    assert not module.reward.needs_blank_logprobs  # TRL's rewards cannot see log-probs
+    assert not module.reward.needs  # TRL's rewards see texts: no log-probs, no policy
     assert module.policy_args.gradient_checkpointing == s.gradient_checkpointing
     assert (module.policy_args.max_pixels, data.decode_args.max_pixels) == (s.max_pixels,) * 2
     assert data.specs["train"] == [s.train]

@@ -27,9 +27,11 @@ ARGS = ["fit", "-c", str(ROOT / "configs/tiny.yaml"), "-c", str(ROOT / "configs/
         f"--data.batch_size={B}", "--model.policy.max_pixels=3136", "--data.max_pixels=3136",
         "--data.min_pixels=784", "--data.shuffle_buffer=0", "--trainer.accelerator=cpu",
         "--trainer.devices=2", f"--trainer.max_steps={STEPS}", "--trainer.logger=false",
-        # The random tiny model never answers, so the default anchor (answer_support) is flat
-        # and no correlation is defined; the consensus anchor exercises the all-reduce.
-        "--model.reward.anchor=consensus",
+        # The random tiny model never answers, so answer_support (the default anchor) is flat
+        # and no correlation is defined; without it the consensus anchors and exercises the
+        # all-reduce.
+        "--model.reward.cues=[semantic_alignment,lexical_fidelity,non_redundancy,"
+        "visual_grounding,step_consistency]",
         "--trainer.callbacks+=tests.test_ddp.Record"]
 
 

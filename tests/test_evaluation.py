@@ -3,6 +3,7 @@ through main.py on the tiny model (a checkpoint's adapter restored)."""
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -75,8 +76,8 @@ def test_correctness_excludes_records_without_a_reference():
 
 def test_eval_metrics_by_hand_and_over_batches():
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
-    rollout = make_rollout(["q"] * 4, TEXTS, mask=mask)
-    rollout.truncated = torch.tensor([False, False, True, False])
+    rollout = replace(make_rollout(["q"] * 4, TEXTS, mask=mask),
+                      truncated=torch.tensor([False, False, True, False]))
     whole = EvalMetrics()
     whole.update(rollout, REFERENCES)
     got = {k: float(v) for k, v in whole.compute().items()}
@@ -84,8 +85,8 @@ def test_eval_metrics_by_hand_and_over_batches():
                    "truncated": 1 / 4, "labeled": 3.0, "unlabeled": 1.0}
     parts = EvalMetrics()
     for rows in (slice(0, 1), slice(1, 4)):
-        part = make_rollout(["q"] * len(TEXTS[rows]), TEXTS[rows], mask=mask[rows])
-        part.truncated = rollout.truncated[rows]
+        part = replace(make_rollout(["q"] * len(TEXTS[rows]), TEXTS[rows], mask=mask[rows]),
+                       truncated=rollout.truncated[rows])
         parts.update(part, REFERENCES[rows])
     assert {k: float(v) for k, v in parts.compute().items()} == got
 
@@ -98,8 +99,7 @@ def test_eval_log_dict_prefixes_and_leaves_out_undefined_values():
 
 
 def test_prediction_records_schema_and_abstentions():
-    rollout = make_rollout(["q0", "q1", "q2", "q3"], TEXTS)
-    rollout.ids = ["r0", "r1", "r2", "r3"]
+    rollout = replace(make_rollout(["q0", "q1", "q2", "q3"], TEXTS), ids=["r0", "r1", "r2", "r3"])
     scores = torch.tensor([[0.5, float("nan")]] * 4)
     rows = prediction_records(rollout, scores, ["a_cue", "b_cue"], REFERENCES,
                               [f"src:{i}" for i in range(4)])

@@ -14,8 +14,8 @@ def _poison_reward(module, steps_bad):
     """Make the reward NaN for the first ``steps_bad`` calls."""
     forward, calls = module.reward.forward, []
 
-    def poisoned(rollout):
-        out = forward(rollout)
+    def poisoned(*args, **kwargs):
+        out = forward(*args, **kwargs)
         calls.append(1)
         if len(calls) <= steps_bad:
             rewards = out.rewards.clone()

@@ -1,5 +1,7 @@
 """SRMCRModule: one real step on the tiny model changes every LoRA weight and nothing frozen."""
 
+from dataclasses import replace
+
 import lightning as L
 import pytest
 import torch
@@ -41,10 +43,8 @@ def test_one_step_changes_every_lora_weight_and_nothing_frozen(tmp_path, monkeyp
 
     def answering(*args, **kwargs):
         rollout = real(*args, **kwargs)
-        rollout.texts = [f"<think>{t}</think><answer>{i % 3}</answer>"
-                         for i, t in enumerate(rollout.texts)]
-        rollout.parsed = [parse(t) for t in rollout.texts]
-        return rollout
+        texts = [f"<think>{t}</think><answer>{i % 3}</answer>" for i, t in enumerate(rollout.texts)]
+        return replace(rollout, texts=texts, parsed=[parse(t) for t in texts])
     monkeypatch.setattr(module_lib, "sample", answering)
     module = _module(**grpo)
     module.configure_model()

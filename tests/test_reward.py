@@ -1,4 +1,4 @@
-"""SelfReward: abstentions, group z-scores, reliability EMA, floored weights (DESIGN "Reward")."""
+"""SelfReward: abstentions, group z-scores, reliability EMA, floored weights, the format gate."""
 
 import math
 
@@ -7,10 +7,10 @@ import torch
 import torch.distributed as dist
 from jsonargparse import ArgumentParser
 
-from srmcr.cues import CUE_NAMES
+from srmcr.cues import CUE_NAMES, CueInputs
+from srmcr.errors import ConfigError
 from srmcr.reward import (
     SelfReward,
-    batch_scaled,
     consensus_correlation,
     fill_abstentions,
     floored_weights,
@@ -70,17 +70,16 @@ def test_floored_weights(logits, floor, expected, reason):
 def test_hand_computed_reliability_weights_and_rewards():
     # One group of 3, cues A, B agree, C half-agrees. z_A = z_B = A·(-1, 0, 1), z_C = A·(0, -1, 1).
     # corr(z_A, (z_B+z_C)/2) = 1.5/sqrt(2·1.5) = sqrt(3)/2, same for B; corr(z_C, z_A) = 1/2.
-    reward = SelfReward(cues=["semantic_alignment", "lexical_fidelity", "non_redundancy"],
-                        format="bonus")
+    reward = SelfReward(cues=["semantic_alignment", "lexical_fidelity", "non_redundancy"])
     scores = torch.tensor([[0.0, 0.0, 0.5], [0.5, 0.5, 0.0], [1.0, 1.0, 1.0]])
-    out = reward.combine(scores, torch.tensor([1.0, 0.0, 1.0]), group_size=3)
+    out = reward.combine(scores, torch.ones(3), group_size=3)  # all well-formed: no gate
     rho = [math.sqrt(3) / 2, math.sqrt(3) / 2, 0.5]
     assert reward.reliability_ema.tolist() == pytest.approx(rho, abs=1e-5)
     e = [math.exp(r / 0.5) for r in rho]
     w = [x / sum(e) for x in e]
     assert reward.weights().tolist() == pytest.approx(w, abs=1e-5)
     z = [[-A, -A, 0.0], [0.0, 0.0, -A], [A, A, A]]
-    expected = [sum(wk * zk for wk, zk in zip(w, row)) + 0.5 * f for row, f in zip(z, [1, 0, 1])]
+    expected = [sum(wk * zk for wk, zk in zip(w, row)) for row in z]
     assert out.rewards.tolist() == pytest.approx(expected, abs=1e-4)
     raw = [sum(wk * s for wk, s in zip(w, row)) for row in scores.tolist()]
     assert out.raw.tolist() == pytest.approx(raw, abs=1e-6)
@@ -91,7 +90,7 @@ def test_hand_computed_reliability_weights_and_rewards():
 
 
 def test_abstentions_are_neutral_and_counted():
-    reward = SelfReward(cues=["semantic_alignment", "step_consistency"], format_weight=0.0)
+    reward = SelfReward(cues=["semantic_alignment", "step_consistency"])
     scores = torch.tensor([[0.2, 0.9], [0.6, NAN], [0.1, NAN], [0.3, NAN]])  # G = 2
     out = reward.combine(scores, torch.zeros(4), group_size=2)
     assert out.stats["abstain/step_consistency"] == 3
@@ -142,13 +141,17 @@ def test_one_cue_has_weight_one():
 
 def test_cues_are_disabled_by_leaving_them_out_and_names_are_checked():
     reward = SelfReward(cues=TEXT_CUES)
-    assert reward.names == TEXT_CUES and not reward.needs_blank_logprobs
-    assert SelfReward().needs_blank_logprobs
-    with pytest.raises(ValueError, match="valid cues: semantic_alignment, lexical_fidelity"):
+    assert reward.names == TEXT_CUES and not reward.needs
+    assert SelfReward().needs == {"blank_logp"}  # visual grounding's blank-image pass
+    with pytest.raises(ConfigError, match=r"^reward.cues: unknown cue 'grounding'; valid cues: "
+                                          r"answer_agreement, answer_certainty, answer_support"):
         SelfReward(cues=["semantic_alignment", "grounding"])
-    with pytest.raises(ValueError, match="unknown cue 'novelty'"):
+    with pytest.raises(ConfigError, match="reward.priors: unknown cue 'novelty'"):
         SelfReward(priors={"novelty": 1.0})
-    with pytest.raises(ValueError, match="cues is empty: enable at least one"):
+    with pytest.raises(ConfigError, match="'non_redundancy' is listed twice"):
+        SelfReward(cues=["non_redundancy", "non_redundancy"])
+    with pytest.raises(ConfigError, match="reward.cues is empty and reward.functions gives no "
+                                          "function: enable at least one"):
         SelfReward(cues=[])
     with pytest.raises(ValueError, match="leave it out"):
         SelfReward(priors={"lexical_fidelity": 0.0})
@@ -200,14 +203,14 @@ def test_each_distinct_text_is_encoded_once_per_step_across_all_cues():
     assert reward.encoder.device == reward.reliability_ema.device
 
 
-def test_visual_grounding_needs_blank_logprobs_in_the_rollout():
+def test_visual_grounding_takes_the_blank_logprobs_from_the_inputs():
     reward = SelfReward(cues=["visual_grounding", "lexical_fidelity"])
-    rollout = make_rollout(["q"] * 2, ["<think>a b c</think><answer>c</answer>"] * 2, group_size=2)
-    with pytest.raises(ValueError, match="blank_logp"):
+    rollout = make_rollout(["q"] * 2, ["<think>a b c</think><answer>c</answer>"] * 2, group_size=2,
+                           logp=torch.tensor([[-1.0] * 4] * 2))
+    with pytest.raises(ValueError, match="visual_grounding needs CueInputs.blank_logp"):
         reward(rollout)
-    rollout.logp, rollout.blank_logp = torch.tensor([[-1.0] * 4] * 2), torch.full((2, 4), -2.0)
-    out = reward(rollout)
-    assert out.scores[:, 0].tolist() == pytest.approx([1 / (1 + math.exp(-2))] * 2)
+    out = reward(rollout, CueInputs(blank_logp=torch.full((2, 4), -2.0)))
+    assert out.scores[:, 0].tolist() == pytest.approx([1 / (1 + math.exp(-2))] * 2)  # Δ = 1
 
 
 def test_reliability_is_all_reduced_when_distributed(tmp_path):
@@ -248,7 +251,7 @@ def test_gate_unanswered(rewards, well_formed, expected, reason):
 ANSWERED = ("<think>Step 1: I see two red circles and a blue square.\nStep 2: So there are two "
             "red circles.</think><answer>{}</answer>")
 LOOPHOLES = [  # (the answered completion, its loophole twin, why the twin must not win)
-    (ANSWERED.format("2"), ANSWERED.format(""), "an EMPTY answer keeps no format bonus"),
+    (ANSWERED.format("2"), ANSWERED.format(""), "an EMPTY answer is no answer"),
     (ANSWERED.format("2"), ANSWERED.split("<answer>")[0], "the answer block deleted"),
     (ANSWERED.format("no"), ANSWERED.split("</think>")[0], "cut off before </think>"),
     (ANSWERED.format("7"), ANSWERED.format("2").replace("<think>", "").replace("</think>", ""),
@@ -259,8 +262,7 @@ LOOPHOLES = [  # (the answered completion, its loophole twin, why the twin must 
 ]
 
 
-@pytest.mark.parametrize("recipe", [dict(format="gate"),
-                                    dict(format="gate", normalize="batch"),
+@pytest.mark.parametrize("recipe", [dict(),
                                     dict(cues=[*CUE_NAMES[:3], CUE_NAMES[4], "answer_agreement"],
                                          anchor="answer_agreement")])
 @pytest.mark.parametrize(("answered", "twin", "reason"), LOOPHOLES, ids=[x[2] for x in LOOPHOLES])
@@ -275,12 +277,10 @@ def test_no_completion_without_a_usable_answer_outscores_an_answered_one(recipe,
     assert out.rewards[1] < min(out.rewards[0], out.rewards[2]), out.rewards
 
 
-def test_the_format_bonus_of_version_1_can_be_outscored():
-    # Why the gate is the default: with the additive bonus, cue z-scores can outweigh it.
+def test_the_gate_holds_whatever_the_cue_scores():
+    # The best cue score on the one completion without an answer: it still ends below the rest
+    # (an additive bonus for being well-formed could be outweighed by the z-scores).
     scores = torch.tensor([[0.0], [1.0], [0.5], [0.5]])
-    out = SelfReward(cues=["lexical_fidelity"], format="bonus").combine(
-        scores, torch.tensor([1.0, 0.0, 1.0, 1.0]), 4)
-    assert out.rewards[1] > out.rewards[0]
     gated = SelfReward(cues=["lexical_fidelity"]).combine(scores, torch.tensor([1.0, 0, 1, 1]), 4)
     assert gated.rewards[1] < gated.rewards[[0, 2, 3]].min()
 
@@ -302,11 +302,22 @@ def test_anchor_reliability_is_the_correlation_with_the_anchor():
     assert SelfReward(cues=["lexical_fidelity", "non_redundancy"]).anchor is None
 
 
-def test_batch_scaling_keeps_a_small_spread_small():
-    # Cue 0 moves by 0.02 in group 1 and by 1.0 in group 2: z-scores give both unit scale;
-    # batch scaling divides by the batch RMS of the centred values, sqrt((2·0.01² + 2·0.5²)/4).
-    filled = torch.tensor([[0.49], [0.51], [0.0], [1.0]])
-    rms = math.sqrt((2 * 0.01**2 + 2 * 0.5**2) / 4)
-    assert batch_scaled(filled, 2).flatten().tolist() == pytest.approx(
-        [-0.01 / rms, 0.01 / rms, -0.5 / rms, 0.5 / rms], rel=1e-4)
-    assert group_zscores(filled, 2).flatten().tolist() == pytest.approx([-1, 1, -1, 1], abs=1e-3)
+@pytest.mark.filterwarnings("ignore:.*before the ``update`` method")  # the NaN means, on purpose
+def test_each_column_is_scored_once_per_step_and_the_means_take_those_scores(monkeypatch):
+    reward = SelfReward(cues=["answer_agreement", "lexical_fidelity"])
+    calls = []
+    for cue in reward.cues.values():
+        monkeypatch.setattr(cue, "score", lambda rollout, inner=cue.score: calls.append(1)
+                            or inner(rollout))
+    texts = [f"<think>Step 1: I count.</think><answer>{a}</answer>" for a in ("2", "2", "3")]
+    rollout = make_rollout(["q"] * 4, [*texts, "<think>none</think>"], group_size=2)
+    out = reward(rollout)
+    assert len(calls) == 2  # one call per cue
+    assert math.isnan(reward.means()["answer_agreement"])  # forward leaves the means alone
+    reward.update_means(out.scores)
+    reward.update_means(torch.tensor([[0.0, NAN]]))
+    # answer agreement: (1, 1) in group 1; "3" agrees with itself, the missing answer 0.
+    assert reward.means()["answer_agreement"].item() == pytest.approx(3 / 5)
+    assert reward.means()["lexical_fidelity"].item() == pytest.approx(out.scores[:, 1].mean())
+    reward.reset_means()
+    assert all(math.isnan(v) for v in reward.means().values())

@@ -1,5 +1,7 @@
 """Sampling G completions per prompt: masks, image rows, group layout, suppressed tokens."""
 
+from dataclasses import FrozenInstanceError, replace
+
 import pytest
 import torch
 from transformers.generation.logits_process import SuppressTokensLogitsProcessor
@@ -92,6 +94,15 @@ def test_shapes_and_contiguous_groups(hot_rollout, policy):
     assert r.image_grid_thw.tolist() == GRIDS
     assert r.pixel_values.shape == (64 + 96, 1176) and r.temperature == 50.0
     assert [im.size for im in r.images] == [(112, 112), (168, 112)]
+
+
+def test_a_sampled_rollout_is_immutable(hot_rollout):
+    # What the reward needs beyond the completions comes as explicit inputs, never as fields
+    # set on the rollout after sampling.
+    with pytest.raises(FrozenInstanceError):
+        hot_rollout.texts = []
+    changed = replace(hot_rollout, temperature=1.0)
+    assert changed.temperature == 1.0 and hot_rollout.temperature == 50.0
 
 
 def test_masks_agree_with_end_tokens_and_truncation(hot_rollout):

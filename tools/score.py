@@ -23,17 +23,17 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from srmcr import cues
 from srmcr.answers import is_correct
+from srmcr.cues import CUE_NAMES, CUES
 from srmcr.encoder import TextEncoder
 from srmcr.parsing import parse
 
-# The SR-MCR cues that need only text: name -> functional twin fn(questions, completions,
+# The SR-MCR cues that need only text (their score takes no input beside the rollout): name ->
+# the pure function on top of the cue's file, named like the cue: fn(questions, completions,
 # encoder). The recipe cues (answer agreement over a group, the policy-asking ones) are not here.
-TEXT_CUES = {name: getattr(cues, name) for name in cues.CUE_NAMES
-             if not (cues.CUES[name].needs_blank_logprobs
-                     or getattr(cues.CUES[name], "needs_policy", False))}
-IMAGE_CUES = [name for name in cues.CUE_NAMES if name not in TEXT_CUES]
+TEXT_CUES = {name: getattr(sys.modules[CUES[name].__module__], name) for name in CUE_NAMES
+             if not CUES[name].needs}
+IMAGE_CUES = [name for name in CUE_NAMES if name not in TEXT_CUES]
 NOTE = (f"not scored here: {', '.join(IMAGE_CUES)} (needs the policy model and the image; "
         f"`python main.py predict` writes it)")
 
@@ -70,7 +70,7 @@ def format_row(row: dict[str, Any]) -> str:
     lines.append("format gate:   " + (
         "passes (well-formed, with an answer)" if row["well_formed"] else
         "GATED: no usable answer (none, empty, or outside one <think> + one <answer> block); "
-        "with format: gate it ranks below every well-formed completion of its group"))
+        "it ranks below every well-formed completion of its group"))
     lines.append("text cues:")
     width = max(map(len, row["scores"]), default=0)
     lines += [f"  {name:<{width}}  {'abstains' if s is None else f'{s:.4f}'}"

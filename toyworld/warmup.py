@@ -33,7 +33,7 @@ import random
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 
@@ -273,10 +273,10 @@ def standardize_merger(merger: torch.nn.Module, features: Tensor, std: float) ->
 
 
 def _to(rollout: Rollout, device: torch.device) -> Rollout:
-    for name in ("prompt_ids", "prompt_mask", "mm_token_type_ids", "completion_ids",
-                 "completion_mask", "pixel_values", "image_grid_thw"):
-        setattr(rollout, name, getattr(rollout, name).to(device))
-    return rollout
+    """A copy of ``rollout`` with its tensors on ``device`` (a rollout is immutable)."""
+    return replace(rollout, **{name: getattr(rollout, name).to(device) for name in (
+        "prompt_ids", "prompt_mask", "mm_token_type_ids", "completion_ids", "completion_mask",
+        "pixel_values", "image_grid_thw")})
 
 
 # ---- warm:<name>: a fixed recipe, built once and cached ------------------------------------

@@ -2,8 +2,8 @@
 
 score = 1 when the completion's normalized answer equals the most frequent normalized answer of
 its group, 0 otherwise, and 0 without an answer: a missing answer is disagreement, never neutral
-(version 1 abstained, and an abstention takes its group mean, which let a completion without an
-answer out-score one that answered against the majority). Answers are compared after
+(an abstention takes its group's mean, which would let a completion without an answer out-score
+one that answered against the majority). Answers are compared after
 ``srmcr.answers.normalize`` (lower case, no punctuation or articles, number words as digits,
 plurals folded), so "Three circles." and "3 circle" agree. Completions without an answer do not
 vote. Ties: among the most frequent answers, the one that appears first in the group
@@ -68,7 +68,7 @@ def answer_agreement(completions: Sequence[str], group_size: int) -> Tensor:  # 
 
 
 class AnswerAgreement(Cue):
-    """Running mean of :func:`answer_agreement` over rollouts; forward returns (N,) scores."""
+    """:func:`answer_agreement` of a rollout, and the running mean of its scores."""
 
     name = "answer_agreement"
 

@@ -29,7 +29,7 @@ def answer_certainty(logp: Tensor, answer_mask: Tensor) -> Tensor:  # (N, T), (N
 
 
 class AnswerCertainty(Cue):
-    """Running mean of :func:`answer_certainty`; reads ``rollout.logp`` and ``answer_mask``."""
+    """:func:`answer_certainty` of a rollout: reads ``rollout.logp`` and ``answer_mask``."""
 
     name = "answer_certainty"
 

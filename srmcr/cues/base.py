@@ -1,14 +1,23 @@
-"""What every cue shares: the ``Cue`` metric base and small helpers of the text cues.
+"""What every cue shares: the registry, the inputs beyond the rollout, the ``Cue`` metric base and
+small helpers of the text cues.
 
 A cue scores each completion in [0, 1] (higher is better); NaN means "does not apply" (abstain)
-and never hides an error. Calling a cue on a ``Rollout`` returns the (N,) scores and accumulates
-a running mean of the non-NaN ones, which torchmetrics sums across processes in ``compute()``.
+and never hides an error. ``Cue.score(rollout, ...)`` returns the (N,) scores and changes
+nothing; the parameters after ``rollout`` name the ``CueInputs`` fields it needs, and the module
+computes only those an enabled cue takes. As a torchmetrics ``Metric``, a cue is also the running
+mean of the scores it is updated with (``update(scores)``, ``compute()``): the reward scores once
+per step and feeds the same scores to the mean.
+
+A cue registers itself under its ``name`` when its class is defined (``CUES``); the package
+imports every module of ``srmcr/cues/``, so a new cue is one file there.
 """
 
 from __future__ import annotations
 
+import inspect
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -18,8 +27,25 @@ from torchmetrics import Metric
 from srmcr.encoder import TextEncoder, default_encoder
 from srmcr.parsing import Parsed, parse
 
-if TYPE_CHECKING:  # the rollout module imports transformers: seconds
+if TYPE_CHECKING:  # the rollout and policy modules import transformers: seconds
+    from srmcr.policy_view import PolicyView
     from srmcr.rollout import Rollout
+
+# name -> cue class, filled as each cue class is defined.
+CUES: dict[str, type[Cue]] = {}
+
+
+@dataclass(frozen=True)
+class CueInputs:
+    """What a cue's ``score`` may take beside the rollout, by parameter name. Each costs model
+    passes, so the module computes a field only when an enabled cue's ``score`` takes it
+    (``SelfReward.needs``); the others stay None."""
+
+    blank_logp: Tensor | None = None  # (N, T) log π(token | blank image) at T = 1
+    policy: PolicyView | None = None  # the policy, to ask about its own completions
+
+
+INPUT_NAMES = tuple(f.name for f in fields(CueInputs))
 
 # The shared core of a text cue: (questions (N,), parsed (N,), encoder) -> scores (N,).
 TextCore = Callable[[Sequence[str], Sequence[Parsed], TextEncoder], Tensor]
@@ -56,13 +82,10 @@ def step_texts(parsed: Sequence[Parsed]) -> list[str]:
     return [s for i in multi_step(parsed) for s in parsed[i].steps]
 
 
-class Cue(Metric):
-    """Base of the five cues: per-completion ``score`` plus a running mean for logging."""
+class ScoreMean(Metric):
+    """Running mean of per-completion scores, abstentions (NaN) left out; torchmetrics sums the
+    states across processes in ``compute()``. NaN when nothing was scored."""
 
-    name: ClassVar[str]
-    needs_blank_logprobs: ClassVar[bool] = False
-    needs_policy: ClassVar[bool] = False  # score() calls rollout.policy (a PolicyView)
-    uses_encoder: ClassVar[bool] = False  # the reward passes its shared encoder to these
     is_differentiable = False
     higher_is_better = True
     full_state_update = False
@@ -73,32 +96,50 @@ class Cue(Metric):
         super().__init__(**kwargs)
         self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0), dist_reduce_fx="sum")
-        self._last: Tensor | None = None  # the scores of the latest update, for forward
+
+    def update(self, scores: Tensor) -> None:  # (N,)
+        keep = ~scores.isnan()
+        self.total += scores[keep].sum().to(self.total)
+        self.count += keep.sum().to(self.count)
+
+    def compute(self) -> Tensor:
+        return self.total / self.count
+
+
+class Cue(ScoreMean):
+    """Base of the cues: ``score`` per completion (delegating to the pure function on top of the
+    cue's file), and the running mean of its scores for ``<prefix>/reward/<name>``.
+
+    A subclass that sets ``name`` is registered in ``CUES`` under it; its ``needs`` are the
+    parameters of its ``score`` after ``rollout``, each a ``CueInputs`` field."""
+
+    name: ClassVar[str]
+    needs: ClassVar[tuple[str, ...]] = ()  # from the signature of score: never set by hand
+    uses_encoder: ClassVar[bool] = False  # the reward passes its shared encoder to these
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.needs = tuple(list(inspect.signature(cls.score).parameters)[2:])  # after self, rollout
+        unknown = [n for n in cls.needs if n not in INPUT_NAMES]
+        if unknown:
+            raise TypeError(f"{cls.__qualname__}.score takes {unknown}: a cue's inputs beside "
+                            f"the rollout are fields of CueInputs ({', '.join(INPUT_NAMES)})")
+        if "name" in cls.__dict__:
+            known = CUES.get(cls.name)
+            where = f"{cls.__module__}.{cls.__qualname__}"
+            if known is not None and f"{known.__module__}.{known.__qualname__}" != where:
+                raise TypeError(f"two cues named {cls.name!r}: {known.__module__}."
+                                f"{known.__qualname__} and {where}")
+            CUES[cls.name] = cls  # the same class defined again (a module reload) replaces it
 
     @abstractmethod
     def score(self, rollout: Rollout) -> Tensor:  # (N,)
-        """Per-completion scores in [0, 1], NaN where the cue does not apply."""
+        """Per-completion scores in [0, 1], NaN where the cue does not apply. A subclass adds
+        the ``CueInputs`` it needs as keyword parameters, e.g. ``blank_logp: Tensor``."""
 
     def texts(self, rollout: Rollout) -> list[str]:
         """Texts this cue will embed for ``rollout`` (the reward primes the encoder with them)."""
         return []
-
-    def update(self, rollout: Rollout) -> None:
-        scores = self.score(rollout)
-        keep = ~scores.isnan()
-        self.total += scores[keep].sum().to(self.total)
-        self.count += keep.sum().to(self.count)
-        self._last = scores
-
-    def forward(self, rollout: Rollout) -> Tensor:  # (N,)
-        """Per-completion scores of ``rollout`` (not the batch mean, unlike torchmetrics)."""
-        self.update(rollout)
-        assert self._last is not None
-        return self._last
-
-    def compute(self) -> Tensor:
-        """Mean of the non-abstaining scores seen since the last reset (NaN if none)."""
-        return self.total / self.count
 
 
 class TextCue(Cue):

@@ -3,7 +3,7 @@
 C(q) = the question's content tokens: lower-cased words of >= 3 letters minus ``STOP_WORDS``,
 plus numbers (``12``, ``3.5``), as a set. A(a) = the answer's terms: its words of ANY length
 minus stop words and articles, or all its words if nothing else is left, so that "no", "2" and
-"B" count like "yes" (version 1 dropped words under 3 letters: "no" vanished and scored higher
+"B" count like "yes" (dropping words under 3 letters would make "no" vanish and score higher
 than "yes"). W(r) = every word of the reasoning.
 
 score = ½·|C(q)∩W(r)|/|C(q)| + ½·|A(a)∩W(r)|/|A(a)|. Without an answer (absent, empty, or no
@@ -87,7 +87,7 @@ def _score(questions: Sequence[str], parsed: Sequence[Parsed],
 
 
 class LexicalFidelity(Cue):
-    """Running mean of :func:`lexical_fidelity` over rollouts; forward returns (N,) scores."""
+    """:func:`lexical_fidelity` of a rollout, and the running mean of its scores."""
 
     name = "lexical_fidelity"
 

@@ -55,7 +55,7 @@ def _score(questions: Sequence[str], parsed: Sequence[Parsed],
 
 
 class NonRedundancy(TextCue):
-    """Running mean of :func:`non_redundancy` over rollouts; forward returns (N,) scores."""
+    """:func:`non_redundancy` of a rollout, and the running mean of its scores."""
 
     name = "non_redundancy"
 

@@ -58,17 +58,12 @@ def perception_sufficiency(answers: Sequence[str | None],
 
 
 class PerceptionSufficiency(Cue):
-    """Running mean of :func:`perception_sufficiency`; asks ``rollout.policy`` for the blind
-    answers, in one batched call per step."""
+    """:func:`perception_sufficiency` of a rollout; asks the policy for the blind answers, in one
+    batched call per step."""
 
     name = "perception_sufficiency"
-    needs_policy = True
 
-    def score(self, rollout: Rollout) -> Tensor:  # (N,)
-        policy: PolicyView | None = rollout.policy
-        if policy is None:
-            raise ValueError("perception_sufficiency needs rollout.policy: set it before scoring "
-                             "(reward.needs_policy is True)")
+    def score(self, rollout: Rollout, policy: PolicyView) -> Tensor:  # (N,)
         answers = [p.answer for p in rollout.parsed]
         rows = [i for i, a in enumerate(answers) if answer_key(a) is not None]
         blind: list[str | None] = [None] * len(answers)

@@ -30,7 +30,7 @@ def self_certainty(logp: Tensor, mask: Tensor, has_answer: Tensor) -> Tensor:
 
 
 class SelfCertainty(Cue):
-    """Running mean of :func:`self_certainty`; reads ``rollout.logp`` (filled by the sampler)."""
+    """:func:`self_certainty` of a rollout: reads ``rollout.logp`` (filled by the sampler)."""
 
     name = "self_certainty"
 

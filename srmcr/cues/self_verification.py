@@ -34,17 +34,12 @@ def self_verification(yes_no_logits: Tensor, has_answer: Tensor) -> Tensor:  # (
 
 
 class SelfVerification(Cue):
-    """Running mean of :func:`self_verification`; asks ``rollout.policy`` for the next-token
-    logits of every completion in one batched (micro-batched) pass per step."""
+    """:func:`self_verification` of a rollout; asks the policy for the next-token logits of every
+    completion in one batched (micro-batched) pass per step."""
 
     name = "self_verification"
-    needs_policy = True
 
-    def score(self, rollout: Rollout) -> Tensor:  # (N,)
-        policy: PolicyView | None = rollout.policy
-        if policy is None:
-            raise ValueError("self_verification needs rollout.policy: set it before scoring "
-                             "(reward.needs_policy is True)")
+    def score(self, rollout: Rollout, policy: PolicyView) -> Tensor:  # (N,)
         has_answer = torch.tensor([bool(p.answer) for p in rollout.parsed])  # "" is no answer
         if not has_answer.any():  # nothing to verify: skip the forward pass
             return torch.zeros(len(rollout))

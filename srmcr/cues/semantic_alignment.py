@@ -1,9 +1,9 @@
 """Semantic alignment: does the reasoning address the question, and does it lead to the answer?
 
 score = ½·cos⁺(E(q), E(r)) + ½·cos⁺(E(s_K), E(a)); without an answer (absent or empty) the
-second term is 0, so removing or emptying the answer never raises the score (version 1 scored
-the first term alone, which a policy could game by dropping its answer). Empty reasoning scores
-0. Never abstains.
+second term is 0, so removing or emptying the answer never raises the score (scoring the first
+term alone would let a policy gain by dropping its answer). Empty reasoning scores 0. Never
+abstains.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def _score(questions: Sequence[str], parsed: Sequence[Parsed],
 
 
 class SemanticAlignment(TextCue):
-    """Running mean of :func:`semantic_alignment` over rollouts; forward returns (N,) scores."""
+    """:func:`semantic_alignment` of a rollout, and the running mean of its scores."""
 
     name = "semantic_alignment"
 

@@ -37,7 +37,7 @@ def _score(questions: Sequence[str], parsed: Sequence[Parsed],
 
 
 class StepConsistency(TextCue):
-    """Running mean of :func:`step_consistency` over rollouts; forward returns (N,) scores."""
+    """:func:`step_consistency` of a rollout, and the running mean of its scores."""
 
     name = "step_consistency"
 

@@ -40,19 +40,17 @@ def visual_grounding(logp: Tensor, blank_logp: Tensor, mask: Tensor, kappa: floa
 
 
 class VisualGrounding(Cue):
-    """Running mean of :func:`visual_grounding`; needs ``rollout.logp`` and ``blank_logp``."""
+    """:func:`visual_grounding` of a rollout (``rollout.logp``) against its blank-image pass."""
 
     name = "visual_grounding"
-    needs_blank_logprobs = True
 
     def __init__(self, kappa: float = 0.5, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.kappa = kappa
 
-    def score(self, rollout: Rollout) -> Tensor:  # (N,)
-        if rollout.logp is None or rollout.blank_logp is None:
-            raise ValueError("visual_grounding needs rollout.logp and rollout.blank_logp: fill "
-                             "them before scoring (reward.needs_blank_logprobs is True)")
+    def score(self, rollout: Rollout, blank_logp: Tensor) -> Tensor:  # (N,)
+        if rollout.logp is None:
+            raise ValueError("visual_grounding needs rollout.logp (the sampler's T = 1 log-probs)")
         has_answer = torch.tensor([p.answer is not None for p in rollout.parsed])
-        return visual_grounding(rollout.logp, rollout.blank_logp, rollout.completion_mask,
-                                self.kappa, has_answer)
+        return visual_grounding(rollout.logp, blank_logp, rollout.completion_mask, self.kappa,
+                                has_answer)

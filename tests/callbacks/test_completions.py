@@ -1,5 +1,7 @@
 """CompletionTables: the markdown by hand, then tables, images and histograms in a real run."""
 
+from dataclasses import replace
+
 import lightning as L
 import pytest
 import torch
@@ -21,7 +23,7 @@ def _record() -> StepRecord:
              "x" * 50, "<answer>4</answer>"]
     rollout = make_rollout(["How many?", "How many?", "Which colour?", "Which colour?"], texts,
                            group_size=2)
-    rollout.ids, rollout.temperature = ["q0", "q0", "q1", "q1"], 0.85
+    rollout = replace(rollout, ids=["q0", "q0", "q1", "q1"], temperature=0.85)
     scores = torch.tensor([[0.5, float("nan")], [0.25, 1.0], [0.0, 0.0], [1.0, 0.5]])
     reward = RewardOutput(rewards=torch.tensor([1.0, -1.0, 0.0, 0.0]), scores=scores,
                           raw=scores.nanmean(-1), stats={"weight/a": 0.6, "weight/b": 0.4})

@@ -39,8 +39,8 @@ class HashingEncoder(TextEncoder):
 
 
 def make_rollout(questions: Sequence[str], texts: Sequence[str], group_size: int = 1,
-                 logp: Tensor | None = None, blank_logp: Tensor | None = None,
-                 mask: Tensor | None = None) -> Rollout:
+                 logp: Tensor | None = None, mask: Tensor | None = None,
+                 answer_mask: Tensor | None = None) -> Rollout:
     n = len(texts)
     mask = mask if mask is not None else torch.ones(n, 4, dtype=torch.long)
     return Rollout(
@@ -51,4 +51,4 @@ def make_rollout(questions: Sequence[str], texts: Sequence[str], group_size: int
         completion_ids=torch.zeros_like(mask), completion_mask=mask,
         truncated=torch.zeros(n, dtype=torch.bool), temperature=1.0, images=[],
         pixel_values=torch.zeros(0, 1), image_grid_thw=torch.zeros(0, 3, dtype=torch.long),
-        logp=logp, blank_logp=blank_logp)
+        logp=logp, answer_mask=answer_mask)

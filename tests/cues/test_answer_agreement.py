@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from srmcr.cues import CUE_NAMES, AnswerAgreement, answer_agreement
-from srmcr.cues.answer_agreement import answer_key
+from srmcr.cues import CUE_NAMES
+from srmcr.cues.answer_agreement import AnswerAgreement, answer_agreement, answer_key
 from srmcr.reward import SelfReward
 from tests.cues.fakes import make_rollout
 
@@ -60,12 +60,14 @@ def test_group_size_must_divide():
 def test_metric_matches_function_and_accumulates():
     texts = [_completion(a) for a in ["1", "1", "2", None, "x", "y", "y", "y"]]
     metric = AnswerAgreement()
-    first = metric(make_rollout(["q"] * 4, texts[:4], group_size=4))
-    metric.update(make_rollout(["q"] * 4, texts[4:], group_size=4))
+    first = metric.score(make_rollout(["q"] * 4, texts[:4], group_size=4))
+    second = metric.score(make_rollout(["q"] * 4, texts[4:], group_size=4))
+    metric.update(first)
+    metric.update(second)
     expected = answer_agreement(texts, group_size=4)
-    assert torch.equal(first.isnan(), expected[:4].isnan())
+    assert torch.equal(torch.cat([first, second]), expected)
     assert metric.compute().item() == pytest.approx(expected.nanmean().item())
-    assert not metric.needs_policy and not metric.needs_blank_logprobs
+    assert metric.needs == ()  # the rollout alone
 
 
 def test_reward_accepts_it_and_the_default_is_the_five_cues_and_answer_support():
@@ -74,7 +76,7 @@ def test_reward_accepts_it_and_the_default_is_the_five_cues_and_answer_support()
     reward = SelfReward(cues=["answer_agreement"])
     texts = [_completion(a) for a in ["1", "1", "2", "2"]]
     out = reward(make_rollout(["q"] * 4, texts, group_size=4))
-    assert out.scores[:, 0].tolist() == [1, 1, 0, 0] and not reward.needs_policy
+    assert out.scores[:, 0].tolist() == [1, 1, 0, 0] and not reward.needs
 
 
 SUPPORT = [  # answers of ONE group, expected vote shares, reason
@@ -89,13 +91,13 @@ SUPPORT = [  # answers of ONE group, expected vote shares, reason
 
 @pytest.mark.parametrize(("answers", "expected", "reason"), SUPPORT, ids=[c[2] for c in SUPPORT])
 def test_answer_support(answers, expected, reason):
-    from srmcr.cues import answer_support
+    from srmcr.cues.answer_agreement import answer_support
     got = answer_support([_completion(a) for a in answers], group_size=len(answers))
     assert got.tolist() == pytest.approx(expected)
 
 
 def test_answer_support_ranks_a_runner_up_above_a_stray_answer():
-    from srmcr.cues import answer_support
+    from srmcr.cues.answer_agreement import answer_support
     answers = ["2", "2", "2", "3", "3", "5"]
     got = answer_support([_completion(a) for a in answers], group_size=6)
     assert got[0] > got[3] > got[5]  # majority > runner-up > stray; agreement ties the last two

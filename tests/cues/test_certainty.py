@@ -1,11 +1,13 @@
 """self_certainty, answer_certainty and the sampler's answer-token mask, by hand."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
-from srmcr.cues import AnswerCertainty, SelfCertainty, answer_certainty, self_certainty
+from srmcr.cues.answer_certainty import AnswerCertainty, answer_certainty
+from srmcr.cues.self_certainty import SelfCertainty, self_certainty
 from srmcr.rollout import answer_token_mask
 from tests.cues.fakes import make_rollout
 
@@ -67,12 +69,10 @@ def test_answer_token_mask(ids, length, expected, reason):
 def test_metrics_match_the_functions_and_need_their_inputs():
     logp = torch.log(torch.tensor([[0.5, 0.25, 0.9, 0.9]] * 2))
     rollout = make_rollout(["q"] * 2, ["<think>a</think><answer>1</answer>", "<think>a</think>"],
-                           logp=logp)
-    rollout.answer_mask = torch.tensor([[0, 0, 1, 1], [0, 0, 0, 0]])
-    assert AnswerCertainty()(rollout).tolist() == pytest.approx([0.9, 0.0])
-    assert SelfCertainty()(rollout).tolist() == pytest.approx(
+                           logp=logp, answer_mask=torch.tensor([[0, 0, 1, 1], [0, 0, 0, 0]]))
+    assert AnswerCertainty().score(rollout).tolist() == pytest.approx([0.9, 0.0])
+    assert SelfCertainty().score(rollout).tolist() == pytest.approx(
         [math.exp(logp[0].mean().item()), 0.0])
-    rollout.logp = None
     for cue in (AnswerCertainty(), SelfCertainty()):
         with pytest.raises(ValueError, match="rollout.logp"):
-            cue(rollout)
+            cue.score(replace(rollout, logp=None))

@@ -4,8 +4,7 @@
 import pytest
 import torch
 
-from srmcr.cues import LexicalFidelity, lexical_fidelity
-from srmcr.cues.lexical_fidelity import content_tokens
+from srmcr.cues.lexical_fidelity import LexicalFidelity, content_tokens, lexical_fidelity
 from tests.cues.fakes import make_rollout
 
 Q = "How many red circles are in the image?"  # C(q) = {red, circles, image}
@@ -19,7 +18,7 @@ CASES = [
      "1/3 of the question, answer absent from reasoning"),
     (Q, "<think>Red circles everywhere.</think>", 1 / 3, "missing answer: its term is 0"),
     (Q, "<think>Red circles everywhere.</think><answer></answer>", 1 / 3,
-     "empty answer: its term is 0 (version 1 dropped it and scored 2/3, above an answer)"),
+     "empty answer: its term is 0 (dropping it would score 2/3, above an answer)"),
     ("How many?", "<think>I count 3 of them.</think><answer>3</answer>", 1.0,
      "question without content tokens: answer term alone"),
     ("How many?", "<think>I count them all.</think>", 0.0,
@@ -29,7 +28,7 @@ CASES = [
     ("Is the circle red?", "<think>The circle looks red, so yes.</think><answer>yes</answer>", 1.0,
      "'yes' is a content token"),
     ("Is the circle red?", "<think>The circle looks red, so yes.</think><answer>no</answer>", 0.5,
-     "'no' counts like 'yes' (version 1 dropped it as a short word and scored 1.0)"),
+     "'no' counts like 'yes' (dropped as a short word, it would score 1.0)"),
     ("Is the circle red?", "<think>The circle is not red, so no.</think><answer>no</answer>", 1.0,
      "'no' found in the reasoning"),
     (Q, "<think>I see red circles in the image: 2 of them.</think><answer>2</answer>", 1.0,
@@ -80,8 +79,11 @@ def test_unicode_and_long_text_stay_in_range():
 def test_metric_update_over_batches_equals_function():
     qs, cs = [c[0] for c in CASES], [c[1] for c in CASES]
     metric = LexicalFidelity()
-    first = metric(make_rollout(qs[:4], cs[:4]))
-    metric.update(make_rollout(qs[4:], cs[4:]))
+    first = metric.score(make_rollout(qs[:4], cs[:4]))
+    second = metric.score(make_rollout(qs[4:], cs[4:]))
+    metric.update(first)
+    metric.update(second)
     expected = lexical_fidelity(qs, cs)
-    assert torch.equal(first, expected[:4])
+    torch.testing.assert_close(torch.cat([first, second]), expected, rtol=0, atol=0,
+                               equal_nan=True)  # score() is the pure function
     assert metric.compute().item() == pytest.approx(expected.nanmean().item())

@@ -4,8 +4,14 @@ import math
 
 import pytest
 
-from srmcr.cues import CUE_NAMES, PerceptionSufficiency, perception_sufficiency
-from srmcr.cues.perception_sufficiency import ANSWER_TOKENS, SYSTEM_PROMPT, blind_answer
+from srmcr.cues import CUE_NAMES, CueInputs
+from srmcr.cues.perception_sufficiency import (
+    ANSWER_TOKENS,
+    SYSTEM_PROMPT,
+    PerceptionSufficiency,
+    blind_answer,
+    perception_sufficiency,
+)
 from srmcr.policy_view import PolicyView
 from srmcr.reward import SelfReward
 from srmcr.rollout import SamplingArgs
@@ -52,18 +58,16 @@ class CountingView:
         return self.replies[:len(user_texts)]
 
 
-def _rollout(answers, policy, group_size=2):
+def _rollout(answers, group_size=2):
     texts = [f"<think>Step 1: I see {i} red circles here.</think>"
              + ("" if a is None else f"<answer>{a}</answer>") for i, a in enumerate(answers)]
-    rollout = make_rollout([f"question {i // group_size}" for i in range(len(texts))], texts,
-                           group_size=group_size)
-    rollout.policy = policy
-    return rollout
+    return make_rollout([f"question {i // group_size}" for i in range(len(texts))], texts,
+                        group_size=group_size)
 
 
 def test_one_batched_call_per_step_for_the_answered_completions_only():
     view = CountingView(["<answer>3</answer>", "4", "<answer>7</answer>"])
-    scores = PerceptionSufficiency()(_rollout(["3", None, "5", "7"], view))
+    scores = PerceptionSufficiency().score(_rollout(["3", None, "5", "7"]), policy=view)
     assert scores.tolist() == pytest.approx([1.0, 0.0, 0.0, 1.0], nan_ok=True)
     assert len(view.calls) == 1
     texts, system, tokens = view.calls[0]
@@ -74,24 +78,28 @@ def test_one_batched_call_per_step_for_the_answered_completions_only():
 
 def test_no_answer_no_call_and_no_policy_is_an_error():
     view = CountingView([])
-    assert (PerceptionSufficiency()(_rollout([None, None], view)) == 0).all()
+    assert (PerceptionSufficiency().score(_rollout([None, None]), policy=view) == 0).all()
     assert view.calls == []
-    with pytest.raises(ValueError, match="rollout.policy"):
-        PerceptionSufficiency()(_rollout(["3", "4"], None))
+    reward = SelfReward(cues=["perception_sufficiency"])
+    with pytest.raises(ValueError, match="perception_sufficiency needs CueInputs.policy"):
+        reward(_rollout(["3", "4"]))
 
 
 def test_metric_accumulates_like_the_function():
     metric = PerceptionSufficiency()
-    metric(_rollout(["3", "4"], CountingView(["3", "3"])))
-    metric.update(_rollout(["5", None], CountingView(["5"])))
+    metric.update(metric.score(_rollout(["3", "4"]), policy=CountingView(["3", "3"])))
+    metric.update(metric.score(_rollout(["5", None]), policy=CountingView(["5"])))
     expected = perception_sufficiency(["3", "4", "5", None], ["3", "3", "5", None])
     assert metric.compute().item() == pytest.approx(expected.nanmean().item())
 
 
 def test_reward_needs_the_policy_only_when_configured():
-    assert "perception_sufficiency" not in CUE_NAMES and not SelfReward().needs_policy
+    assert "perception_sufficiency" not in CUE_NAMES and "policy" not in SelfReward().needs
     reward = SelfReward(cues=["perception_sufficiency", "lexical_fidelity"])
-    assert reward.needs_policy and reward.cues["perception_sufficiency"].needs_policy
+    assert reward.needs == {"policy"} and PerceptionSufficiency.needs == ("policy",)
+    view = CountingView(["<answer>3</answer>", "4"])
+    out = reward(_rollout(["3", "3"]), CueInputs(policy=view))
+    assert out.scores[:, 0].tolist() == [1.0, 0.0] and len(view.calls) == 1
 
 
 def test_policy_view_answers_text_only_in_one_generate_call():

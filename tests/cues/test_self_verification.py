@@ -1,12 +1,18 @@
 """self_verification = p(Yes) / (p(Yes) + p(No)) after asking the policy to verify its answer."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
-from srmcr.cues import CUE_NAMES, SelfVerification, self_verification
-from srmcr.cues.self_verification import VERIFY_QUESTION, WORDS
+from srmcr.cues import CUE_NAMES
+from srmcr.cues.self_verification import (
+    VERIFY_QUESTION,
+    WORDS,
+    SelfVerification,
+    self_verification,
+)
 from srmcr.policy_view import PolicyView
 from srmcr.reward import SelfReward
 from srmcr.rollout import SamplingArgs
@@ -42,17 +48,15 @@ class CountingView:
         return self.logits
 
 
-def _rollout(answers, policy):
+def _rollout(answers):
     texts = ["<think>Step 1: two circles.</think>" + ("" if a is None else f"<answer>{a}</answer>")
              for a in answers]
-    rollout = make_rollout(["q"] * len(texts), texts, group_size=2)
-    rollout.policy = policy
-    return rollout
+    return make_rollout(["q"] * len(texts), texts, group_size=2)
 
 
 def test_one_call_per_step_and_abstentions():
     view = CountingView([[1.0, 1.0], [3.0, 0.0], [0.0, 2.0], [5.0, 5.0]])
-    scores = SelfVerification()(_rollout(["2", None, "3", ""], view))
+    scores = SelfVerification().score(_rollout(["2", None, "3", ""]), policy=view)
     expected = [0.5, 0.0, 1 / (1 + math.exp(2.0)), 0.0]
     assert scores.tolist() == pytest.approx(expected, nan_ok=True)
     assert view.calls == [(4, VERIFY_QUESTION, WORDS)]
@@ -60,14 +64,15 @@ def test_one_call_per_step_and_abstentions():
 
 def test_no_answer_no_call_and_no_policy_is_an_error():
     view = CountingView([])
-    assert (SelfVerification()(_rollout([None, None], view)) == 0).all() and not view.calls
-    with pytest.raises(ValueError, match="rollout.policy"):
-        SelfVerification()(_rollout(["1", "2"], None))
+    assert (SelfVerification().score(_rollout([None, None]), policy=view) == 0).all()
+    assert not view.calls
+    with pytest.raises(ValueError, match="self_verification needs CueInputs.policy"):
+        SelfReward(cues=["self_verification"])(_rollout(["1", "2"]))
 
 
 def test_reward_needs_the_policy_only_when_configured():
     assert "self_verification" not in CUE_NAMES
-    assert SelfReward(cues=["self_verification", "non_redundancy"]).needs_policy
+    assert SelfReward(cues=["self_verification", "non_redundancy"]).needs == {"policy"}
 
 
 @pytest.fixture(scope="module")
@@ -131,9 +136,6 @@ def test_policy_view_uses_the_image(policy_and_rollout):
     model, processor, rollout = policy_and_rollout
     view = PolicyView(model, processor, SamplingArgs(), micro_batch_size=6)
     seen = view.next_token_logits(rollout, VERIFY_QUESTION, WORDS)
-    rollout.pixel_values = -rollout.pixel_values
-    try:
-        negated = view.next_token_logits(rollout, VERIFY_QUESTION, WORDS)
-    finally:
-        rollout.pixel_values = -rollout.pixel_values
+    negated = view.next_token_logits(replace(rollout, pixel_values=-rollout.pixel_values),
+                                     VERIFY_QUESTION, WORDS)
     assert not torch.allclose(seen, negated, atol=1e-5)

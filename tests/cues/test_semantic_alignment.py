@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from srmcr.cues import SemanticAlignment, semantic_alignment
+from srmcr.cues.semantic_alignment import SemanticAlignment, semantic_alignment
 from tests.cues.fakes import make_rollout
 
 Q = "alpha beta"
@@ -28,7 +28,7 @@ def test_values(fake, completion, expected, reason):
     assert semantic_alignment([Q], [completion], fake).item() == pytest.approx(expected, abs=1e-6)
 
 
-ANSWERED = [  # removing or emptying the answer never raises the score (a loophole of version 1)
+ANSWERED = [  # removing or emptying the answer never raises the score (no loophole)
     "<think>Step 1: alpha beta gamma.</think><answer>delta</answer>",
     "<think>Step 1: alpha beta.\nStep 2: so it is gamma.</think><answer>gamma</answer>",
     "<think>Step 1: alpha.</think><answer>no</answer>",
@@ -61,8 +61,11 @@ def test_metric_update_over_batches_equals_function(fake):
     qs = [Q, "gamma", Q, "delta"]
     cs = [c[0] for c in CASES[:4]]
     metric = SemanticAlignment(encoder=fake)
-    first = metric(make_rollout(qs[:2], cs[:2]))
-    metric.update(make_rollout(qs[2:], cs[2:]))
+    first = metric.score(make_rollout(qs[:2], cs[:2]))
+    second = metric.score(make_rollout(qs[2:], cs[2:]))
+    metric.update(first)
+    metric.update(second)
     expected = semantic_alignment(qs, cs, fake)
-    assert torch.equal(first, expected[:2])
+    torch.testing.assert_close(torch.cat([first, second]), expected, rtol=0, atol=0,
+                               equal_nan=True)  # score() is the pure function
     assert metric.compute().item() == pytest.approx(expected.mean().item())

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from srmcr.cues import VisualGrounding, visual_grounding
+from srmcr.cues.visual_grounding import VisualGrounding, visual_grounding
 from tests.cues.fakes import make_rollout
 
 INF = math.inf
@@ -43,17 +43,17 @@ def test_grounded_reasoning_scores_higher():
     assert grounded > 0.5 > blind
 
 
-def test_metric_needs_blank_logprobs_and_matches_function():
+def test_metric_takes_the_blank_logprobs_and_matches_function():
     logp, blank = torch.randn(4, 5), torch.randn(4, 5)
     mask = torch.tensor([[1, 1, 1, 0, 0]] * 4)
     metric = VisualGrounding()
-    assert metric.needs_blank_logprobs
-    with pytest.raises(ValueError, match="blank_logp"):
-        metric(make_rollout(["q"] * 4, [A] * 4, logp=logp, mask=mask))
-    first = metric(make_rollout(["q"] * 2, [A] * 2, logp=logp[:2], blank_logp=blank[:2],
-                                mask=mask[:2]))
-    metric.update(make_rollout(["q"] * 2, [A] * 2, logp=logp[2:], blank_logp=blank[2:],
-                               mask=mask[2:]))
+    assert metric.needs == ("blank_logp",)  # from the signature of score
+    first = metric.score(make_rollout(["q"] * 2, [A] * 2, logp=logp[:2], mask=mask[:2]),
+                         blank_logp=blank[:2])
+    second = metric.score(make_rollout(["q"] * 2, [A] * 2, logp=logp[2:], mask=mask[2:]),
+                          blank_logp=blank[2:])
+    metric.update(first)
+    metric.update(second)
     expected = visual_grounding(logp, blank, mask)
-    assert torch.equal(first, expected[:2])
+    assert torch.equal(torch.cat([first, second]), expected)
     assert metric.compute().item() == pytest.approx(expected.mean().item())

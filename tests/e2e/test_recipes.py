@@ -1,6 +1,7 @@
 """Every recipe overlay trains through main.py, and its extra policy passes run once per step."""
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -49,9 +50,8 @@ def _answering(generate):
     turn), so the cues that need an answer, and their extra passes, do run."""
     def wrapped(*args, **kwargs):
         rollout = generate(*args, **kwargs)
-        rollout.texts = [f"{t}<answer>{i % 3}</answer>" for i, t in enumerate(rollout.texts)]
-        rollout.parsed = [parse(t) for t in rollout.texts]
-        return rollout
+        texts = [f"{t}<answer>{i % 3}</answer>" for i, t in enumerate(rollout.texts)]
+        return replace(rollout, texts=texts, parsed=[parse(t) for t in texts])
     return wrapped
 
 

@@ -71,9 +71,13 @@ def test_bad_validation_data_fails_at_setup_too(tmp_path, capsys, no_model_load)
     (["--model.grpo.clip_low=0"], "error: grpo.clip_low and grpo.clip_high must be > 0"),
     (["--model.reward.cues=[lexical_fidelity]", "--model.reward.anchor=answer_agreement"],
      "error: reward.anchor='answer_agreement' is not an enabled cue"),
+    (["--model.reward.cues=[lexical_fidelity,grounding]"],
+     "error: reward.cues: unknown cue 'grounding'; valid cues: answer_agreement, "),
+    (["--model.reward.functions=[{{path: no_such_module_xyz:f}}]"],
+     "error: reward.functions[0].path='no_such_module_xyz:f': cannot import"),
     (["--model.sampling.val_group_size=1"], "error: sampling.val_group_size must be 0 (off), >= 2"),
 ], ids=["missing file", "empty glob", "group_size=1", "model path", "batch_size=0", "ckpt last",
-        "micro batch", "clip", "anchor", "val_group_size=1"])
+        "micro batch", "clip", "anchor", "unknown cue", "reward function", "val_group_size=1"])
 def test_user_errors_print_one_line(tmp_path, monkeypatch, capsys, no_model_load, args, message):
     monkeypatch.chdir(tmp_path)
     args = [a.format(tmp=tmp_path) for a in args]
