@@ -26,7 +26,9 @@ from datamodules.records import ColumnArgs, DecodeArgs, Example, example
 from srmcr.errors import DataError, MissingFileError
 
 BATCH_ROWS = 64  # rows per record batch read from Parquet
-READ_BUFFER = 1 << 20  # Parquet pages are read through a 1 MiB buffer, not a whole column chunk
+# Pages read through a 1 MiB buffer; pyarrow's default pre-buffering would instead load a whole
+# row group (up to ~100 MB in files written by datasets) before the first batch.
+READ_BUFFER = 1 << 20
 _REQUIRED = ("image", "question")
 _STATE, _DICT = "state.json", "dataset_dict.json"
 
@@ -72,7 +74,7 @@ class ParquetSource:
         return str(self.path)
 
     def raws(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        with pq.ParquetFile(self.path, buffer_size=READ_BUFFER) as file:
+        with pq.ParquetFile(self.path, buffer_size=READ_BUFFER, pre_buffer=False) as file:
             yield from _rows(file.iter_batches(BATCH_ROWS, columns=list(self.columns),
                                                use_threads=False), str(self.path))
 

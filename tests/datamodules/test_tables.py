@@ -178,3 +178,33 @@ def test_two_ranks_times_two_workers_read_every_row_exactly_once(tmp_path: Path,
         dm.setup("validate", rank=rank, world_size=2)
         seen += [s for b in take(dm, "val") for s in b.sources]
     assert Counter(seen) == Counter(f"{path}:{row}" for row in range(37))
+
+
+def test_parquet_streams_pages_not_whole_row_groups(tmp_path: Path):
+    import random
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+    rng = random.Random(0)
+    noise = [Image.frombytes("RGB", (64, 64), rng.randbytes(64 * 64 * 3)) for _ in range(600)]
+    rows = [{"image": _png(im), "question": "q"} for im in noise]  # ~7 MB of incompressible bytes
+    path = write_table(tmp_path / "d.parquet", rows)
+    assert pq.ParquetFile(path).metadata.num_row_groups == 1  # datasets: up to ~100 MB a group
+    (source,) = resolve(str(path))
+    before = pa.total_allocated_bytes()
+    held = max(pa.total_allocated_bytes() for _ in source.raws()) - before
+    assert held < 3 * 2**20, f"{held / 2**20:.1f} MB held by pyarrow while streaming"
+
+
+def _png(image) -> bytes:
+    import io
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def test_the_streaming_benchmark_reads_every_row(tmp_path: Path):
+    from benchmarks.data_stream import stream, write_parquet
+    result = stream(write_parquet(tmp_path / "b.parquet", rows=40, side=16), first=20)
+    assert result["records"] == result["read"] == 40

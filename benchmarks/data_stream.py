@@ -1,0 +1,109 @@
+"""Streaming a Parquet file of image bytes: peak memory stays flat as the file grows.
+
+    python -m benchmarks.data_stream [--rows 2000 20000] [--side 48] [--folder DIR]
+
+For each row count: ``datasets`` writes a Parquet file (``Dataset.from_generator`` with the
+``Image`` feature, a distinct noise PNG per row in bytes, ``to_parquet``'s own row groups); a fresh
+process then streams it through ``ImageQuestionDataModule``'s validation pass, every record read
+and its image decoded, and prints the peak resident memory (ru_maxrss) above its baseline after
+imports and setup (after the first 2,000 records, and at the end), the peak of pyarrow's memory
+pool, and records per second. Memory that grew with the file would show as a larger peak for
+more rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image
+
+
+def write_parquet(path: Path, rows: int, side: int, seed: int = 0) -> Path:
+    """``rows`` records with distinct ``side`` x ``side`` noise PNGs, written by ``datasets``."""
+    from datasets import Dataset, Features, Value, disable_progress_bars
+    from datasets import Image as ImageFeature
+    import io
+
+    disable_progress_bars()
+
+    def records():
+        rng = random.Random(seed)
+        for i in range(rows):
+            buffer = io.BytesIO()
+            Image.frombytes("RGB", (side, side), rng.randbytes(side * side * 3)).save(
+                buffer, format="PNG", compress_level=1)
+            yield {"image": {"bytes": buffer.getvalue(), "path": None},
+                   "question": f"What is in picture {i}?", "answer": str(i % 10)}
+
+    features = Features({"image": ImageFeature(), "question": Value("string"),
+                         "answer": Value("string")})
+    dataset = Dataset.from_generator(records, features=features,
+                                     cache_dir=str(path.parent / f"cache-{rows}"))
+    dataset.to_parquet(str(path))
+    return path
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def stream(path: Path, batch_size: int = 8, first: int = 2000) -> dict[str, float]:
+    """Read and decode every record of ``path`` once: peak memory above the baseline after the
+    ``first`` records and at the end, pyarrow's peak, and speed."""
+    import pyarrow as pa
+
+    from datamodules.image_question import ImageQuestionDataModule
+
+    data = ImageQuestionDataModule(val=str(path), batch_size=batch_size, min_pixels=28 * 28,
+                                   max_pixels=56 * 56)
+    data.setup("validate")  # the probe reads the first record
+    baseline, start, records, early = _peak_mb(), time.perf_counter(), 0, None
+    for batch in data.val_dataloader():
+        data.observe(batch)
+        records += len(batch)
+        if early is None and records >= first:
+            early = _peak_mb()
+    seconds = time.perf_counter() - start
+    return {"records": records, "read": data.read, "baseline_mb": round(baseline, 1),
+            f"growth_first_{first}_mb": round((early or _peak_mb()) - baseline, 1),
+            "growth_mb": round(_peak_mb() - baseline, 1),
+            "arrow_peak_mb": round(pa.default_memory_pool().max_memory() / 2**20, 1),
+            "records_per_s": round(records / seconds, 1)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[2000, 20000])
+    parser.add_argument("--side", type=int, default=48, help="image side, pixels")
+    parser.add_argument("--folder", type=Path, default=None, help="default: a temporary folder")
+    parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child is not None:  # the measuring process: nothing else ran in it
+        print(json.dumps(stream(args.child)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = args.folder or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        for rows in args.rows:
+            path = write_parquet(folder / f"stream-{rows}.parquet", rows, args.side)
+            done = subprocess.run([sys.executable, "-m", "benchmarks.data_stream",
+                                   "--child", str(path)], capture_output=True, text=True,
+                                  check=True, cwd=Path(__file__).resolve().parents[1])
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            import pyarrow.parquet as pq
+            meta = pq.ParquetFile(path).metadata
+            print(f"rows={rows} file_mb={path.stat().st_size / 2**20:.1f} "
+                  f"row_groups={meta.num_row_groups} " +
+                  " ".join(f"{k}={v}" for k, v in result.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
