@@ -1,7 +1,7 @@
 """Arrow-backed sources: Parquet files and folders written by ``datasets``' ``save_to_disk``.
 
-Both stream record batches with pyarrow, so memory holds one batch (a Parquet row group's pages,
-an Arrow IPC batch), whatever the file's size: records are plain dicts (``{"image": {"bytes":
+Both stream record batches with pyarrow, so memory holds a few pages and ``BATCH_ROWS`` rows,
+whatever the file's size: records are plain dicts (``{"image": {"bytes":
 ..., "path": ...}, "question": ...}``) decoded by ``records.example``. Only the mapped columns are
 read from Parquet. A missing image or question column fails when the source is opened, naming the
 file, the column and the columns it has.
@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from datamodules.records import ColumnArgs, DecodeArgs, Example, example
 from srmcr.errors import DataError, MissingFileError
 
-BATCH_ROWS = 64  # rows per record batch read from Parquet
+BATCH_ROWS = 64  # rows turned into Python records at a time
 # Pages read through a 1 MiB buffer; pyarrow's default pre-buffering would instead load a whole
 # row group (up to ~100 MB in files written by datasets) before the first batch.
 READ_BUFFER = 1 << 20
@@ -116,11 +116,28 @@ class ArrowDatasetSource:
         return _rows(self._batches(), str(self.folder))
 
     def _batches(self) -> Iterator[pa.RecordBatch]:
-        for path in self.files:  # read, not memory-mapped: resident memory stays one batch
-            with pa.OSFile(str(path)) as f:
-                for batch in pa.ipc.open_stream(f):
-                    yield batch.select(self.columns)
+        for path in self.files:
+            for batch in _ipc_batches(path):
+                for start in range(0, batch.num_rows, BATCH_ROWS):
+                    yield batch.slice(start, BATCH_ROWS).select(self.columns)
 
     def decode(self, label: str, raw: dict[str, Any], args: DecodeArgs) -> Example:
         return example(raw, label, self.folder, args)
 
+
+def _ipc_batches(path: Path) -> Iterator[pa.RecordBatch]:
+    """The record batches of an Arrow IPC stream file, each from a fresh memory map: the pages of
+    the batches already read leave this process's resident memory (one map over the whole file
+    would keep them all), and the file's pages stay shared by every worker and rank."""
+    with pa.memory_map(str(path)) as f:
+        schema = pa.ipc.read_schema(pa.ipc.MessageReader.open_stream(f).read_next_message())
+        offset = f.tell()
+    while True:
+        with pa.memory_map(str(path)) as f:
+            f.seek(offset)
+            try:
+                message = pa.ipc.read_message(f)
+            except EOFError:
+                return
+            offset = f.tell()
+            yield pa.ipc.read_record_batch(message, schema)

@@ -205,6 +205,6 @@ def _png(image) -> bytes:
 
 
 def test_the_streaming_benchmark_reads_every_row(tmp_path: Path):
-    from benchmarks.data_stream import stream, write_parquet
-    result = stream(write_parquet(tmp_path / "b.parquet", rows=40, side=16), first=20)
+    from benchmarks.data_stream import stream, write_table as write_bench
+    result = stream(write_bench(tmp_path / "b.parquet", rows=40, side=16), first=20)
     assert result["records"] == result["read"] == 40
