@@ -1,15 +1,15 @@
-"""Streaming a Parquet file of image bytes: peak memory stays flat as the file grows.
+"""Streaming a table of image bytes: peak memory stays flat as the file grows.
 
     python -m benchmarks.data_stream [--rows 2000 20000] [--side 48] [--format parquet saved]
 
-For each row count: ``datasets`` writes a Parquet file (``Dataset.from_generator`` with the
-``Image`` feature, a distinct noise PNG per row in bytes, ``to_parquet``'s own row groups; or a
-``save_to_disk`` folder with ``--format saved``); a fresh process then streams it through ``ImageQuestionDataModule``'s validation pass, every record read
-and its image decoded, and prints the peak resident memory (ru_maxrss) above its baseline after
-imports and setup (after the first 2,000 records, and at the end), the growth of its anonymous
-part (a save_to_disk folder is memory-mapped: its file pages count in RSS but are shared and
-evictable), the peak of pyarrow's memory pool, and records per second. Memory that grew with the file would show as a larger peak for
-more rows.
+For each row count, ``datasets`` writes the table (``Dataset.from_generator`` with the ``Image``
+feature, a distinct noise PNG per row in bytes): a Parquet file with ``to_parquet``'s own row
+groups, or a ``save_to_disk`` folder with ``--format saved``. A fresh process then streams it
+through ``ImageQuestionDataModule``'s validation pass, every record read and its image decoded,
+and prints: the peak resident memory (ru_maxrss) above its baseline after imports and setup,
+after the first 2,000 records and at the end; the growth of its anonymous part; the peak of
+pyarrow's memory pool; records per second. Memory that grew with the file would show as a larger
+peak for more rows.
 """
 
 from __future__ import annotations

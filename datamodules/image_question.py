@@ -23,7 +23,7 @@ from datamodules.batch import BatchProgress, ImageQuestionBatch, Stage, collate
 from datamodules.images import FACTOR
 from datamodules.records import REASONS, ColumnArgs, DecodeArgs, Source, registered, resolve
 from datamodules.stream import RecordStream, StreamStart, probe
-from srmcr.errors import ConfigError, DataError, MissingFileError, require
+from srmcr.errors import DataError, MissingFileError, require
 
 __all__ = ["BatchProgress", "ImageQuestionBatch", "ImageQuestionDataModule", "collate"]
 STAGES: tuple[Stage, ...] = ("train", "val", "test", "predict")
@@ -59,10 +59,9 @@ def _validate_columns(columns: ColumnArgs) -> None:
 
 def _specs(name: str, value: str | list[str] | None) -> list[str]:
     specs = [value] if isinstance(value, str) else list(value or [])
+    require({f"data.{name}={value!r}: an empty source string; give a JSONL or Parquet file, a "
+             f"save_to_disk folder, a glob or shapes:": all(specs)})
     for spec in specs:
-        if not spec:
-            raise ConfigError(f"{name}: an empty source string; give a JSONL or Parquet file, a "
-                              "save_to_disk folder, a glob or shapes:")
         registered(spec)  # a typo in a registered source's spec fails now, not at setup
     return specs
 
@@ -174,9 +173,9 @@ class ImageQuestionDataModule(L.LightningDataModule):
         self.world_size = self.world_size if world_size is None else world_size
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank={self.rank} must lie in [0, world_size={self.world_size})")
-        if stage == "fit" and not self.specs["train"]:
-            raise ConfigError("fitting needs data.train (a JSONL or Parquet file, a save_to_disk "
-                              "folder, a glob or shapes:train)")
+        require({"data.train=None: fitting needs data.train; set it to a JSONL or Parquet file, "
+                 "a save_to_disk folder, a glob or shapes:train":
+                 stage != "fit" or bool(self.specs["train"])})
         for name in _NEEDS[stage]:
             self._resolve(name)
             self._probe(name)
@@ -208,9 +207,8 @@ class ImageQuestionDataModule(L.LightningDataModule):
         self._probed.add(name)
 
     def _loader(self, stage: Stage) -> DataLoader:
-        if not self.specs[stage]:
-            raise ConfigError(f"no {stage} data: set data.{stage} (a JSONL or Parquet file, a "
-                              "save_to_disk folder, a glob or shapes:)")
+        require({f"data.{stage}=None: no {stage} data; set data.{stage} to a JSONL or Parquet "
+                 "file, a save_to_disk folder, a glob or shapes:": bool(self.specs[stage])})
         stream = RecordStream(
             self._resolve(stage), self.decode_args, rank=self.rank, world_size=self.world_size,
             num_workers=self.num_workers, infinite=stage == "train",

@@ -1,4 +1,4 @@
-"""Multiple-choice records: the options listed in the prompt, the answer matched by letter or text."""
+"""Multiple-choice records: options listed in the prompt, answers matched by letter or text."""
 
 from __future__ import annotations
 

@@ -43,7 +43,8 @@ def test_parquet_and_saved_dataset_and_jsonl_give_the_same_examples(tmp_path: Pa
     jsonl = write_jsonl(tmp_path / "d.jsonl", [{**row, "image": f"{i}.png"}
                                               for i, row in enumerate(rows)])
     got = []
-    for path in (jsonl, write_table(tmp_path / "d.parquet", rows), write_table(tmp_path / "s", rows)):
+    tables = [write_table(tmp_path / "d.parquet", rows), write_table(tmp_path / "s", rows)]
+    for path in (jsonl, *tables):
         (batch,) = take(ImageQuestionDataModule(val=str(path), batch_size=4, min_pixels=1), "val")
         got.append((batch.questions, batch.answers, batch.ids,
                     [im.tobytes() for im in batch.images]))
