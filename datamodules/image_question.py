@@ -10,6 +10,7 @@ the main process folds them in ``on_after_batch_transfer``, which makes ``skippe
 from __future__ import annotations
 
 import warnings
+from dataclasses import fields
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from datamodules.batch import BatchProgress, ImageQuestionBatch, Stage, collate
-from datamodules.records import REASONS, DecodeArgs, Source, registered, resolve
+from datamodules.images import FACTOR
+from datamodules.records import REASONS, ColumnArgs, DecodeArgs, Source, registered, resolve
 from datamodules.stream import RecordStream, StreamStart, probe
-from srmcr.errors import ConfigError, DataError, MissingFileError
+from srmcr.errors import DataError, MissingFileError, require
 
 __all__ = ["BatchProgress", "ImageQuestionBatch", "ImageQuestionDataModule", "collate"]
 STAGES: tuple[Stage, ...] = ("train", "val", "test", "predict")
@@ -34,27 +36,32 @@ _NEEDS: dict[str | None, tuple[Stage, ...]] = {
 
 def _validate(batch_size: int, num_workers: int, shuffle_buffer: int, min_pixels: int,
               max_pixels: int, max_question_chars: int, max_bad_fraction: float) -> None:
-    rules = [
-        (batch_size >= 1, f"batch_size={batch_size}: set it to 1 or more (prompts per step)"),
-        (num_workers >= 0, f"num_workers={num_workers}: set it to 0 or more"),
-        (shuffle_buffer >= 0, f"shuffle_buffer={shuffle_buffer}: set it to 0 (no shuffle) or more"),
-        (min_pixels >= 1, f"min_pixels={min_pixels}: set it to 1 or more"),
-        (max_pixels >= min_pixels, f"max_pixels={max_pixels} < min_pixels={min_pixels}: raise "
-                                   "max_pixels or lower min_pixels"),
-        (max_question_chars >= 1, f"max_question_chars={max_question_chars}: set it to 1 or more"),
-        (0.0 <= max_bad_fraction <= 1.0,
-         f"max_bad_fraction={max_bad_fraction}: set it within [0, 1]"),
-    ]
-    for ok, message in rules:
-        if not ok:
-            raise ConfigError(message)
+    require({
+        f"batch_size={batch_size}: set it to 1 or more (prompts per step)": batch_size >= 1,
+        f"num_workers={num_workers}: set it to 0 or more": num_workers >= 0,
+        f"shuffle_buffer={shuffle_buffer}: set it to 0 (no shuffle) or more": shuffle_buffer >= 0,
+        f"min_pixels={min_pixels}: set it to 1 or more": min_pixels >= 1,
+        f"max_pixels={max_pixels} < min_pixels={min_pixels}: raise max_pixels or lower "
+        "min_pixels": max_pixels >= min_pixels,
+        f"max_pixels={max_pixels}: set it to {FACTOR * FACTOR} ({FACTOR}x{FACTOR}, one image "
+        "token) or more": max_pixels >= FACTOR * FACTOR,
+        f"max_question_chars={max_question_chars}: set it to 1 or more": max_question_chars >= 1,
+        f"max_bad_fraction={max_bad_fraction}: set it within [0, 1]":
+            0.0 <= max_bad_fraction <= 1.0,
+    })
+
+
+def _validate_columns(columns: ColumnArgs) -> None:
+    require({f"data.columns.{f.name}={getattr(columns, f.name)!r}: set it to a field name":
+             isinstance(getattr(columns, f.name), str) and getattr(columns, f.name).strip() != ""
+             for f in fields(columns)})
 
 
 def _specs(name: str, value: str | list[str] | None) -> list[str]:
     specs = [value] if isinstance(value, str) else list(value or [])
+    require({f"data.{name}={value!r}: an empty source string; give a JSONL or Parquet file, a "
+             f"save_to_disk folder, a glob or shapes:": all(specs)})
     for spec in specs:
-        if not spec:
-            raise ConfigError(f"{name}: an empty source string; give a JSONL path, glob or shapes:")
         registered(spec)  # a typo in a registered source's spec fails now, not at setup
     return specs
 
@@ -69,10 +76,41 @@ def _gather(obj: Any) -> list[Any]:
 
 
 class ImageQuestionDataModule(L.LightningDataModule):
-    """Streams JSONL records ``{"image", "question", "answer"?, "id"?}`` or a registered source.
+    """Streams image-question records from JSONL, Parquet, ``save_to_disk`` folders or a
+    registered source.
+
+    A record has an image, a question and optionally an answer, an id and choices; their field
+    names are ``columns`` (default ``image``, ``question``, ``answer``, ``id``, ``choices``). The
+    image is a path (relative to ``image_root``, else to the file's folder), encoded bytes, or the
+    ``datasets`` ``Image`` feature (a struct of ``bytes`` and ``path``).
+
+    **Choices.** A record with a non-empty ``choices`` list is asked as
+
+        <question>
+        A. <first option>
+        B. <second option>
+        Answer with the option's letter.
+
+    and its answer (a letter, or the text of one option) becomes a ``srmcr.answers.Choice``:
+    validation, test and predict count a completion correct when it names that letter or that
+    option's text. An answer that is neither is a bad record (``bad_choices``).
+
+    **Images** are decoded to 8-bit RGB: 16-bit greyscale scaled by its bit depth (0..65535 ->
+    0..255), transparency composited on white. Their area is scaled into [min_pixels,
+    max_pixels] and their short side up to 28 px (what Qwen's processor resizes to anyway), keeping
+    the aspect ratio. An image the processor cannot take within those bounds is skipped and
+    counted as ``bad_aspect``, not resized: an aspect ratio over 200 (Qwen2-VL's ``smart_resize``
+    raises), or over max_pixels / 784 (a short side under 28 px, which the processor would stretch
+    past max_pixels). See ``datamodules.images``.
+
+    **Bad records** are skipped and counted per reason (``skipped``): ``bad_json``,
+    ``missing_field``, ``missing_image``, ``bad_image``, ``bad_aspect``, ``bad_choices``,
+    ``long_question``; the first of each file are found by a probe at ``setup``, before the model
+    loads. A Parquet file or saved dataset without the image or question column fails at setup.
 
     Args:
-        train: Training source(s): a JSONL path, a glob, or a registered ``<kind>:`` source
+        train: Training source(s): a JSONL file, a Parquet file (``.parquet``), a folder written
+            by ``datasets``' ``save_to_disk``, a glob of those, or a registered ``<kind>:`` source
             (``srmcr.sources``; the toy world's ``shapes:<split>?n=512&size=112&seed=0``);
             several are concatenated (globs in sorted order). The
             stream is infinite: the trainer's ``max_steps`` sets the length.
@@ -83,12 +121,15 @@ class ImageQuestionDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes per rank (0: load in the main process).
         shuffle_buffer: Records held for the streaming shuffle of the train stream (0: no shuffle).
         seed: Seed of the train shuffle, varied per pass and shard.
-        image_root: Folder that image paths are relative to; default: each JSONL's folder.
+        image_root: Folder that image paths are relative to; default: each data file's folder.
         min_pixels: Smaller images are scaled up to this area, keeping the aspect ratio.
-        max_pixels: Larger images are scaled down to this area, keeping the aspect ratio.
-        max_question_chars: Longer questions are skipped as bad records.
+        max_pixels: Larger images are scaled down to this area, keeping the aspect ratio; set it
+            (and min_pixels) to the policy's.
+        max_question_chars: Longer questions (with their listed choices) are skipped as bad records.
         max_bad_fraction: Stop with an error once more than this share of the records read are
             bad (checked per rank x worker shard, from its 100th record read on).
+        columns: The field (JSON key or column) of each part of a record, e.g.
+            ``--data.columns.question=prompt``.
     """
 
     def __init__(self, train: str | list[str] | None = None, val: str | list[str] | None = None,
@@ -96,10 +137,11 @@ class ImageQuestionDataModule(L.LightningDataModule):
                  batch_size: int = 4, num_workers: int = 0, shuffle_buffer: int = 256,
                  seed: int = 0, image_root: Path | None = None, min_pixels: int = 56 * 56,
                  max_pixels: int = 448 * 448, max_question_chars: int = 2000,
-                 max_bad_fraction: float = 0.1):
+                 max_bad_fraction: float = 0.1, columns: ColumnArgs = ColumnArgs()):
         super().__init__()
         _validate(batch_size, num_workers, shuffle_buffer, min_pixels, max_pixels,
                   max_question_chars, max_bad_fraction)
+        _validate_columns(columns)
         self.specs: dict[Stage, list[str]] = {
             name: _specs(name, value)
             for name, value in zip(STAGES, (train, val, test, predict), strict=True)}
@@ -107,7 +149,7 @@ class ImageQuestionDataModule(L.LightningDataModule):
         self.shuffle_buffer, self.seed = shuffle_buffer, seed
         self.max_bad_fraction = max_bad_fraction
         self.decode_args = DecodeArgs(min_pixels, max_pixels, max_question_chars,
-                                      None if image_root is None else Path(image_root))
+                                      None if image_root is None else Path(image_root), columns)
         self.rank, self.world_size = 0, 1
         self._sources: dict[Stage, list[Source]] = {}
         self._probed: set[Stage] = set()
@@ -131,8 +173,9 @@ class ImageQuestionDataModule(L.LightningDataModule):
         self.world_size = self.world_size if world_size is None else world_size
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank={self.rank} must lie in [0, world_size={self.world_size})")
-        if stage == "fit" and not self.specs["train"]:
-            raise ConfigError("fitting needs data.train (a JSONL path, glob or shapes:train)")
+        require({"data.train=None: fitting needs data.train; set it to a JSONL or Parquet file, "
+                 "a save_to_disk folder, a glob or shapes:train":
+                 stage != "fit" or bool(self.specs["train"])})
         for name in _NEEDS[stage]:
             self._resolve(name)
             self._probe(name)
@@ -140,9 +183,12 @@ class ImageQuestionDataModule(L.LightningDataModule):
     def _resolve(self, name: Stage) -> list[Source]:
         if name not in self._sources:
             try:
-                self._sources[name] = [src for spec in self.specs[name] for src in resolve(spec)]
+                self._sources[name] = [src for spec in self.specs[name]
+                                       for src in resolve(spec, self.decode_args.columns)]
             except FileNotFoundError as error:
                 raise MissingFileError(f"data.{name}: {error}") from error
+            except DataError as error:
+                raise DataError(f"data.{name}: {error}") from error
         return self._sources[name]
 
     def _probe(self, name: Stage) -> None:
@@ -161,8 +207,8 @@ class ImageQuestionDataModule(L.LightningDataModule):
         self._probed.add(name)
 
     def _loader(self, stage: Stage) -> DataLoader:
-        if not self.specs[stage]:
-            raise ConfigError(f"no {stage} data: set data.{stage} (a JSONL path, glob or shapes:)")
+        require({f"data.{stage}=None: no {stage} data; set data.{stage} to a JSONL or Parquet "
+                 "file, a save_to_disk folder, a glob or shapes:": bool(self.specs[stage])})
         stream = RecordStream(
             self._resolve(stage), self.decode_args, rank=self.rank, world_size=self.world_size,
             num_workers=self.num_workers, infinite=stage == "train",

@@ -103,7 +103,7 @@ class _Ledger:
         if whole and self.pass_read and not self.pass_good:
             raise DataError(f"no good record in a full pass over {self.names}: all "
                             f"{self.pass_read} read are bad. First bad lines: {self._lines()}. "
-                            'Each line needs {"image": <path>, "question": <text>}.')
+                            "Each record needs an image and a question (named by data.columns).")
         self.pass_read = self.pass_good = 0
 
     def _check_fraction(self) -> None:

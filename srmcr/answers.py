@@ -11,6 +11,10 @@ wrote inside ``<answer>``. The reference decides how to compare (``answer_kind``
 - ``option``: the option letters A-E the answer names ("B", "(B)", "B.", "Option B", "answer is
   B") must be exactly the reference's. A capital letter counts alone only at the start, so the
   article in "A circle" is not option A.
+  A multiple-choice record's reference is a ``Choice``: its letter, with the options the prompt
+  listed (``srmcr.prompts.with_choices``); letters then run to the last option's, and an answer
+  that names no letter matches by text: it must name the correct option's text and no other's
+  (an exact option text wins over one contained in it: "dark red" is not "red").
 - ``text``: after normalization (lower case, no punctuation, no articles, simple plurals
   folded), the reference must occur in the answer as whole words, not right after "not"/"no",
   and the answer must not hedge with "or" ("red or blue").
@@ -22,8 +26,11 @@ content: it should not reward a model for listing candidates.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import cache
 from typing import Literal
+
+from srmcr.prompts import OPTION_LETTERS
 
 AnswerKind = Literal["number", "yes_no", "option", "text"]
 
@@ -41,15 +48,38 @@ _WORD = re.compile(r"-?\d+(?:\.\d+)?|[^\W_]+")
 # The reference alone is an option: "B", "(b)", "B.", "B)", "option B".
 _OPTION_REFERENCE = re.compile(r"\(?([a-e])\)?[.):]?|(?:option|choice)\s*\(?([a-e])\)?",
                                re.IGNORECASE)
-# An option named inside an answer: "(B)", "option b", "answer is B", a letter alone, or a
-# capital at the start followed by punctuation or "is" ("B. red", "B is right"; not "A circle").
-_OPTION_IN_ANSWER = (
-    re.compile(r"\(([A-Ea-e])\)"),
-    re.compile(r"(?i:\b(?:option|choice))\s*:?\s*([A-Ea-e])\b"),
-    re.compile(r"(?i:\banswer(?:\s+is)?)\s*:?\s*([A-E])\b"),
-    re.compile(r"^\s*([A-Ea-e])[.):]?\s*$"),
-    re.compile(r"^\s*([A-E])(?:[.):,]|\s+is\b)"),
-)
+
+
+@cache
+def _option_patterns(last: str) -> tuple[re.Pattern[str], ...]:
+    """An option A..``last`` named inside an answer: "(B)", "option b", "answer is B", a letter
+    alone, or a capital at the start followed by punctuation or "is" ("B. red", "B is right";
+    not "A circle")."""
+    upper, any_case = f"A-{last}", f"A-{last}a-{last.lower()}"
+    return (
+        re.compile(rf"\(([{any_case}])\)"),
+        re.compile(rf"(?i:\b(?:option|choice))\s*:?\s*([{any_case}])\b"),
+        re.compile(rf"(?i:\banswer(?:\s+is)?)\s*:?\s*([{upper}])\b"),
+        re.compile(rf"^\s*([{any_case}])[.):]?\s*$"),
+        re.compile(rf"^\s*([{upper}])(?:[.):,]|\s+is\b)"),
+    )
+
+
+class Choice(str):
+    """The reference of a multiple-choice record: the correct option's letter (the string itself,
+    "B") and the options in prompt order; ``is_correct`` accepts the letter or the option's text."""
+
+    options: tuple[str, ...]
+
+    def __new__(cls, letter: str, options: Sequence[str]) -> Choice:
+        if not 0 <= OPTION_LETTERS.find(letter) < len(options):
+            raise ValueError(f"{letter!r} is not one of the letters of {len(options)} options")
+        choice = super().__new__(cls, letter)
+        choice.options = tuple(options)
+        return choice
+
+    def __reduce__(self):  # DataLoader workers pickle batches
+        return Choice, (str(self), self.options)
 
 
 def words(text: str) -> list[str]:
@@ -86,8 +116,18 @@ def _option(reference: str) -> str | None:
     return None if found is None else (found.group(1) or found.group(2)).upper()
 
 
-def _options(answer: str) -> set[str]:
-    return {m.upper() for pattern in _OPTION_IN_ANSWER for m in pattern.findall(answer)}
+def _options(answer: str, last: str = "E") -> set[str]:
+    return {m.upper() for pattern in _option_patterns(last) for m in pattern.findall(answer)}
+
+
+def _choice_match(answer: str, reference: Choice) -> bool:
+    named = _options(answer, OPTION_LETTERS[len(reference.options) - 1])
+    if named:
+        return named == {str(reference)}
+    said = normalize(answer)
+    found = {i for i, option in enumerate(reference.options) if normalize(option) == said} or \
+        {i for i, option in enumerate(reference.options) if _text_match(answer, option)}
+    return found == {OPTION_LETTERS.index(reference)}
 
 
 def answer_kind(reference: str) -> AnswerKind:
@@ -122,4 +162,6 @@ def is_correct(answer: str | None, reference: str) -> bool:
     """Whether the model's ``answer`` (None: it gave none) matches ``reference``."""
     if answer is None or not answer.strip():
         return False
+    if isinstance(reference, Choice):
+        return _choice_match(answer, reference)
     return MATCHERS[answer_kind(reference)](answer, reference)

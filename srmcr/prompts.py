@@ -26,3 +26,14 @@ def render(processor, questions: Sequence[str], system_prompt: str = SYSTEM_PROM
     """Prompt strings ending with the assistant header, one image placeholder each."""
     return [processor.apply_chat_template(messages(q, system_prompt), tokenize=False,
                                           add_generation_prompt=True) for q in questions]
+
+
+OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+CHOICES_INSTRUCTION = "Answer with the option's letter."
+
+
+def with_choices(question: str, options: Sequence[str]) -> str:
+    """A multiple-choice question as the model sees it: the question, one line per option
+    (``A. <option>``, ``B. <option>``, ...), then ``CHOICES_INSTRUCTION``."""
+    lines = [f"{letter}. {option}" for letter, option in zip(OPTION_LETTERS, options, strict=False)]
+    return "\n".join([question.rstrip(), *lines, CHOICES_INSTRUCTION])

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from datamodules.image_question import ImageQuestionBatch, ImageQuestionDataModule
+from datamodules.records import ColumnArgs
 from tests.datamodules.helpers import good_row, write_jsonl
 
 
@@ -36,6 +37,8 @@ def take(dm: ImageQuestionDataModule, stage: str, n: int | None = None) -> list[
     ({"shuffle_buffer": -2}, "shuffle_buffer"),
     ({"min_pixels": 0}, "min_pixels=0"),
     ({"min_pixels": 1000, "max_pixels": 999}, "raise max_pixels"),
+    ({"min_pixels": 100, "max_pixels": 500}, r"max_pixels=500: set it to 784 \(28x28"),
+    ({"columns": ColumnArgs(question="")}, "data.columns.question='': set it to a field name"),
     ({"max_question_chars": 0}, "max_question_chars"),
     ({"max_bad_fraction": 1.5}, r"within \[0, 1\]"),
     ({"max_bad_fraction": -0.1}, r"within \[0, 1\]"),
@@ -168,12 +171,16 @@ def test_changed_shard_count_restarts_at_a_new_pass():
 
 
 def test_cli_schema_documents_every_argument():
-    from jsonargparse import ArgumentParser
+    from jsonargparse import ArgumentParser, set_parsing_settings
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)  # as main.py does
     parser = ArgumentParser()
     parser.add_class_arguments(ImageQuestionDataModule, "data")
     text = parser.format_help()
     for phrase in ("Prompts per step", "shapes:<split>", "max_bad_fraction", "min_pixels"):
         assert phrase in text
-    cfg = parser.parse_args(["--data.train=shapes:train?n=8", "--data.val=[a.jsonl, b*.jsonl]"])
+    cfg = parser.parse_args(["--data.train=shapes:train?n=8", "--data.val=[a.jsonl, b*.jsonl]",
+                             "--data.columns.question=prompt"])
     assert cfg.data.train == "shapes:train?n=8" and cfg.data.val == ["a.jsonl", "b*.jsonl"]
+    assert cfg.data.columns.question == "prompt" and cfg.data.columns.image == "image"
+    assert "Parquet file" in text and "The question text" in text
 

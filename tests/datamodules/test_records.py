@@ -44,11 +44,11 @@ def test_decode_resizes_and_converts_to_rgb(tmp_path: Path):
 
 def test_image_root_replaces_the_jsonl_folder(tmp_path: Path):
     (tmp_path / "imgs").mkdir()
-    png(tmp_path / "imgs" / "a.png")
+    png(tmp_path / "imgs" / "a.png", size=(40, 30))
     source = JsonlSource(write_jsonl(tmp_path / "d.jsonl", [{"image": "a.png", "question": "q"}]))
     args = DecodeArgs(1, 10**6, 100, image_root=tmp_path / "imgs")
     (label, raw), = source.raws()
-    assert source.decode(label, raw, args).image.size == (16, 16)
+    assert source.decode(label, raw, args).image.size == (40, 30)
 
 
 def test_resolve_sorts_globs_and_reports_missing_paths(tmp_path: Path):
