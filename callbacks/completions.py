@@ -1,7 +1,8 @@
 """TensorBoard views of what the policy writes: completion tables, image thumbnails, histograms.
 
-Every ``every_n_steps`` training batches, from the module's ``last_step`` (rollout, reward,
-advantages of the step that just ran), the callback writes
+Every ``every_n_steps`` training batches, from the ``step`` (a ``StepRecord``: rollout, reward,
+advantages of the step that just ran) in the outputs of the module's ``training_step``, the
+callback writes
 
 - ``train/completions`` (TEXT tab): for the first ``groups`` groups, the question and a table of
   the G completions with each cue's raw score, well-formedness, reward and advantage, under a
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import lightning as L
@@ -74,8 +76,8 @@ def thumbnail(image, size: int = 128) -> np.ndarray:  # (H, W, 3) uint8
 class CompletionTables(L.Callback):
     """Log completion tables, image thumbnails and reward/advantage histograms to TensorBoard.
 
-    Needs a ``TensorBoardLogger`` (other loggers: a warning, nothing written) and a module with
-    ``last_step`` (``SRMCRModule``). Runs on rank 0, on its own groups.
+    Needs a ``TensorBoardLogger`` (other loggers: a warning, nothing written) and a module whose
+    ``training_step`` returns its ``step`` (``SRMCRModule``). Runs on rank 0, on its own groups.
 
     Args:
         every_n_steps: Log on training batches 0, n, 2n, ... (``log_completions_every_n_steps``).
@@ -106,7 +108,7 @@ class CompletionTables(L.Callback):
     @rank_zero_only
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
-        step: StepRecord | None = getattr(pl_module, "last_step", None)
+        step: StepRecord | None = outputs.get("step") if isinstance(outputs, Mapping) else None
         if batch_idx % self.every_n_steps or step is None:
             return
         writer = self._writer(trainer)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import lightning as L
@@ -47,9 +48,9 @@ def cooled_temperature(
 class ConfidenceCooling(L.Callback):
     """Sets ``pl_module.temperature`` after every training batch from the model's confidence.
 
-    Reads ``pl_module.last_confidence`` (mean max-prob at T = 1) and ``pl_module.last_collapse``
-    (share of groups with identical completions), both already averaged across ranks, and logs
-    ``train/confidence_ema``. The module logs the rest of the step (``train/temperature`` used for
+    Reads ``confidence`` (mean max-prob at T = 1) and ``collapse`` (share of groups with
+    identical completions), both already averaged across ranks, from the outputs of the module's
+    ``training_step``, and logs ``train/confidence_ema``. The module logs the rest of the step (``train/temperature`` used for
     its sampling, ``train/confidence``, ``train/collapse``), with or without this callback.
     Remove the callback to sample at the module's fixed ``temperature``.
 
@@ -132,8 +133,10 @@ class ConfidenceCooling(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
-        confidence = float(pl_module.last_confidence)
-        collapse = float(pl_module.last_collapse)
+        if not isinstance(outputs, Mapping) or not {"confidence", "collapse"} <= outputs.keys():
+            raise TypeError(f"ConfidenceCooling reads 'confidence' and 'collapse' from "
+                            f"{type(pl_module).__name__}.training_step's returned dict")
+        confidence, collapse = float(outputs["confidence"]), float(outputs["collapse"])
         # A step without completion tokens has no confidence (NaN): keep the EMA as it is.
         if math.isfinite(confidence):
             self._observe(confidence)

@@ -45,8 +45,6 @@ class GRPOArgs:
     """Upper clip range: ratio <= 1 + clip_high (DAPO's clip-higher uses 0.28)."""
     aggregation: Literal["grpo", "token", "dr_grpo"] = "grpo"
     """How token losses are averaged: per sequence (grpo), per token (token), or Dr. GRPO."""
-    advantage_scale: Literal["group", "batch", "none"] = "group"
-    """Advantages divided by the group std, the batch std, or only centred."""
     num_iterations: int = 1
     """mu: optimizer steps per rollout (>1 reuses the rollout with importance ratios)."""
     micro_batch_size: int = 8
@@ -92,7 +90,8 @@ def _adamw(params) -> torch.optim.Optimizer:
 
 @dataclass
 class StepRecord:
-    """The latest training step, for callbacks that show it (``CompletionTables``)."""
+    """One training step, in ``training_step``'s outputs for callbacks that show it
+    (``CompletionTables``)."""
 
     rollout: Rollout
     reward: RewardOutput
@@ -123,8 +122,6 @@ class SRMCRModule(L.LightningModule):
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints hold only the adapter and reward state
         self.temperature = sampling.temperature  # owned by the ConfidenceCooling callback
-        self.last_confidence = float("nan")
-        self.last_collapse = float("nan")
         self.model: torch.nn.Module | None = None
         self.processor = None
         self._resumed_rng: dict | None = None
@@ -186,21 +183,20 @@ class SRMCRModule(L.LightningModule):
             self._resumed_rng = None
 
     # ---- one step --------------------------------------------------------------------------
-    def training_step(self, batch, batch_idx: int) -> Tensor:
+    def training_step(self, batch, batch_idx: int) -> dict:
         rollout = sample(self.model, self.processor, batch.images, batch.questions, self.sampling,
                          self.temperature, ids=batch.ids)
         old_logp = self.score_passes(rollout)
         ref = self.reference_logp(rollout) if self.grpo_args.beta > 0 else None
         out = self.reward(rollout)
-        advantages = grpo.group_advantages(out.rewards.to(self.device), rollout.group_size,
-                                           scale=self.grpo_args.advantage_scale)
+        advantages = grpo.group_advantages(out.rewards.to(self.device), rollout.group_size)
         stats = self.optimize(rollout, advantages, old_logp, None if ref is None else ref.logp)
         if ref is not None:  # the loss's KL is at the sampling temperature: "kl_t"; "kl" at T = 1
             stats["kl_t"] = stats.pop("kl")
             stats["kl"] = grpo.k3_divergence(rollout.logp, ref.logp_t1, rollout.completion_mask)
-        self.log_step(rollout, out, advantages, stats)
-        self.last_step = StepRecord(rollout, out, advantages)
-        return stats["loss"]
+        signals = self.log_step(rollout, out, advantages, stats)
+        # For callbacks, as on_train_batch_end's outputs (ConfidenceCooling, CompletionTables).
+        return {"loss": stats["loss"], **signals, "step": StepRecord(rollout, out, advantages)}
 
     def score_passes(self, rollout: Rollout) -> Tensor | None:
         """No-grad passes the reward or the update need before the loss pass.
@@ -285,15 +281,17 @@ class SRMCRModule(L.LightningModule):
 
     # ---- logging ---------------------------------------------------------------------------
     def log_step(self, rollout: Rollout, out: RewardOutput, advantages: Tensor,
-                 stats: dict[str, Tensor]) -> None:
+                 stats: dict[str, Tensor]) -> dict[str, float]:
+        """Log the step's ``train/*`` metrics; return its ``confidence`` (mean max-prob at T = 1)
+        and ``collapse`` (share of groups of identical completions), averaged over the ranks."""
         G, mask = rollout.group_size, rollout.completion_mask
         confidence = (rollout.max_prob * mask).sum() / mask.sum().clamp(min=1)
         ids = rollout.completion_ids.view(-1, G, mask.shape[1])
         collapse = (ids == ids[:, :1]).all(-1).all(-1).float().mean()
         rewards = out.rewards.view(-1, G)
         sync = self.trainer.strategy.reduce
-        self.last_confidence = float(sync(confidence, reduce_op="mean"))
-        self.last_collapse = float(sync(collapse, reduce_op="mean"))
+        signals = {"confidence": float(sync(confidence, reduce_op="mean")),
+                   "collapse": float(sync(collapse, reduce_op="mean"))}
         metrics = {
             **{k: float(v) for k, v in stats.items()},
             **{k: float(v) for k, v in out.stats.items()},
@@ -301,8 +299,7 @@ class SRMCRModule(L.LightningModule):
             "completion_len": float(mask.sum(1).float().mean()),
             "truncated": float(rollout.truncated.float().mean()),
             "temperature": rollout.temperature,
-            "confidence": self.last_confidence,
-            "collapse": self.last_collapse,
+            **signals,
             "skipped_updates": float(self.guard.skipped),
         }
         self.collapse.update(metrics["frac_zero_std_groups"], rollout.temperature,
@@ -315,10 +312,9 @@ class SRMCRModule(L.LightningModule):
                        for k, v in metrics.items()}, on_step=True, batch_size=B)
         self.log_dict({"reward": metrics["reward_raw"], "T": rollout.temperature},
                       prog_bar=True, logger=False, on_step=True, batch_size=B)
+        return signals
 
     # ---- evaluation: validate / test / predict, one greedy completion per prompt -----------
-    last_step: StepRecord | None = None  # set by training_step
-
     def evaluate_batch(self, batch) -> tuple[Rollout, Tensor]:
         """Greedy completions, their log-prob passes (blank image included) and raw cue scores
         (N, K); the cues' running means accumulate them."""

@@ -63,7 +63,6 @@ def test_run_writes_tables_images_and_histograms(tmp_path):
                         enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False)
     trainer.fit(module, datamodule=data)
-    assert module.last_step is not None and len(module.last_step.advantages) == 4
     events = EventAccumulator(logger.log_dir, size_guidance={"tensors": 0, "images": 0,
                                                              "histograms": 0})
     events.Reload()

@@ -104,9 +104,8 @@ class ScriptedModule(BoringModel):
 
     def training_step(self, batch, batch_idx):
         self.seen.append(self.temperature)
-        self.last_confidence = CONFIDENCE[self.global_step]
-        self.last_collapse = COLLAPSE[self.global_step]
-        return super().training_step(batch, batch_idx)
+        return {**super().training_step(batch, batch_idx),
+                "confidence": CONFIDENCE[self.global_step], "collapse": COLLAPSE[self.global_step]}
 
 
 def _fit(max_steps, cooling, ckpt_path=None, callbacks=(), root=None):
@@ -178,22 +177,21 @@ def test_fixed_target_acts_from_the_first_step_and_wins_over_a_checkpoint():
 
 def test_nan_confidence_leaves_the_ema_alone():
     cooling = _fed(ConfidenceCooling(**RULE), [0.5])
-    module = SimpleNamespace(last_confidence=float("nan"), last_collapse=0.0, temperature=1.0,
-                             log=lambda *a, **k: None)
+    module = SimpleNamespace(temperature=1.0, log=lambda *a, **k: None)
     trainer = _stub_trainer(2, broadcast=lambda obj, src: obj)
-    cooling.on_train_batch_end(trainer, module, None, None, 1)
+    cooling.on_train_batch_end(trainer, module, {"confidence": float("nan"), "collapse": 0.0},
+                               None, 1)
     assert cooling.confidence_ema == 0.5 and cooling.auto_count == 1
     assert module.temperature == pytest.approx(0.9)
 
 
 def test_every_rank_takes_rank_zero_state():
     cooling = _fed(ConfidenceCooling(**RULE), [0.5])
-    module = SimpleNamespace(last_confidence=0.7, last_collapse=0.0, temperature=1.0,
-                             log=lambda *a, **k: None)
+    module = SimpleNamespace(temperature=1.0, log=lambda *a, **k: None)
     rank_zero = {"temperature": 0.77, "confidence_ema": 0.61, "c_target": None, "auto_sum": 1.2,
                  "auto_count": 2}  # what this rank would compute, up to float drift on rank 0
     trainer = _stub_trainer(2, broadcast=lambda obj, src: rank_zero)
-    cooling.on_train_batch_end(trainer, module, None, None, 1)
+    cooling.on_train_batch_end(trainer, module, {"confidence": 0.7, "collapse": 0.0}, None, 1)
     assert cooling.state_dict() == rank_zero and module.temperature == 0.77
 
 
