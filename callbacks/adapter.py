@@ -36,10 +36,10 @@ class AdapterExport(L.Callback):
     """Save ``<log_dir>/adapter``: load it with ``PeftModel.from_pretrained(base, path)``.
 
     With ``from_best`` and a checkpoint callback that monitors ``monitor`` (``BestCheckpoint``, or
-    a ``ModelCheckpoint``) holding a best checkpoint, ``adapter/`` has that checkpoint's weights (the starting model's
-    when no validation beat it) and ``<last_dirname>/`` the final ones. Otherwise ``adapter/`` has
-    the final weights. The module keeps its final weights either way, in step with the trainer's
-    step and optimizer (a checkpoint saved after fit stays consistent).
+    a ``ModelCheckpoint``) holding a best checkpoint, ``adapter/`` has that checkpoint's weights
+    (the starting model's when no validation beat it) and ``<last_dirname>/`` the final ones.
+    Otherwise ``adapter/`` has the final weights. The module keeps its final weights either way,
+    in step with the trainer's step and optimizer (a checkpoint saved after fit stays consistent).
 
     Args:
         dirname: Folder name under the run's log directory.

@@ -50,8 +50,9 @@ class ConfidenceCooling(L.Callback):
 
     Reads ``confidence`` (mean max-prob at T = 1) and ``collapse`` (share of groups with
     identical completions), both already averaged across ranks, from the outputs of the module's
-    ``training_step``, and logs ``train/confidence_ema``. The module logs the rest of the step (``train/temperature`` used for
-    its sampling, ``train/confidence``, ``train/collapse``), with or without this callback.
+    ``training_step``, and logs ``train/confidence_ema``. The module logs the rest of the step
+    (``train/temperature`` used for its sampling, ``train/confidence``, ``train/collapse``), with
+    or without this callback.
     Remove the callback to sample at the module's fixed ``temperature``.
 
     Args:
