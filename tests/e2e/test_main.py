@@ -105,3 +105,20 @@ def test_tiny_config_writes_scalars_checkpoint_and_adapter(tmp_path, monkeypatch
     for name, value in adapted.state_dict().items():
         if "lora_" in name:
             assert torch.equal(value, trained[name])
+
+
+@pytest.mark.parametrize("logger, save_dir", [
+    ({"name": "tiny", "save_dir": "<trainer.default_root_dir>/lightning_logs"}, "R/lightning_logs"),
+    ({"name": "lightning_logs", "save_dir": "<trainer.default_root_dir>/lightning_logs"}, "R"),
+    ({"name": "tiny", "save_dir": "mine"}, "mine"),  # an explicit save_dir wins
+], ids=["named", "unnamed", "explicit"])
+def test_a_logger_without_save_dir_logs_under_the_root_dir(logger, save_dir):
+    from jsonargparse import Namespace
+
+    from main import DEFAULT_SAVE_DIR, _default_save_dir
+
+    assert DEFAULT_SAVE_DIR == "<trainer.default_root_dir>/lightning_logs"
+    trainer = Namespace(default_root_dir="R", logger=Namespace(
+        class_path="lightning.pytorch.loggers.TensorBoardLogger", init_args=Namespace(**logger)))
+    _default_save_dir(trainer)
+    assert trainer.logger.init_args.save_dir == save_dir
