@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities import rank_zero_info
 
 from callbacks.best import checkpoint_record
+from srmcr.errors import require
 
 
 def trainable_state(pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
@@ -50,6 +51,13 @@ class AdapterExport(L.Callback):
 
     def __init__(self, dirname: str = "adapter", from_best: bool = True,
                  monitor: str = "val/accuracy", last_dirname: str = "adapter_last") -> None:
+        require({
+            f"AdapterExport dirname={dirname!r}: give a folder name": bool(dirname),
+            f"AdapterExport last_dirname={last_dirname!r}: give a folder name other than "
+            f"dirname={dirname!r}": bool(last_dirname) and last_dirname != dirname,
+            f"AdapterExport monitor={monitor!r}: name the metric of the best checkpoint, e.g. "
+            "val/accuracy": bool(monitor),
+        })
         self.dirname, self.from_best = dirname, from_best
         self.monitor, self.last_dirname = monitor, last_dirname
 

@@ -24,7 +24,7 @@ import numpy as np
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
-from srmcr.errors import ConfigError
+from srmcr.errors import require
 
 if TYPE_CHECKING:
     from srmcr.module import StepRecord
@@ -88,10 +88,14 @@ class CompletionTables(L.Callback):
 
     def __init__(self, every_n_steps: int = 50, groups: int = 2, max_chars: int = 500,
                  thumbnail_size: int = 128) -> None:
-        if every_n_steps < 1 or groups < 1 or max_chars < 1 or thumbnail_size < 8:
-            raise ConfigError(f"CompletionTables needs every_n_steps >= 1, groups >= 1, "
-                              f"max_chars >= 1 and thumbnail_size >= 8 (got {every_n_steps}, "
-                              f"{groups}, {max_chars}, {thumbnail_size})")
+        require({
+            f"CompletionTables every_n_steps={every_n_steps}: set it to 1 or more":
+                every_n_steps >= 1,
+            f"CompletionTables groups={groups}: set it to 1 or more": groups >= 1,
+            f"CompletionTables max_chars={max_chars}: set it to 1 or more": max_chars >= 1,
+            f"CompletionTables thumbnail_size={thumbnail_size}: set it to 8 (pixels) or more":
+                thumbnail_size >= 8,
+        })
         self.every_n_steps, self.groups = every_n_steps, groups
         self.max_chars, self.thumbnail_size = max_chars, thumbnail_size
         self._warned = False

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import lightning as L
 
-from srmcr.errors import ConfigError
+from srmcr.errors import require
 
 
 def base_temperature(step: int, t_start: float, t_end: float, cooling_steps: int) -> float:
@@ -85,23 +85,25 @@ class ConfidenceCooling(L.Callback):
         reheat: float = 1.25,
         collapse_threshold: float = 0.5,
     ) -> None:
-        checks = {
-            f"t_min must be > 0 and <= t_max, got t_min={t_min}, t_max={t_max}": 0 < t_min <= t_max,
-            f"t_start and t_end must be > 0, got {t_start} and {t_end}": t_start > 0 and t_end > 0,
-            f"cooling_steps must be >= 1, got {cooling_steps}":
-                cooling_steps is None or cooling_steps >= 1,
-            f"kappa must be >= 0, got {kappa}": kappa >= 0,
-            f"c_target must be 'auto' or a number in [0, 1], got {c_target!r}":
+        require({
+            f"ConfidenceCooling t_min={t_min}: set it above 0": t_min > 0,
+            f"ConfidenceCooling t_max={t_max}: set it to t_min={t_min} or more, and finite":
+                t_min <= t_max < math.inf,
+            f"ConfidenceCooling t_start={t_start}: set it above 0": 0 < t_start < math.inf,
+            f"ConfidenceCooling t_end={t_end}: set it above 0": 0 < t_end < math.inf,
+            f"ConfidenceCooling cooling_steps={cooling_steps}: set it to 1 or more, or null (the "
+            "whole run)": cooling_steps is None or cooling_steps >= 1,
+            f"ConfidenceCooling kappa={kappa}: set it to 0 (no confidence term) or more":
+                0 <= kappa < math.inf,
+            f"ConfidenceCooling c_target={c_target!r}: set it to auto or a confidence in [0, 1]":
                 c_target == "auto" or (not isinstance(c_target, str) and 0 <= c_target <= 1),
-            f"auto_steps must be >= 1, got {auto_steps}": auto_steps >= 1,
-            f"ema must be in [0, 1), got {ema}": 0 <= ema < 1,
-            f"reheat must be >= 1, got {reheat}": reheat >= 1,
-            f"collapse_threshold must be in [0, 1], got {collapse_threshold}":
+            f"ConfidenceCooling auto_steps={auto_steps}: set it to 1 or more": auto_steps >= 1,
+            f"ConfidenceCooling ema={ema}: set it to at least 0 (no smoothing) and below 1":
+                0 <= ema < 1,
+            f"ConfidenceCooling reheat={reheat}: set it to 1 (off) or more": 1 <= reheat < math.inf,
+            f"ConfidenceCooling collapse_threshold={collapse_threshold}: set it in [0, 1]":
                 0 <= collapse_threshold <= 1,
-        }
-        for message, ok in checks.items():
-            if not ok:
-                raise ConfigError(message)
+        })
         self.rule = dict(t_start=t_start, t_end=t_end, cooling_steps=cooling_steps, kappa=kappa,
                          t_min=t_min, t_max=t_max, reheat=reheat,
                          collapse_threshold=collapse_threshold)

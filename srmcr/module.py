@@ -5,6 +5,7 @@ rollout -> log-prob passes -> reward -> advantages -> clipped GRPO loss (micro-b
 
 from __future__ import annotations
 
+import math
 import random
 import warnings
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
 from srmcr import evaluation, grpo, validity
-from srmcr.errors import ConfigError
+from srmcr.errors import ConfigError, require
 from srmcr.guards import CollapseMonitor, UpdateGuard
 from srmcr.logprobs import (
     TokenLogProbs,
@@ -58,11 +59,27 @@ class GRPOArgs:
     """Warn when every group has had identical rewards for this many steps in a row."""
 
     def __post_init__(self) -> None:
-        if self.clip_low <= 0 or self.clip_high <= 0:
-            raise ConfigError(f"grpo.clip_low and grpo.clip_high must be > 0 (got "
-                              f"{self.clip_low}, {self.clip_high})")
-        if self.beta < 0 or self.num_iterations < 1 or self.micro_batch_size < 1:
-            raise ConfigError("grpo needs beta >= 0, num_iterations >= 1, micro_batch_size >= 1")
+        grad_norm = self.max_grad_norm
+        require({
+            f"grpo.beta={self.beta}: set it to 0 (no KL term, no reference pass) or more":
+                0 <= self.beta < math.inf,
+            f"grpo.clip_low={self.clip_low}: set it above 0 and below 1 (the ratio's floor is "
+            "1 - clip_low)": 0 < self.clip_low < 1,
+            f"grpo.clip_high={self.clip_high}: set it above 0 (the ratio's ceiling is "
+            "1 + clip_high)": 0 < self.clip_high < math.inf,
+            f"grpo.aggregation={self.aggregation!r}: set it to one of "
+            f"{', '.join(grpo.AGGREGATIONS)}": self.aggregation in grpo.AGGREGATIONS,
+            f"grpo.num_iterations={self.num_iterations}: set it to 1 or more (optimizer steps "
+            "per rollout)": self.num_iterations >= 1,
+            f"grpo.micro_batch_size={self.micro_batch_size}: set it to 1 or more":
+                self.micro_batch_size >= 1,
+            f"grpo.max_grad_norm={grad_norm}: set it above 0, or null (no clipping)":
+                grad_norm is None or 0 < grad_norm < math.inf,
+            f"grpo.max_consecutive_skips={self.max_consecutive_skips}: set it to 1 or more":
+                self.max_consecutive_skips >= 1,
+            f"grpo.collapse_patience={self.collapse_patience}: set it to 1 or more":
+                self.collapse_patience >= 1,
+        })
 
 
 def _rng_state() -> dict:
@@ -86,6 +103,20 @@ def _set_rng_state(state: dict) -> None:
 
 def _adamw(params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
+
+
+def check_optimizer(factory: OptimizerCallable) -> None:
+    """Build the optimizer once over a stand-in parameter: torch checks its arguments (a negative
+    learning rate, betas outside [0, 1)) when it is built, which is after the model has loaded."""
+    try:
+        factory([torch.nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError) as error:
+        # A jsonargparse factory is a partial whose arguments include the optimizer's class.
+        kinds = [a for a in (*getattr(factory, "args", ()), getattr(factory, "func", None), factory)
+                 if isinstance(a, type)]
+        name = kinds[0].__name__ if kinds else getattr(factory, "__name__", "optimizer")
+        raise ConfigError(f"model.optimizer ({name}) refuses its arguments: {error}; fix them "
+                          "in model.optimizer.init_args") from error
 
 
 @dataclass
@@ -134,14 +165,14 @@ class SRMCRModule(L.LightningModule):
         # Cross-object checks, before configure_model loads any weights.
         batch_size = getattr(self.trainer.datamodule, "batch_size", None)
         if stage == "fit" and batch_size is not None:
-            rows = batch_size * self.sampling.group_size
-            micro = self.grpo_args.micro_batch_size
-            if micro < rows and rows % micro:
-                fits = [d for d in range(1, rows + 1) if rows % d == 0]
-                raise ConfigError(
-                    f"grpo.micro_batch_size={micro} does not divide the "
-                    f"{rows} completions of a step (data.batch_size={batch_size} x "
-                    f"sampling.group_size={self.sampling.group_size}); use one of {fits}")
+            rows, micro = batch_size * self.sampling.group_size, self.grpo_args.micro_batch_size
+            fits = [d for d in range(1, rows + 1) if rows % d == 0]
+            require({f"grpo.micro_batch_size={micro} does not divide the {rows} completions of a "
+                     f"step (data.batch_size={batch_size} x sampling.group_size="
+                     f"{self.sampling.group_size}); use one of {fits}":
+                     micro >= rows or rows % micro == 0})
+        if stage == "fit":
+            check_optimizer(self.optimizer_factory)
 
     def configure_model(self) -> None:
         if self.model is None:

@@ -1,10 +1,13 @@
 """SRMCRModule: one real step on the tiny model changes every LoRA weight and nothing frozen."""
 
+import functools
+
 import lightning as L
 import pytest
 import torch
 
 from datamodules.image_question import ImageQuestionDataModule
+from srmcr.errors import ConfigError
 from srmcr.module import GRPOArgs, SRMCRModule, StepRecord
 from srmcr.policy import LoraArgs, PolicyArgs
 from srmcr.reward import SelfReward
@@ -92,9 +95,30 @@ def test_checkpoint_holds_adapter_and_reward_state_only(tmp_path):
     assert "optimizer_states" in torch.load(path, weights_only=False)
 
 
-def test_invalid_grpo_args_name_the_field():
-    with pytest.raises(ValueError, match="clip_low"):
-        GRPOArgs(clip_low=0.0)
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"beta": -0.1}, r"^grpo.beta=-0.1: set it to 0 \(no KL term, no reference pass\) or more$"),
+    ({"clip_low": 0.0}, r"^grpo.clip_low=0.0: set it above 0 and below 1"),
+    ({"clip_low": 1.0}, r"^grpo.clip_low=1.0: set it above 0 and below 1"),
+    ({"clip_high": 0.0}, r"^grpo.clip_high=0.0: set it above 0"),
+    ({"aggregation": "mean"}, r"^grpo.aggregation='mean': set it to one of grpo, token, dr_grpo$"),
+    ({"num_iterations": 0}, r"^grpo.num_iterations=0: set it to 1 or more"),
+    ({"micro_batch_size": 0}, r"^grpo.micro_batch_size=0: set it to 1 or more$"),
+    ({"max_grad_norm": 0.0}, r"^grpo.max_grad_norm=0.0: set it above 0, or null"),
+    ({"max_consecutive_skips": 0}, r"^grpo.max_consecutive_skips=0: set it to 1 or more$"),
+    ({"collapse_patience": 0}, r"^grpo.collapse_patience=0: set it to 1 or more$"),
+])
+def test_invalid_grpo_args_name_the_field_the_value_and_what_to_set(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        GRPOArgs(**kwargs)
+
+
+def test_optimizer_arguments_are_checked_before_the_model_loads(tmp_path):
+    module = _module()
+    module.optimizer_factory = functools.partial(torch.optim.AdamW, lr=-1e-4)
+    with pytest.raises(ConfigError, match=r"^model.optimizer \(AdamW\) refuses its arguments: "
+                                          r"Invalid learning rate: -0.0001; fix them"):
+        _fit(module, 1, tmp_path)
+    assert module.model is None  # nothing was loaded
 
 
 def test_micro_batch_that_does_not_divide_the_step_is_rejected_before_loading(tmp_path):

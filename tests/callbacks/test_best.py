@@ -172,11 +172,22 @@ def test_a_gain_within_min_delta_keeps_the_starting_model(tmp_path, monkeypatch)
     _assert_same(_adapter_lora(log_dir / "adapter"), _start_lora())
 
 
-def test_min_delta_must_not_be_negative():
+@pytest.mark.parametrize(("make", "match"), [
+    (lambda: BestCheckpoint(min_delta=-0.01), r"^BestCheckpoint min_delta=-0.01: set it to 0 or "
+                                              r"more"),
+    (lambda: BestCheckpoint(mode="best"), r"^BestCheckpoint mode='best': set it to max or min$"),
+    (lambda: BestCheckpoint(monitor=""), r"^BestCheckpoint monitor='': name a logged metric"),
+    (lambda: BestCheckpoint(filename="a/b"), r"^BestCheckpoint filename='a/b': give a file name"),
+    (lambda: AdapterExport(dirname=""), r"^AdapterExport dirname='': give a folder name$"),
+    (lambda: AdapterExport(last_dirname="adapter"), r"^AdapterExport last_dirname='adapter': "
+                                                    r"give a folder name other than dirname"),
+    (lambda: AdapterExport(monitor=""), r"^AdapterExport monitor='': name the metric"),
+])
+def test_invalid_arguments(make, match):
     from srmcr.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"^BestCheckpoint min_delta=-0.01: set it to 0 or more"):
-        BestCheckpoint(min_delta=-0.01)
+    with pytest.raises(ConfigError, match=match):
+        make()
 
 
 def test_early_stopping_counts_from_the_start_and_exports_the_best(tmp_path, monkeypatch):

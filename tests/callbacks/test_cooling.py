@@ -9,6 +9,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 
 from callbacks.cooling import ConfidenceCooling, cooled_temperature
+from srmcr.errors import ConfigError
 
 # ---------------------------------------------------------------- the pure rule (defaults:
 # t_start 1.0, t_end 0.7, cooling_steps 1000, kappa 2, t_min 0.3, t_max 1.5, reheat 1.25)
@@ -56,21 +57,32 @@ def test_reheat_on_collapse(step, c_ema, collapse, expected):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        (dict(t_min=1.0, t_max=0.5), "t_min must be > 0 and <= t_max"),
-        (dict(t_end=0.0), "t_start and t_end must be > 0"),
-        (dict(cooling_steps=0), "cooling_steps must be >= 1"),
-        (dict(kappa=-1.0), "kappa must be >= 0"),
-        (dict(c_target="median"), "c_target must be 'auto' or a number"),
-        (dict(c_target=1.5), "c_target must be 'auto' or a number"),
-        (dict(auto_steps=0), "auto_steps must be >= 1"),
-        (dict(ema=1.0), r"ema must be in \[0, 1\)"),
-        (dict(reheat=0.9), "reheat must be >= 1"),
-        (dict(collapse_threshold=2.0), "collapse_threshold must be in"),
+        (dict(t_min=0.0), r"^ConfidenceCooling t_min=0.0: set it above 0$"),
+        (dict(t_min=1.0, t_max=0.5), r"^ConfidenceCooling t_max=0.5: set it to t_min=1.0 or more"),
+        (dict(t_start=0.0), r"^ConfidenceCooling t_start=0.0: set it above 0$"),
+        (dict(t_end=0.0), r"^ConfidenceCooling t_end=0.0: set it above 0$"),
+        (dict(cooling_steps=0), r"^ConfidenceCooling cooling_steps=0: set it to 1 or more"),
+        (dict(kappa=-1.0), r"^ConfidenceCooling kappa=-1.0: set it to 0 \(no confidence term\)"),
+        (dict(c_target="median"), r"^ConfidenceCooling c_target='median': set it to auto or a"),
+        (dict(c_target=1.5), r"^ConfidenceCooling c_target=1.5: set it to auto or a confidence"),
+        (dict(auto_steps=0), r"^ConfidenceCooling auto_steps=0: set it to 1 or more$"),
+        (dict(ema=1.0), r"^ConfidenceCooling ema=1.0: set it to at least 0 .* and below 1$"),
+        (dict(reheat=0.9), r"^ConfidenceCooling reheat=0.9: set it to 1 \(off\) or more$"),
+        (dict(collapse_threshold=2.0), r"^ConfidenceCooling collapse_threshold=2.0: set it in"),
     ],
 )
 def test_invalid_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=match):
         ConfidenceCooling(**kwargs)
+
+
+def test_a_module_that_returns_no_confidence_is_named():
+    cooling = ConfidenceCooling(**RULE)
+    module = SimpleNamespace(temperature=1.0, log=lambda *a, **k: None)
+    with pytest.raises(TypeError, match="reads 'confidence' and 'collapse' from "
+                                        "SimpleNamespace.training_step's returned dict"):
+        cooling.on_train_batch_end(_stub_trainer(1, lambda obj, src: obj), module,
+                                   {"loss": 0.0}, None, 0)
 
 
 # ---------------------------------------------------------------- the callback in a Trainer

@@ -62,18 +62,24 @@ def test_bad_validation_data_fails_at_setup_too(tmp_path, capsys, no_model_load)
 @pytest.mark.parametrize("args, message", [
     (["--data.train={tmp}/missing.jsonl"], "error: data.train: no such JSONL file: '{tmp}/missing"),
     (["--data.val={tmp}/*.jsonl"], "error: data.val: no file matches the glob '{tmp}/*.jsonl'"),
-    (["--model.sampling.group_size=1"], "error: sampling.group_size must be >= 2"),
+    (["--model.sampling.group_size=1"], "error: sampling.group_size=1: set it to 2 or more"),
+    (["--model.sampling.group_size=10000"], "error: sampling.group_size=10000: set it to 1024 or "
+                                            "less (a group's statistics compare every pair"),
+    (["--model.optimizer.init_args.lr=-0.0001"], "error: model.optimizer (AdamW) refuses its "
+                                                 "arguments: Invalid learning rate: -0.0001"),
     (["--model.policy.model={tmp}/no-model"], "error: policy.model '{tmp}/no-model' is neither an "
                                               "existing folder"),
     (["--data.batch_size=0"], "error: batch_size=0: set it to 1 or more"),
     (["--ckpt_path=last"], "error: --ckpt_path last: no lightning_logs/tiny/version_*"),
     (["--model.grpo.micro_batch_size=3"], "error: grpo.micro_batch_size=3 does not divide the 16"),
-    (["--model.grpo.clip_low=0"], "error: grpo.clip_low and grpo.clip_high must be > 0"),
+    (["--model.grpo.clip_low=0"], "error: grpo.clip_low=0.0: set it above 0 and below 1"),
     (["--model.reward.cues=[lexical_fidelity]", "--model.reward.anchor=answer_agreement"],
      "error: reward.anchor='answer_agreement' is not an enabled cue"),
-    (["--model.sampling.val_group_size=1"], "error: sampling.val_group_size must be 0 (off), >= 2"),
-], ids=["missing file", "empty glob", "group_size=1", "model path", "batch_size=0", "ckpt last",
-        "micro batch", "clip", "anchor", "val_group_size=1"])
+    (["--model.sampling.val_group_size=1"], "error: sampling.val_group_size=1: set it to 0 (off), "
+                                            "2 to 1024"),
+], ids=["missing file", "empty glob", "group_size=1", "group_size=10000", "negative lr",
+        "model path", "batch_size=0", "ckpt last", "micro batch", "clip", "anchor",
+        "val_group_size=1"])
 def test_user_errors_print_one_line(tmp_path, monkeypatch, capsys, no_model_load, args, message):
     monkeypatch.chdir(tmp_path)
     args = [a.format(tmp=tmp_path) for a in args]
@@ -84,7 +90,7 @@ def test_srmcr_debug_shows_the_traceback(tmp_path, monkeypatch, no_model_load):
     monkeypatch.setenv("SRMCR_DEBUG", "1")
     with pytest.raises(DataError, match="no good record"):
         main([*TINY, f"--data.train={_bad_file(tmp_path)}"])
-    with pytest.raises(ValueError, match="group_size must be >= 2"):  # as jsonargparse wraps it
+    with pytest.raises(ValueError, match="group_size=1: set it to 2 or more"):
         main([*TINY, "--model.sampling.group_size=1"])
 
 
@@ -172,3 +178,21 @@ def test_an_unknown_key_on_the_command_line_exits_1_in_one_line(tmp_path):
     assert done.stderr.splitlines() == ["error: unknown key 'model.sampling.grup_size': did you "
                                         "mean model.sampling.group_size or "
                                         "model.sampling.val_group_size?"]
+
+
+def test_a_config_the_memory_plan_cannot_fit_is_refused_before_loading(monkeypatch, capsys,
+                                                                       no_model_load):
+    from tools import memory
+
+    monkeypatch.setattr(memory, "machine_budget", lambda accelerator: (
+        1e9 if accelerator == "cpu" else 0.0, "this test machine's 1.0 GB of RAM"))
+    big = ["--model.sampling.val_group_size=1024", "--data.batch_size=16"]
+    planned = memory.plan(memory.settings_from_config(memory.load_config(
+        [ROOT / "configs/tiny.yaml"], big)))
+    assert planned.device_bytes > 1e9 > memory.plan(memory.settings_from_config(
+        memory.load_config([ROOT / "configs/tiny.yaml"]))).device_bytes  # tiny.yaml fits
+    line = _one_error_line(capsys, *big)
+    assert line.startswith(f"error: this config's memory plan needs "
+                           f"{planned.device_bytes / 1e9:.1f} GB (peak in the sampled validation "
+                           "phase), more than this test machine's 1.0 GB of RAM: set ")
+    assert "model.sampling.val_group_size to " in line
