@@ -35,6 +35,7 @@ from callbacks.preflight import PreflightReport  # noqa: E402
 from datamodules.image_question import ImageQuestionDataModule  # noqa: E402
 from srmcr.errors import ConfigError, MissingFileError, UserError  # noqa: E402
 from srmcr.module import SRMCRModule  # noqa: E402
+from tools import memory  # noqa: E402
 
 
 def latest_run(runs: Path) -> Path:
@@ -95,6 +96,13 @@ class SRMCRCLI(LightningCLI):
             _resume_last(config)
         if config["trainer"].get("enable_progress_bar") is False:
             _drop_progress_bars(config["trainer"])
+
+    def after_instantiate_classes(self) -> None:
+        # Every class has checked its own values; no weights are loaded yet (configure_model).
+        if self.subcommand == "fit" and isinstance(self.model, SRMCRModule):
+            config = self.config[self.subcommand]
+            memory.check_fits(config.as_dict(), *memory.machine_budget(
+                config["trainer"].get("accelerator")))
 
 
 def _drop_progress_bars(trainer: Namespace) -> None:
