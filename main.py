@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import sys
+import warnings
 from argparse import ArgumentError
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -23,6 +24,20 @@ from pathlib import Path
 # bitsandbytes warns at import on CPUs with AVX512-BF16 that an optional hub kernel is missing;
 # its own CPU kernels are used instead, so the warning only confuses.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+# Lightning 2.6 builds the pytree leaf spec that torch 2.13 deprecates, at every fit.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                        category=FutureWarning)
+
+
+class _NoAdvert(logging.Filter):
+    """Lightning's tip to install its cloud logger, printed by every Trainer: an advert."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "try installing [litlogger]" not in record.getMessage()
+
+
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    logging.getLogger(_name).addFilter(_NoAdvert())
 
 import yaml  # noqa: E402
 from jsonargparse import ArgumentParser, Namespace, set_parsing_settings  # noqa: E402

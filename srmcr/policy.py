@@ -8,6 +8,9 @@ second copy of the weights is ever loaded.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
@@ -175,6 +178,18 @@ def load_processor(args: PolicyArgs, path: str) -> ImageOnlyQwenProcessor:
     return processor
 
 
+@contextmanager
+def peft_on_transformers_5() -> Iterator[None]:
+    """PEFT 0.21 still reads transformers' names for activation checkpointing, which transformers
+    5 deprecates (``is_gradient_checkpointing``, ``gradient_checkpointing_enable``): their
+    FutureWarnings inside PEFT are nothing a user can act on."""
+    with warnings.catch_warnings():
+        for name in ("is_gradient_checkpointing", "gradient_checkpointing_enable"):
+            warnings.filterwarnings("ignore", message=f"`{name}` is deprecated",
+                                    category=FutureWarning)
+        yield
+
+
 def load_policy(args: PolicyArgs) -> tuple[PeftModel, ImageOnlyQwenProcessor]:
     """The LoRA-wrapped model (trainable adapter only) and its processor."""
     path = resolve_model(args.model)
@@ -189,11 +204,13 @@ def load_policy(args: PolicyArgs) -> tuple[PeftModel, ImageOnlyQwenProcessor]:
         for module in model.modules():
             if hasattr(module, "support_avx512bf16_for_cpu"):
                 module.support_avx512bf16_for_cpu = False
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=args.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False})
+        with peft_on_transformers_5():
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=args.gradient_checkpointing,
+                gradient_checkpointing_kwargs={"use_reentrant": False})
     elif args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()  # PEFT: frozen embeddings must still pass gradients
     if args.gradient_checkpointing:
         # transformers and PEFT make the output of every input embedding require grad, the vision
@@ -201,5 +218,6 @@ def load_policy(args: PolicyArgs) -> tuple[PeftModel, ImageOnlyQwenProcessor]:
         # for backward and back-propagated through all its blocks for nothing.
         model.model.visual.forward = torch.no_grad()(model.model.visual.forward)
     model.config.use_cache = True  # generation wants the KV cache; training passes use_cache=False
-    peft_model = get_peft_model(model, args.lora.config())
+    with peft_on_transformers_5():
+        peft_model = get_peft_model(model, args.lora.config())
     return peft_model, load_processor(args, path)

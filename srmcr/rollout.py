@@ -285,7 +285,7 @@ def _shared_prefill(model, enc, prompts: Tensor, counts: Tensor, new_tokens: int
     images = image_inputs(enc["pixel_values"], enc["image_grid_thw"], prompts, features)
     cache = DynamicCache()
     head = {k: enc[k][prompts, :-1] for k in ("input_ids", "attention_mask", "mm_token_type_ids")}
-    model(**head, **images, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    model(**head, **images, cache=cache, use_cache=True, logits_to_keep=1)
     core = language_core(model)
     core.rope_deltas = core.rope_deltas.repeat_interleave(counts, dim=0)
     reserve = enc["input_ids"].shape[1] + new_tokens  # the last prompt token, then the samples
@@ -325,7 +325,7 @@ def sample(model, processor, images: Sequence[Image.Image], questions: Sequence[
             if share_prompt and len(distinct) < len(rows[part]):  # each prompt prefilled once
                 cache = _shared_prefill(model, enc, distinct, counts, config.max_new_tokens,
                                         features)
-                inputs = {"past_key_values": cache}
+                inputs = {"cache": cache}
             else:
                 pixels, grid = select_images(enc["pixel_values"], enc["image_grid_thw"], rows[part])
                 inputs = {"pixel_values": pixels, "image_grid_thw": grid}

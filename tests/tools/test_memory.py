@@ -303,7 +303,8 @@ def test_check_fits_names_the_plan_the_budget_and_what_fits():
     from srmcr.errors import ConfigError
 
     config = memory.load_config([CONFIGS / "tiny.yaml"], [
-        "--model.policy.model=tiny:tiny", "--model.sampling.val_group_size=2048"])
+        "--model.policy.model=tiny:tiny", "--model.sampling.val_group_size=1024",
+        "--data.batch_size=16"])
     planned = memory.plan(memory.settings_from_config(config))
     needed = planned.device_bytes
     assert memory.check_fits(config, needed, "enough") is not None
@@ -315,7 +316,7 @@ def test_check_fits_names_the_plan_the_budget_and_what_fits():
                               "machine's RAM: set ")
     assert "\n" not in message
     advised = re.findall(r"model\.\w+\.(\w+) to (\d+)", message)
-    assert ("val_group_size", "2047") in advised
+    assert ("val_group_size", "1023") in advised
     for knob, value in advised:  # each the boundary, the others as configured
         settings = replace(planned.settings, **{knob: int(value)})
         assert memory.plan(settings).device_bytes <= needed - 1
