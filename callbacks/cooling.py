@@ -31,12 +31,14 @@ def cooled_temperature(
     reheat: float = 1.25,
     collapse_threshold: float = 0.5,
 ) -> float:
-    """The DESIGN.md rule: ``clip(T_base(step) * exp(kappa * (c_ema - c_target)), t_min, t_max)``,
-    times ``reheat`` when ``collapse > collapse_threshold``.
+    """The rule of docs/design.md:
+    ``clip(T_base(step) * exp(kappa * (c_ema - c_target)), t_min, t_max)``, times ``reheat`` when
+    ``collapse > collapse_threshold``.
 
     Confidence above the target raises T; below it lowers T. The reheat is applied after the
-    clip, as DESIGN writes it, so a collapse lifts T even when T sits at ``t_min``; the result is
-    clipped again, so it always lies in ``[t_min, t_max]`` (at ``t_max`` a reheat changes nothing).
+    clip, as docs/design.md writes it, so a collapse lifts T even when T sits at ``t_min``; the
+    result is clipped again, so it always lies in ``[t_min, t_max]`` (at ``t_max`` a reheat
+    changes nothing).
     """
     t = base_temperature(step, t_start, t_end, cooling_steps)
     t = min(max(t * math.exp(kappa * (confidence_ema - c_target)), t_min), t_max)
