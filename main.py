@@ -70,10 +70,14 @@ DEFAULT_SAVE_DIR = "<trainer.default_root_dir>/lightning_logs"
 
 
 class SRMCRCLI(LightningCLI):
+    def __init__(self, *args, **kwargs) -> None:
+        self.parsers: list[LightningArgumentParser] = []  # the main one and each subcommand's
+        super().__init__(*args, **kwargs)
+
     def init_parser(self, **kwargs) -> LightningArgumentParser:
         # Parser mistakes raise (not print the usage and exit 2): parse_arguments words them.
         parser = super().init_parser(**{"exit_on_error": False, **kwargs})
-        self.parsers = [*getattr(self, "parsers", []), parser]
+        self.parsers.append(parser)
         return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:

@@ -177,7 +177,7 @@ def settings_from_config(config: dict, question_chars: int = 200) -> StepSetting
     from srmcr.policy import LoraArgs, PolicyArgs
     from srmcr.rollout import SamplingArgs
 
-    model, data = _init_args(config.get("model", {})), _init_args(config.get("data", {}))
+    model, data = _init_args(config.get("model") or {}), _init_args(config.get("data") or {})
     raw = dict(model.get("policy", {}))
     policy = PolicyArgs(**{**raw, "lora": LoraArgs(**raw.get("lora", {}))})
     sampling = SamplingArgs(**model.get("sampling", {}))
