@@ -8,6 +8,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from srmcr.errors import require
+
 # Lightning's advice for manual optimization, issued on every periodic save (with a code snippet).
 PRE_STEP_ADVICE = "Using ModelCheckpoint with manual optimization and every_n_train_steps"
 
@@ -26,8 +28,15 @@ class StepCheckpoint(ModelCheckpoint):
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        every, top_k = kwargs.get("every_n_train_steps"), kwargs.get("save_top_k", 1)
+        require({
+            f"StepCheckpoint every_n_train_steps={every}: set it to 1 or more (0 or null: no "
+            "periodic checkpoint)": every is None or every >= 0,
+            f"StepCheckpoint save_top_k={top_k}: set it to -1 (keep all), 0 or more":
+                top_k >= -1,
+        })
         super().__init__(*args, **kwargs)
-        self.every_n_steps = kwargs.get("every_n_train_steps") or 0
+        self.every_n_steps = every or 0
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:

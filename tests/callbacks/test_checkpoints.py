@@ -55,3 +55,14 @@ def test_periodic_saves_hold_the_weights_after_their_step(tmp_path, kind):
         saved = torch.load(tmp_path / f"epoch=0-step={step}.ckpt", weights_only=True)
         assert saved["global_step"] == step
         assert torch.equal(saved["state_dict"]["layer.weight"], model.after[step])
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"every_n_train_steps": -1}, r"^StepCheckpoint every_n_train_steps=-1: set it to 1 or more"),
+    ({"save_top_k": -2}, r"^StepCheckpoint save_top_k=-2: set it to -1 \(keep all\), 0 or more$"),
+])
+def test_invalid_arguments(kwargs, match):
+    from srmcr.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        StepCheckpoint(**kwargs)
