@@ -137,7 +137,7 @@ class BestCheckpoint(Checkpoint):
         # The state first: the checkpoint records the score it is kept for.
         self.best_model_path = str(self.dirpath / f"{self.filename}.ckpt")
         self.best_model_score, self.best_step = score, step
-        trainer.save_checkpoint(self.best_model_path)
+        trainer.save_checkpoint(self.best_model_path, weights_only=False)  # resumable
         if self.verbose:
             rank_zero_info(f"step {step}: {self.monitor} = {score:.4f}, the best so far: saved "
                            f"to {self.best_model_path}")

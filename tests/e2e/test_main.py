@@ -140,5 +140,5 @@ def test_a_first_run_prints_no_python_warning(tmp_path):
     console = done.stdout + done.stderr
     assert "adapter" in console  # it ran to the end
     warned = [line for line in console.splitlines()
-              if re.search(r"Warning\b|\.py:\d+: |litlogger|def training_step", line)]
+              if re.search(r"Warning\b|\.py:\d+: |litlogger|def training_step|was not set", line)]
     assert warned == []
