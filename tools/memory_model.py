@@ -4,6 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from tools.memory_rows import (
+    AUC_BYTES,
+    VOTE_BYTES,
+    embeddings_bytes,
+    pairwise_bytes,
+    rollout_bytes,
+    sampled_tokens_bytes,
+)
+
 GB = 1e9
 PATCH_PIXELS = 14 * 14  # one vision patch; 2x2 patches merge into one image token
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # nf4 + 8-bit absmax per 64 + fp32 per 256 blocks
@@ -13,7 +22,8 @@ ENCODER_BYTES = 90_868_376  # all-MiniLM-L6-v2 in fp32 (the packaged model.safet
 CUDA_CONTEXT_BYTES = 0.5 * GB  # CUDA context and kernels: outside the allocator's count
 ALLOCATOR_SLACK = 0.10  # fragmentation of the caching allocator over the allocated peak
 QUESTION_FILLER = "How many red circles are to the left of the large blue square in the picture? "
-KNOBS = ("micro_batch_size", "generation_batch_size", "group_size", "max_new_tokens", "max_pixels")
+KNOBS = ("micro_batch_size", "generation_batch_size", "group_size", "val_group_size",
+         "max_new_tokens", "max_pixels")
 GROUPS = (("q_proj", "k_proj", "v_proj"), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",))
 
 
@@ -69,6 +79,8 @@ class StepSettings:
     max_pixels: int = 448 * 448
     prompt_text_tokens: int = 100  # P without the image tokens
     encoder: bool = True  # text cues load the sentence encoder onto the device
+    answer_votes: bool = False  # the reward's answer agreement compares a group's answers
+    val_group_size: int = 0  # G of the sampled validation (0: none)
 
     @property
     def image_tokens(self) -> int:
@@ -286,11 +298,57 @@ def checkpointed_loss_pass(d: ModelDims, w: Widths, s: StepSettings, rows: int,
              + logits + record})
 
 
+# ---- the reward, sampling, the sampled validation -------------------------------------------
+def reward_phase(s: StepSettings, rows: int, group_size: int) -> Phase:
+    """The reward over ``rows`` completions in groups of ``group_size``: the rollout it scores,
+    and one at a time the text cues' embeddings and the answer votes."""
+    p, t = s.prompt_tokens, s.max_new_tokens
+    transient = {}
+    if s.encoder:
+        transient["sentence embeddings of the texts"] = embeddings_bytes(rows)
+    if s.answer_votes:
+        transient["answer votes, (B, G, G)"] = pairwise_bytes(
+            rows // group_size, group_size, VOTE_BYTES)
+    return Phase({"the rollout (N rows)": rollout_bytes(rows, p, t)}, transient)
+
+
+def generation_phase(s: StepSettings) -> Phase:
+    """Sampling the step's N = B * G completions, ``generation_batch_size`` rows at a time."""
+    d, w = s.dims, widths(s.dtype_bytes, s.quantization != "none", s.autocast)
+    n = s.batch_size * s.group_size
+    rows, p, t = min(s.generation_batch_size, n), s.prompt_tokens, s.max_new_tokens
+    seq = p + t
+    kv_prompt = kv_cache_bytes(d, w, rows, p)
+    prefilled = shared_prompts(rows, s.group_size)  # each prompt prefilled once
+    held = {"KV cache, prompt part (repeated per row)": kv_prompt,
+            "pixels of each prompt's image": pixel_bytes(prefilled, s.image_tokens),
+            "sampled tokens of every chunk (N rows)": sampled_tokens_bytes(n, p, t)}
+    return Phase(held, {
+        "prefill, one layer": prefilled * p * no_grad_layer_bytes(d, w, p)
+        + kv_cache_bytes(d, w, prefilled, p),
+        "vision tower (each prompt's image)": vision_bytes(d, prefilled, s.image_tokens),
+        "decode: rest of the KV cache + attention": kv_cache_bytes(d, w, rows, seq) - kv_prompt
+        + rows * seq * 2 * (d.hidden + d.kv_dim) * w.attention  # k, v repeated per head
+        + 3 * rows * d.vocab * 4})  # sampling: last-token logits, processed
+
+
+def validation_phase(s: StepSettings) -> Phase:
+    """A validation batch's sampled groups (``val_group_size``): sampling them, then scoring
+    them with every diagnostic (answer votes included) and the within-group AUC of each signal,
+    one signal at a time."""
+    val = replace(s, group_size=s.val_group_size, answer_votes=True)
+    phase = reward_phase(val, s.batch_size * s.val_group_size, s.val_group_size)
+    phase.transient["sampling them (the generation phase)"] = generation_phase(val).bytes
+    phase.transient["within-group AUC pairs, (B, G, G)"] = pairwise_bytes(
+        s.batch_size, s.val_group_size, AUC_BYTES)
+    return phase
+
+
 # ---- the plan --------------------------------------------------------------------------------
 def plan(s: StepSettings) -> MemoryPlan:
     d, w = s.dims, widths(s.dtype_bytes, s.quantization != "none", s.autocast)
     n = s.batch_size * s.group_size
-    rows, micro = min(s.generation_batch_size, n), min(s.micro_batch_size, n)
+    micro = min(s.micro_batch_size, n)
     p, t = s.prompt_tokens, s.max_new_tokens
     seq = p + t
     lora = lora_params(d, s.lora_r, s.lora_targets)
@@ -311,43 +369,26 @@ def plan(s: StepSettings) -> MemoryPlan:
         backward = {}
     if head_copy_bytes(d, w, s.autocast):
         saved["lm_head weight, bf16 copy for backward"] = head_copy_bytes(d, w, s.autocast)
-    kv_prompt = kv_cache_bytes(d, w, rows, p)
-    prefilled = shared_prompts(rows, s.group_size)  # each prompt prefilled once
-    generation = Phase({"KV cache, prompt part (repeated per row)": kv_prompt,
-                        "pixels of each prompt's image": pixel_bytes(prefilled, s.image_tokens)}, {
-        "prefill, one layer": prefilled * p * no_grad_layer_bytes(d, w, p)
-        + kv_cache_bytes(d, w, prefilled, p),
-        "vision tower (each prompt's image)": vision_bytes(d, prefilled, s.image_tokens),
-        "decode: rest of the KV cache + attention": kv_cache_bytes(d, w, rows, seq) - kv_prompt
-        + rows * seq * 2 * (d.hidden + d.kv_dim) * w.attention  # k, v repeated per head
-        + 3 * rows * d.vocab * 4})  # sampling: last-token logits, processed
+    generation = generation_phase(s)
     # No-grad passes share each prompt too: the prompts once, then the completions on the
     # prompts' keys and values repeated for every row.
     pixels = pixel_bytes(prompts, s.image_tokens)  # held by the forward, freed before the logits
     repeated_kv = kv_cache_bytes(d, w, micro + prompts, p)
-    logprobs = Phase({"prompt KV cache, repeated per row": repeated_kv},
+    rollout = rollout_bytes(n, p, t)
+    logprobs = Phase({"prompt KV cache, repeated per row": repeated_kv,
+                      "the rollout (N rows)": rollout},
                      {"prompts: one layer + pixels": prompts * p * no_grad_layer_bytes(d, w, p)
                       + pixels,
                       "completions: one layer": micro * t * no_grad_layer_bytes(d, w, seq)
                       + micro * seq * 2 * attended_kv_width(d, s.attention) * w.attention,
                       "vision tower + pixels": vision_bytes(d, prompts, s.image_tokens) + pixels,
                       "logits (3 x fp32, completion only)": logits_bytes(micro, t, d.vocab, 3)})
-    loss = Phase({"LoRA gradients (fp32)": lora * 4, **saved},
+    loss = Phase({"LoRA gradients (fp32)": lora * 4, "the rollout (N rows)": rollout, **saved},
                  {"logits + gradient (4 x fp32, completion only)":
                   logits_bytes(micro, t, d.vocab, 4), **backward})
-    return MemoryPlan(s, resident, {"generation": generation, "log-prob passes": logprobs,
-                                    "loss pass": loss})
+    phases = {"generation": generation, "log-prob passes": logprobs,
+              "reward": reward_phase(s, n, s.group_size), "loss pass": loss}
+    if s.val_group_size:  # G completions of each labelled question, and their AUC pairs
+        phases["sampled validation"] = validation_phase(s)
+    return MemoryPlan(s, resident, phases)
 
-
-def largest_fitting(s: StepSettings, knob: str, budget: float) -> int | None:
-    """The largest value of ``knob`` (the others fixed) whose plan fits ``budget`` bytes."""
-    step = 4 * PATCH_PIXELS if knob == "max_pixels" else 1
-    low = 2 if knob == "group_size" else 1
-    fits = lambda v: plan(replace(s, **{knob: v * step})).device_bytes <= budget  # noqa: E731
-    lo, hi = low, getattr(s, knob) // step
-    if hi < lo or not fits(lo):
-        return None
-    while lo < hi:  # memory grows with every knob: bisect
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
-    return lo * step
