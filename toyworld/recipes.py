@@ -57,6 +57,15 @@ RECIPES: dict[str, WarmRecipe] = {
     # language model reads them at all (docs/warm_starts.md).
     "small-v3": WarmRecipe(steps=1500, batch_size=8, lr=7e-4, warmup_steps=30, minutes=5,
                            version=3),
+    # The tally world's warm start (toyworld/tally.py): the vision tower pre-trained on each
+    # token's cell, colour and kind, then the language model on clean base-level traces (one
+    # to four shapes of the asked colour, listed in a random order). The frontier (three to five
+    # of more shapes) is left for label-free training.
+    "tally": WarmRecipe(steps=6000, batch_size=8, lr=7e-4, warmup_steps=30, minutes=45,
+                        vision_steps=1000, clean=1.0, world="tally"),
+    # tests only: the tally recipe's plumbing in seconds
+    "tally-tiny": WarmRecipe(steps=8, batch_size=4, lr=3e-3, warmup_steps=2, minutes=0.1,
+                             base="tiny", vision_steps=4, vision_batch_size=8, world="tally"),
 }
 
 

@@ -49,7 +49,7 @@ TALLY_COLOURS = ("red", "green", "blue", "yellow")
 SHAPES: dict[Level, tuple[int, int]] = {"base": (2, 6), "frontier": (8, 12)}
 TARGETS: dict[Level, tuple[int, int]] = {"base": (1, 4), "frontier": (3, 5)}
 NONE_SHARE = 0.1  # share of base questions about a colour the scene does not have (answer 0)
-CELL_FILL = (0.55, 0.8)  # shape side as a share of its cell's side
+CELL_FILL = (0.7, 0.9)  # shape side as a share of its cell's side
 TALLY_VERSION = 1  # bump when scenes, questions or traces change (it keys warm:tally's cache)
 
 
@@ -57,7 +57,7 @@ COLUMNS, ROWS = "ABCD", "1234"
 # Each cell's background is tinted by its column and row, faintly (the shapes' colours are far
 # from every tint): a vision tower has no absolute position, and a tiny one cannot infer it, so
 # the tint is what tells a token which cell it shows, as the grid labels of a board would.
-TINT_STEP = 12
+TINT_STEP = 20
 
 
 def cell_name(row: int, col: int) -> str:
