@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -10,7 +12,8 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities import rank_zero_info
 
 from callbacks.best import checkpoint_record
-from srmcr.errors import require
+from callbacks.checkpoint_io import os_reason
+from srmcr.errors import UnwritableError, require
 
 
 def trainable_state(pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
@@ -41,6 +44,8 @@ class AdapterExport(L.Callback):
     (the starting model's when no validation beat it) and ``<last_dirname>/`` the final ones.
     Otherwise ``adapter/`` has the final weights. The module keeps its final weights either way,
     in step with the trainer's step and optimizer (a checkpoint saved after fit stays consistent).
+    A folder is written beside its final name and swapped in, so a failed write (a full disk)
+    leaves the previous one whole.
 
     Args:
         dirname: Folder name under the run's log directory.
@@ -86,8 +91,10 @@ class AdapterExport(L.Callback):
         record = checkpoint_record(best.best_model_path, best.state_key)
         final = trainable_state(pl_module)
         load_trainable(pl_module, best.best_model_path)
-        self.save(pl_module, out)
-        pl_module.load_state_dict(final, strict=False)
+        try:
+            self.save(pl_module, out)
+        finally:
+            pl_module.load_state_dict(final, strict=False)
         score = "n/a" if record["score"] is None else f"{record['score']:.4f}"
         rank_zero_info(f"LoRA adapter from the best checkpoint, step {record['step']} of "
                        f"{trainer.global_step} ({self.monitor} = {score}), written to {out}; "
@@ -95,5 +102,21 @@ class AdapterExport(L.Callback):
 
     @staticmethod
     def save(pl_module: L.LightningModule, out: Path) -> None:
-        pl_module.model.save_pretrained(out)
-        pl_module.processor.save_pretrained(out)
+        """Write the folder beside ``out``, then swap it in: a write that fails (a full disk)
+        leaves ``out`` as it was, and raises ``UnwritableError``."""
+        new, old = out.with_name(f".{out.name}.new"), out.with_name(f".{out.name}.old")
+        try:
+            shutil.rmtree(new, ignore_errors=True)
+            pl_module.model.save_pretrained(new)
+            pl_module.processor.save_pretrained(new)
+            if out.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(out, old)
+            os.replace(new, out)
+            shutil.rmtree(old, ignore_errors=True)
+        except OSError as error:
+            shutil.rmtree(new, ignore_errors=True)
+            if old.exists() and not out.exists():
+                os.replace(old, out)
+            raise UnwritableError(f"could not write the adapter to {out}: {os_reason(error)}") \
+                from error
