@@ -6,7 +6,8 @@ SR-MCR (``SRMCRModule`` on ``ImageQuestionDataModule``) is the default; a config
 Mistakes that are the user's to fix (``srmcr.errors.UserError``: a setting, a missing file, data
 without a good record, a checkpoint that cannot be read, a folder that cannot be written) end in
 one line, ``error: <message>``, and exit status 1, like git and pip; ``SRMCR_DEBUG=1`` shows their
-traceback. Any other exception is a bug and keeps its traceback.
+traceback. Any other exception is a bug and keeps its traceback. A run stopped by SIGTERM or
+Ctrl-C saves a checkpoint and ``adapter/`` and exits with 143 or 130 (``callbacks.stop``).
 """
 
 import argparse
@@ -56,6 +57,7 @@ from callbacks.checkpoint_io import (  # noqa: E402
     resume_point,
 )
 from callbacks.preflight import PreflightReport  # noqa: E402
+from callbacks.stop import EXIT_STATUS, Stopped, stopping_on_signals  # noqa: E402
 from datamodules.image_question import ImageQuestionDataModule  # noqa: E402
 from srmcr.errors import ConfigError, MissingFileError, UserError  # noqa: E402
 from srmcr.module import SRMCRModule  # noqa: E402
@@ -126,6 +128,10 @@ class SRMCRCLI(LightningCLI):
         strategy = self.trainer.strategy
         if type(strategy.checkpoint_io) is TorchCheckpointIO:  # not one the config chose
             strategy.checkpoint_io = AtomicCheckpointIO()
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        with stopping_on_signals(self.trainer):
+            super()._run_subcommand(subcommand)
 
 
 def _drop_progress_bars(trainer: Namespace) -> None:
@@ -335,9 +341,16 @@ def _one_line(error: UserError) -> str:
 @contextmanager
 def user_errors(debug: bool) -> Iterator[None]:
     """A ``UserError`` ends the command as ``error: <message>`` on stderr with exit status 1; any
-    other exception (a bug) keeps its traceback, and so does everything when ``debug``."""
+    other exception (a bug) keeps its traceback, and so does everything when ``debug``. A stop by
+    signal prints its one line and exits with its status (``callbacks.stop``)."""
     try:
         yield
+    except Stopped as stop:
+        print(stop, file=sys.stderr)
+        raise SystemExit(stop.status) from None
+    except KeyboardInterrupt:  # before the run started
+        print("stopped by SIGINT before the run started: nothing saved", file=sys.stderr)
+        raise SystemExit(EXIT_STATUS["SIGINT"]) from None
     except Exception as error:
         cause = _user_error(error)
         if cause is None or debug:
@@ -382,7 +395,8 @@ def preflight(args: list[str]) -> LightningCLI:
             raise ConfigError("preflight samples G completions per question: set "
                               "--model.sampling.val_group_size to 2 or more (0 turns it off)")
     cli.trainer.callbacks.append(report)
-    cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
+    with stopping_on_signals(cli.trainer):
+        cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
     return cli
 
 

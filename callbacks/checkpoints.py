@@ -52,6 +52,7 @@ class StepCheckpoint(Checkpoint):
         self.kept: list[str] = []  # state: the periodic checkpoints kept, oldest first
         self.latest: tuple[int, Path] | None = None  # (step, file) of the newest save
         self._saved_step: int | None = None  # None until training starts: nothing to save
+        self.stop_note: str | None = None  # what it saved when the run stopped, for main.py
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.dirpath = checkpoint_dir(trainer)
@@ -73,6 +74,14 @@ class StepCheckpoint(Checkpoint):
                      exception: BaseException) -> None:
         if self.save_on_exception and self._may_save(trainer):
             self._save(trainer, periodic=self.save_top_k != 0, then="the run stops without it")
+        if self._saved_step is None:
+            return
+        if self.latest is None:
+            self.stop_note = "no checkpoint written"
+        else:
+            step, path = self.latest
+            self.stop_note = f"checkpoint {path}" + \
+                ("" if step == trainer.global_step else f" (step {step}: the newest written)")
 
     def _may_save(self, trainer: L.Trainer) -> bool:
         return (trainer.state.fn == TrainerFn.FITTING and not trainer.fast_dev_run
