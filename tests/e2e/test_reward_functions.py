@@ -4,6 +4,7 @@ import pytest
 
 from main import main
 from tests.e2e.test_main import FAST, ROOT
+from tests.test_module import Outputs
 
 PATH = "tests.e2e.test_reward_functions:shortness"
 
@@ -18,8 +19,10 @@ def test_a_user_function_alone_is_the_training_reward(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cli = main(["fit", "-c", str(ROOT / "configs/tiny.yaml"), *FAST, "--trainer.fast_dev_run=2",
                 "--data.val=shapes:val?n=2&size=56", "--model.reward.cues=[]",
-                f"--model.reward.functions=[{{path: {PATH}, weight: 0.5}}]"])
-    step = cli.model.last_step
+                f"--model.reward.functions=[{{path: {PATH}, weight: 0.5}}]",
+                "--trainer.callbacks+=tests.test_module.Outputs"])
+    # The step's record, from training_step's outputs (the module keeps no last step).
+    step = next(c for c in cli.trainer.callbacks if isinstance(c, Outputs)).seen[-1]["step"]
     values = shortness(None, step.rollout.texts, id=None, source=None)
     assert cli.model.reward.names == ["shortness"]
     assert step.reward.scores[:, 0].tolist() == pytest.approx(values)
