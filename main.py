@@ -4,8 +4,10 @@ SR-MCR (``SRMCRModule`` on ``ImageQuestionDataModule``) is the default; a config
 ``class_path`` swaps it in: ``configs/tiny_warmup.yaml`` runs the supervised warm-up instead.
 
 Mistakes that are the user's to fix (``srmcr.errors.UserError``: a setting, a missing file, data
-without a good record) end in one line, ``error: <message>``, and exit status 1, like git and pip;
-``SRMCR_DEBUG=1`` shows their traceback. Any other exception is a bug and keeps its traceback.
+without a good record, a checkpoint that cannot be read, a folder that cannot be written) end in
+one line, ``error: <message>``, and exit status 1, like git and pip; ``SRMCR_DEBUG=1`` shows their
+traceback. Any other exception is a bug and keeps its traceback. A run stopped by SIGTERM or
+Ctrl-C saves a checkpoint and ``adapter/`` and exits with 143 or 130 (``callbacks.stop``).
 """
 
 import argparse
@@ -41,28 +43,25 @@ for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utiliti
 
 import yaml  # noqa: E402
 from jsonargparse import ArgumentParser, Namespace, set_parsing_settings  # noqa: E402
+from lightning.fabric.plugins import TorchCheckpointIO  # noqa: E402
 from lightning.pytorch import LightningDataModule, LightningModule  # noqa: E402
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI  # noqa: E402
 from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
+from callbacks.checkpoint_io import (  # noqa: E402
+    AtomicCheckpointIO,
+    check_ckpt_path,
+    check_writable,
+    latest_run,
+    resume_point,
+)
 from callbacks.preflight import PreflightReport  # noqa: E402
+from callbacks.stop import EXIT_STATUS, Stopped, stopping_on_signals  # noqa: E402
 from datamodules.image_question import ImageQuestionDataModule  # noqa: E402
 from srmcr.errors import ConfigError, MissingFileError, UserError  # noqa: E402
 from srmcr.module import SRMCRModule  # noqa: E402
 from tools import memory  # noqa: E402
-
-
-def latest_run(runs: Path) -> Path:
-    """The newest ``version_*`` folder under ``runs`` that has ``checkpoints/last.ckpt``."""
-    found = sorted((p.parent.parent for p in runs.glob("version_*/checkpoints/last.ckpt")),
-                   key=lambda p: int(p.name.removeprefix("version_")) if
-                   p.name.removeprefix("version_").isdigit() else -1)
-    if not found:
-        raise MissingFileError(f"--ckpt_path last: no {runs}/version_*/checkpoints/last.ckpt "
-                               "to resume from; pass a checkpoint path instead")
-    return found[-1]
-
 
 # A logger without save_dir (the shipped configs) gets this default, resolved once the config is
 # parsed (_default_save_dir): jsonargparse validates the logger's required save_dir before then.
@@ -102,6 +101,8 @@ class SRMCRCLI(LightningCLI):
                 raise cause from error
             commands = [*self.subcommands(), "preflight"]
             raise ConfigError(parser_mistake(str(error), self.known_keys, commands)) from error
+        if command := self.config.get("subcommand"):  # before LightningCLI reads the checkpoint
+            check_ckpt_path(self.config[command].get("ckpt_path"))
 
     def known_keys(self) -> list[str]:
         """Every key the subcommands accept, without jsonargparse's ``init_args`` level."""
@@ -113,6 +114,8 @@ class SRMCRCLI(LightningCLI):
         _default_save_dir(config["trainer"])
         if config.get("ckpt_path") == "last":
             _resume_last(config)
+        if self.subcommand is not None:  # the pre-flight writes nothing
+            check_writable(_output_folder(config["trainer"]))
         if config["trainer"].get("enable_progress_bar") is False:
             _drop_progress_bars(config["trainer"])
 
@@ -122,6 +125,13 @@ class SRMCRCLI(LightningCLI):
             config = self.config[self.subcommand]
             memory.check_fits(config.as_dict(), *memory.machine_budget(
                 config["trainer"].get("accelerator")))
+        strategy = self.trainer.strategy
+        if type(strategy.checkpoint_io) is TorchCheckpointIO:  # not one the config chose
+            strategy.checkpoint_io = AtomicCheckpointIO()
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        with stopping_on_signals(self.trainer):
+            super()._run_subcommand(subcommand)
 
 
 def _drop_progress_bars(trainer: Namespace) -> None:
@@ -156,8 +166,23 @@ def _default_save_dir(trainer: Namespace) -> None:
             args.save_dir = str(root if unnamed else root / "lightning_logs")
 
 
+def _output_folder(trainer: Namespace) -> Path:
+    """The folder the run writes under: its logger's (its run folder once ``--ckpt_path last``
+    has chosen one), else the trainer's root."""
+    loggers = trainer.get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        args = getattr(logger, "init_args", None)
+        if isinstance(args, Namespace) and args.get("save_dir"):
+            run = Path(args.save_dir)
+            if args.get("version") is not None:
+                run = run / (args.get("name") or "lightning_logs") / str(args.version)
+            return run
+    return Path(trainer.get("default_root_dir") or ".")
+
+
 def _resume_last(config) -> None:
-    """``--ckpt_path last`` resumes the newest run and keeps logging into its folder."""
+    """``--ckpt_path last`` resumes the newest run and keeps logging into its folder, from its
+    ``last.ckpt`` or, when that cannot be read, its newest checkpoint that can (with a warning)."""
     trainer = config["trainer"]
     logger = trainer.get("logger")
     if getattr(logger, "init_args", None) is not None and "save_dir" in logger.init_args:
@@ -167,7 +192,7 @@ def _resume_last(config) -> None:
         args.version = run.name  # TensorBoard continues the same curves
     else:
         run = latest_run(Path(trainer.get("default_root_dir") or ".") / "lightning_logs")
-    config["ckpt_path"] = str(run / "checkpoints" / "last.ckpt")
+    config["ckpt_path"] = str(resume_point(run / "checkpoints"))
 
 
 # ---- parser mistakes: one line each ----------------------------------------------------------
@@ -316,9 +341,16 @@ def _one_line(error: UserError) -> str:
 @contextmanager
 def user_errors(debug: bool) -> Iterator[None]:
     """A ``UserError`` ends the command as ``error: <message>`` on stderr with exit status 1; any
-    other exception (a bug) keeps its traceback, and so does everything when ``debug``."""
+    other exception (a bug) keeps its traceback, and so does everything when ``debug``. A stop by
+    signal prints its one line and exits with its status (``callbacks.stop``)."""
     try:
         yield
+    except Stopped as stop:
+        print(stop, file=sys.stderr)
+        raise SystemExit(stop.status) from None
+    except KeyboardInterrupt:  # before the run started
+        print("stopped by SIGINT before the run started: nothing saved", file=sys.stderr)
+        raise SystemExit(EXIT_STATUS["SIGINT"]) from None
     except Exception as error:
         cause = _user_error(error)
         if cause is None or debug:
@@ -363,7 +395,8 @@ def preflight(args: list[str]) -> LightningCLI:
             raise ConfigError("preflight samples G completions per question: set "
                               "--model.sampling.val_group_size to 2 or more (0 turns it off)")
     cli.trainer.callbacks.append(report)
-    cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
+    with stopping_on_signals(cli.trainer):
+        cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
     return cli
 
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.best import checkpoint_record
-from srmcr.errors import require
+from callbacks.checkpoint_io import os_reason
+from srmcr.errors import UnwritableError, require
 
 
 def trainable_state(pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
@@ -41,6 +45,9 @@ class AdapterExport(L.Callback):
     (the starting model's when no validation beat it) and ``<last_dirname>/`` the final ones.
     Otherwise ``adapter/`` has the final weights. The module keeps its final weights either way,
     in step with the trainer's step and optimizer (a checkpoint saved after fit stays consistent).
+    A fit stopped by SIGTERM or Ctrl-C exports the same way, from what it has trained so far. A
+    folder is written beside its final name and swapped in, so a failed write (a full disk) leaves
+    the previous one whole.
 
     Args:
         dirname: Folder name under the run's log directory.
@@ -60,6 +67,8 @@ class AdapterExport(L.Callback):
         })
         self.dirname, self.from_best = dirname, from_best
         self.monitor, self.last_dirname = monitor, last_dirname
+        self._start_step: int | None = None  # the global step this fit started at
+        self.stop_note: str | None = None  # what it wrote when the run stopped, for main.py
 
     def best_checkpoint(self, trainer: L.Trainer) -> Checkpoint | None:
         """The checkpoint callback that monitors ``monitor`` and has saved a best, if any."""
@@ -68,32 +77,72 @@ class AdapterExport(L.Callback):
                  and getattr(cb, "best_model_path", "")]
         return found[0] if self.from_best and found else None
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start_step = trainer.global_step
+
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.export(trainer, pl_module)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                     exception: BaseException) -> None:
+        """A run stopped by a signal (SIGTERM, Ctrl-C) exports what it has, as at the end of fit;
+        one stopped by an error does not (its weights may be what went wrong)."""
+        if not isinstance(exception, SIGTERMException | KeyboardInterrupt):
+            return
+        if self._start_step is None or trainer.global_step == self._start_step:
+            self.stop_note = "no adapter written: no step was trained"
+            return
+        try:
+            self.stop_note = self.export(trainer, pl_module)
+        except UnwritableError as error:
+            self.stop_note = f"no adapter written: {error}"
+
+    def export(self, trainer: L.Trainer, pl_module: L.LightningModule) -> str:
+        """Write ``adapter/`` (and ``adapter_last/``); return where, in a few words."""
         # trainer.log_dir broadcasts from rank 0 under DDP: every rank must ask, only rank 0 writes
         # (a rank-zero-only hook here left rank 0 waiting on a peer that had already exited).
         # Only rank 0 reads the best checkpoint too: the file may exist on its node alone.
         root = Path(trainer.log_dir or trainer.default_root_dir)
         best = self.best_checkpoint(trainer)
-        if not trainer.is_global_zero:
-            return
         out = root / self.dirname
+        if not trainer.is_global_zero:
+            return f"adapter {out}"
         if best is None:
             self.save(pl_module, out)
             rank_zero_info(f"LoRA adapter (final weights, step {trainer.global_step}) written "
                            f"to {out}")
-            return
+            return f"adapter {out} (final weights)"
         self.save(pl_module, root / self.last_dirname)
         record = checkpoint_record(best.best_model_path, best.state_key)
         final = trainable_state(pl_module)
         load_trainable(pl_module, best.best_model_path)
-        self.save(pl_module, out)
-        pl_module.load_state_dict(final, strict=False)
+        try:
+            self.save(pl_module, out)
+        finally:
+            pl_module.load_state_dict(final, strict=False)
         score = "n/a" if record["score"] is None else f"{record['score']:.4f}"
         rank_zero_info(f"LoRA adapter from the best checkpoint, step {record['step']} of "
                        f"{trainer.global_step} ({self.monitor} = {score}), written to {out}; "
                        f"the final weights to {root / self.last_dirname}")
+        return f"adapter {out} (the best checkpoint, step {record['step']})"
 
     @staticmethod
     def save(pl_module: L.LightningModule, out: Path) -> None:
-        pl_module.model.save_pretrained(out)
-        pl_module.processor.save_pretrained(out)
+        """Write the folder beside ``out``, then swap it in: a write that fails (a full disk)
+        leaves ``out`` as it was, and raises ``UnwritableError``."""
+        new, old = out.with_name(f".{out.name}.new"), out.with_name(f".{out.name}.old")
+        try:
+            shutil.rmtree(new, ignore_errors=True)
+            pl_module.model.save_pretrained(new)
+            pl_module.processor.save_pretrained(new)
+            if out.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(out, old)
+            os.replace(new, out)
+            shutil.rmtree(old, ignore_errors=True)
+        except OSError as error:
+            shutil.rmtree(new, ignore_errors=True)
+            if old.exists() and not out.exists():
+                os.replace(old, out)
+            raise UnwritableError(f"could not write the adapter to {out}: {os_reason(error)}") \
+                from error

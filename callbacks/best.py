@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from callbacks.checkpoint_io import checkpoint_dir, read_problem, save_or_warn
 from srmcr.errors import require
 
 
@@ -83,15 +84,7 @@ class BestCheckpoint(Checkpoint):
         return f"{type(self).__name__}{{'monitor': {self.monitor!r}, 'mode': {self.mode!r}}}"
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        # Where ModelCheckpoint puts its files: beside the first logger's run, else the root.
-        if trainer.loggers:
-            logger = trainer.loggers[0]
-            version = logger.version if isinstance(logger.version, str) \
-                else f"version_{logger.version}"
-            run = Path(logger.save_dir or trainer.default_root_dir) / str(logger.name) / version
-        else:
-            run = Path(trainer.default_root_dir)
-        self.dirpath = Path(trainer.strategy.broadcast(str(run / "checkpoints"), src=0))
+        self.dirpath = checkpoint_dir(trainer)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_step > 0 and self.best_model_path:
@@ -102,11 +95,19 @@ class BestCheckpoint(Checkpoint):
         # last.ckpt is written at the end of a training step, before that step's validation, which
         # may have replaced best.ckpt (and Lightning does not repeat it on resume): the file on
         # disk, not the restored state, holds the best so far.
-        record = None
-        if trainer.is_global_zero and Path(self.best_model_path).is_file():
-            record = checkpoint_record(self.best_model_path, self.state_key)
-        record = trainer.strategy.broadcast(record, src=0)
-        if record is None or record["score"] is None:
+        # One that cannot be read (gone, damaged) is forgotten: the next validation keeps a best.
+        record = problem = None
+        if trainer.is_global_zero:
+            problem = read_problem(Path(self.best_model_path))
+            if problem is None:
+                record = checkpoint_record(self.best_model_path, self.state_key)
+        record, problem = trainer.strategy.broadcast((record, problem), src=0)
+        if problem is not None:
+            rank_zero_warn(f"BestCheckpoint: cannot read {self.best_model_path} ({problem}): no "
+                           "best checkpoint until the next validation", category=UserWarning)
+            self.best_model_path, self.best_model_score, self.best_step = "", None, None
+            return
+        if record["score"] is None:
             return
         if self.best_model_score != record["score"]:
             rank_zero_info(f"{self.best_model_path} holds step {record['step']} "
@@ -134,10 +135,14 @@ class BestCheckpoint(Checkpoint):
                                f"than {self.min_delta}")
             return
         assert self.dirpath is not None, "setup sets dirpath"
-        # The state first: the checkpoint records the score it is kept for.
+        # The state first: the checkpoint records the score it is kept for. A failed write leaves
+        # the file, hence the state, at the previous best.
+        kept = self.best_model_path, self.best_model_score, self.best_step
         self.best_model_path = str(self.dirpath / f"{self.filename}.ckpt")
         self.best_model_score, self.best_step = score, step
-        trainer.save_checkpoint(self.best_model_path, weights_only=False)  # resumable
+        if not save_or_warn(trainer, Path(self.best_model_path)):
+            self.best_model_path, self.best_model_score, self.best_step = kept
+            return
         if self.verbose:
             rank_zero_info(f"step {step}: {self.monitor} = {score:.4f}, the best so far: saved "
                            f"to {self.best_model_path}")

@@ -23,6 +23,14 @@ class MissingFileError(UserError, FileNotFoundError):
     """A data file, model folder or checkpoint that does not exist."""
 
 
+class UnreadableCheckpointError(UserError, ValueError):
+    """A checkpoint file that exists but cannot be loaded: truncated, corrupt, not a checkpoint."""
+
+
+class UnwritableError(UserError, OSError):
+    """A file or folder the run must write and cannot: a read-only folder, a full disk."""
+
+
 def require(rules: dict[str, bool]) -> None:
     """The project's one way to check config values: ``{message: condition}``, in order; the
     first false condition raises ``ConfigError(message)``. Each message names the setting, the

@@ -11,6 +11,10 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 
+NON_FINITE_ADVICE = ("Lower the learning rate, check the reward cues, or set a smaller "
+                     "grpo.max_grad_norm.")
+
+
 class NonFiniteUpdate(RuntimeError):
     """Raised after ``max_consecutive`` updates in a row had to be skipped."""
 
@@ -19,7 +23,7 @@ class UpdateGuard:
     """Counts skipped updates; ``max_consecutive`` skips in a row end the run with an error.
 
     A step whose reward, advantage, loss or gradient is not finite is skipped before the optimizer
-    sees it, so the weights stay as they were.
+    sees it, so the weights stay as they were; so is one without a record that sampling can take.
     """
 
     def __init__(self, max_consecutive: int = 3) -> None:
@@ -33,17 +37,19 @@ class UpdateGuard:
     def finite(x: Tensor) -> bool:
         return bool(torch.isfinite(x).all())
 
-    def skip(self, what: str, ids: Sequence[str], step: int) -> None:
+    def skip(self, what: str, ids: Sequence[str], step: int, cause: str | None = None,
+             advice: str = NON_FINITE_ADVICE) -> None:
+        """Count a skipped update: ``cause`` (default ``non-finite <what>``) says why."""
         self.skipped += 1
         self.consecutive += 1
         shown = ", ".join(dict.fromkeys(ids))
-        log.warning("step %d: non-finite %s, update skipped (%d in a row); batch ids: %s",
-                    step, what, self.consecutive, shown)
+        log.warning("step %d: %s, update skipped (%d in a row); batch ids: %s",
+                    step, cause or f"non-finite {what}", self.consecutive, shown)
         if self.consecutive >= self.max_consecutive:
             raise NonFiniteUpdate(
-                f"{self.consecutive} updates in a row skipped, the last for a non-finite {what} "
-                f"(step {step}, batch ids: {shown}). Lower the learning rate, check the reward "
-                "cues, or set a smaller grpo.max_grad_norm.")
+                f"{self.consecutive} updates in a row skipped, the last for "
+                f"{cause or f'a non-finite {what}'} "
+                f"(step {step}, batch ids: {shown}). {advice}")
 
     def ok(self) -> None:
         self.consecutive = 0

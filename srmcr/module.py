@@ -18,10 +18,10 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
-from srmcr import evaluation, grpo, validity
+from srmcr import evaluation, grpo, record_faults, validity
 from srmcr.cues import CueInputs
 from srmcr.errors import ConfigError, require
-from srmcr.guards import CollapseMonitor, UpdateGuard
+from srmcr.guards import NON_FINITE_ADVICE, CollapseMonitor, UpdateGuard
 from srmcr.logprobs import (
     TokenLogProbs,
     blank_pixel_values,
@@ -160,6 +160,8 @@ class SRMCRModule(L.LightningModule):
         self._resumed_rng: dict | None = None
         self.guard = UpdateGuard(grpo.max_consecutive_skips)
         self.collapse = CollapseMonitor(grpo.collapse_patience)
+        # Records dropped inside a step, per reason (data/skipped/<reason>); checkpointed.
+        self.skipped_records = {record_faults.REASON: 0}
 
     def setup(self, stage: str) -> None:
         self.eval_metrics = evaluation.EvalMetrics()
@@ -191,7 +193,7 @@ class SRMCRModule(L.LightningModule):
                                     if k in trainable or k.startswith("reward.")}
         # RNG states too: sampling draws from them, and exact resume needs the same draws.
         checkpoint["srmcr"] = {"guard": self.guard.state_dict(), "temperature": self.temperature,
-                               "rng": _rng_state()}
+                               "rng": _rng_state(), "skipped_records": dict(self.skipped_records)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # strict_loading is off (the frozen base is not in checkpoints), so check by hand that
@@ -207,6 +209,7 @@ class SRMCRModule(L.LightningModule):
             self.guard.load_state_dict(state["guard"])
             self.temperature = state["temperature"]
             self._resumed_rng = state["rng"]
+            self.skipped_records.update(state.get("skipped_records", {}))
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # Restored here, not at load: creating the resumed dataloader iterator draws from the
@@ -217,11 +220,15 @@ class SRMCRModule(L.LightningModule):
 
     # ---- one step --------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> dict:
-        rollout = sample(self.model, self.processor, batch.images, batch.questions, self.sampling,
-                         self.temperature, ids=batch.ids)
+        rows, rollout = self.sample_records(batch)
+        self.log_dict({f"data/skipped/{reason}": float(n) for reason, n in
+                       self.skipped_records.items()}, on_step=True, batch_size=len(batch))
+        if self.on_any_rank(rollout is None):  # no record left (on some rank): every rank skips
+            return self.skip_update("batch", batch.ids, "no record of the batch that sampling "
+                                    "can take", "Check the records named in the warnings above.")
         inputs, old_logp = self.score_passes(rollout)
         ref = self.reference_logp(rollout) if self.grpo_args.beta > 0 else None
-        out = self.reward(rollout, inputs, self.records(batch))
+        out = self.reward(rollout, inputs, self.records(batch, rows))
         advantages = grpo.group_advantages(out.rewards.to(self.device), rollout.group_size)
         stats = self.optimize(rollout, advantages, old_logp, None if ref is None else ref.logp)
         if ref is not None:  # the loss's KL is at the sampling temperature: "kl_t"; "kl" at T = 1
@@ -230,6 +237,21 @@ class SRMCRModule(L.LightningModule):
         signals = self.log_step(rollout, out, advantages, stats)
         # For callbacks, as on_train_batch_end's outputs (ConfidenceCooling, CompletionTables).
         return {"loss": stats["loss"], **signals, "step": StepRecord(rollout, out, advantages)}
+
+    def sample_records(self, batch) -> tuple[list[int], Rollout | None]:
+        """The step's rollout, and the batch row of each of its prompts; records that make
+        sampling raise are replaced by the batch's others and counted, and no rollout comes when
+        none is left (``srmcr.record_faults``)."""
+        def sample_rows(rows: Sequence[int], probe: bool) -> Rollout:
+            args = replace(self.sampling, group_size=2, max_new_tokens=1) if probe \
+                else self.sampling
+            return sample(self.model, self.processor, [batch.images[r] for r in rows],
+                          [batch.questions[r] for r in rows], args, self.temperature,
+                          ids=[batch.ids[r] for r in rows])
+        rows, rollout, skipped = record_faults.sample_skipping(sample_rows, batch.ids,
+                                                               self.global_step + 1)
+        self.skipped_records[record_faults.REASON] += skipped
+        return rows, rollout
 
     def score_passes(self, rollout: Rollout) -> tuple[CueInputs, Tensor | None]:
         """No-grad passes the reward or the update need before the loss pass: the inputs the
@@ -273,7 +295,7 @@ class SRMCRModule(L.LightningModule):
         A non-finite advantage, loss or gradient skips the update (weights untouched).
         """
         if self.on_any_rank(not self.guard.finite(advantages)):
-            return self.skip_update("reward or advantage", rollout)
+            return self.skip_update("reward or advantage", rollout.ids)
         args, opt = self.grpo_args, self.optimizers()
         mask = rollout.completion_mask
         norm = grpo.loss_normalizer(mask, args.aggregation)
@@ -299,7 +321,7 @@ class SRMCRModule(L.LightningModule):
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
             bad_grad = not all(self.guard.finite(g) for g in grads)
             if self.on_any_rank(bad_loss or bad_grad):
-                return self.skip_update("loss" if bad_loss else "gradient", rollout)
+                return self.skip_update("loss" if bad_loss else "gradient", rollout.ids)
             if args.max_grad_norm is not None:
                 self.clip_gradients(opt, gradient_clip_val=args.max_grad_norm,
                                     gradient_clip_algorithm="norm")
@@ -313,13 +335,14 @@ class SRMCRModule(L.LightningModule):
                                              reduce_op="sum")
         return bool(flags > 0)
 
-    def skip_update(self, what: str, rollout: Rollout) -> dict[str, Tensor]:
+    def skip_update(self, what: str, ids: Sequence[str], cause: str | None = None,
+                    advice: str = NON_FINITE_ADVICE) -> dict[str, Tensor]:
         opt = self.optimizers()
         opt.zero_grad(set_to_none=True)
         # A step with no gradients leaves every weight and its Adam state alone but still counts
         # as a step, so max_steps, logging and checkpoints stay aligned with the batches.
         opt.step()
-        self.guard.skip(what, rollout.ids, self.global_step)
+        self.guard.skip(what, ids, self.global_step, cause, advice)
         nan = torch.tensor(float("nan"))
         return {"loss": nan, "kl": nan, "clip_frac": nan}
 

@@ -67,8 +67,7 @@ def _fit(root: Path, steps: int, scores: dict[int, float], monkeypatch, val: boo
         enable_model_summary=False, val_check_interval=2, check_val_every_n_epoch=None,
         num_sanity_val_steps=0, logger=TensorBoardLogger(root, name="run", version=0),
         callbacks=[ValidateAtStart(), AdapterExport(), validations,
-                   StepCheckpoint(save_last=True, every_n_train_steps=2, save_top_k=-1,
-                                   monitor="step", mode="max"),
+                   StepCheckpoint(save_last=True, every_n_train_steps=2, save_top_k=-1),
                    BestCheckpoint(min_delta=min_delta), *extra])
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     return trainer, module, validations
@@ -213,6 +212,18 @@ def test_resume_neither_repeats_step_0_nor_forgets_the_best(tmp_path, monkeypatc
     assert trainer.log_dir == first.log_dir
     assert validations.steps == [6, 8]  # no step 0, and Lightning does not repeat step 4
     assert _step(checkpoints / "best.ckpt") == 4
+
+
+def test_a_damaged_best_checkpoint_is_forgotten_on_resume_not_fatal(tmp_path, monkeypatch):
+    first, _, _ = _fit(tmp_path, 4, SCORES, monkeypatch)
+    checkpoints = Path(first.log_dir) / "checkpoints"
+    best = checkpoints / "best.ckpt"
+    best.write_bytes(best.read_bytes()[:1000])
+    with pytest.warns(UserWarning, match="cannot read .*best.ckpt .*: no best checkpoint until "
+                                         "the next validation"):
+        _fit(tmp_path, 6, SCORES, monkeypatch, ckpt_path=checkpoints / "epoch=0-step=4.ckpt")
+    assert _step(best) == 6  # step 6's validation kept one again, and adapter/ came from it
+    _assert_same(_adapter_lora(Path(first.log_dir) / "adapter"), _ckpt_lora(best))
 
 
 def test_without_validation_the_final_weights_are_exported(tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
-"""A run killed with SIGTERM saves a checkpoint, and ``--ckpt_path last`` continues it."""
+"""A run stopped by SIGTERM or Ctrl-C finishes its step, saves a checkpoint and ``adapter/``, exits
+with 143 or 130, and ``--ckpt_path last`` continues it."""
 
 import signal
 import subprocess
@@ -14,7 +15,9 @@ from tests.e2e.test_main import FAST, ROOT
 
 
 @pytest.mark.slow
-def test_sigterm_saves_and_ckpt_path_last_resumes(tmp_path, monkeypatch):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_a_signal_saves_exports_exits_non_zero_and_ckpt_path_last_resumes(tmp_path, monkeypatch,
+                                                                          signum):
     args = ["fit", "-c", str(ROOT / "configs/tiny.yaml"), *FAST,
             "--trainer.logger.init_args.save_dir=logs", "--trainer.limit_val_batches=0",
             "--trainer.max_steps=10000"]
@@ -27,13 +30,22 @@ def test_sigterm_saves_and_ckpt_path_last_resumes(tmp_path, monkeypatch):
         assert proc.poll() is None, proc.stderr.read()[-3000:]
         assert time.monotonic() < deadline, "no training step within 240 s"
         time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
-    assert "SIGTERMException" in err or "SIGTERM" in err
+    # 128 + the signal's number, as a shell reports it: `fit && export` does not export.
+    assert proc.returncode == 128 + signum, err[-3000:]
+    assert f"{signum.name}: finishing the current step (step " in err
     last = run / "checkpoints" / "last.ckpt"
-    saved = torch.load(last, weights_only=True)
-    step = saved["global_step"]
+    step = torch.load(last, weights_only=True)["global_step"]
     assert step >= 1
+    assert err.rstrip().splitlines()[-1] == (
+        f"stopped by {signum.name} after step {step}: checkpoint {last.relative_to(tmp_path)}, "
+        f"adapter {(run / 'adapter').relative_to(tmp_path)} (final weights); resume with "
+        "--ckpt_path last"), err[-3000:]
+    assert "Traceback" not in err and "SIGTERMException" not in err
+    assert (run / "adapter" / "adapter_config.json").is_file()
+    if signum == signal.SIGINT:
+        return
 
     monkeypatch.chdir(tmp_path)
     assert latest_run(tmp_path / "logs" / "tiny") == run
