@@ -34,6 +34,9 @@ class WarmRecipe:
     vision_align: bool = False  # align the tower with the word embeddings (VisionPretrain words)
     clean: float = 0.6  # share of clean traces among the warm-up's (the rest carry one flaw)
     world: Literal["shapes", "tally"] = "shapes"  # whose traces and perception targets it learns
+    # sha256 of the weights shipped in toyworld/shipped/warm-<name>/ (toyworld.ship); None:
+    # built on first use and cached under ~/.cache/srmcr
+    sha256: str | None = None
 
     @property
     def folder(self) -> str:
@@ -51,7 +54,8 @@ RECIPES: dict[str, WarmRecipe] = {
     # pretrained, then the language model on 90% clean traces. docs/warm_starts.md has the
     # search that chose it and the candidates not adopted.
     "small": WarmRecipe(steps=1500, batch_size=8, lr=7e-4, warmup_steps=30, minutes=7,
-                        vision_steps=800, clean=0.9),
+                        vision_steps=800, clean=0.9,
+                        sha256="31c83b0ad124f8229993196369096a81ea11bebff33e00c8201caa7cd25b84f6"),
     # The earlier warm start, kept as the case where label-free training's premise fails
     # (maj@8 below greedy): a random vision tower, its features standardized so that the
     # language model reads them at all (docs/warm_starts.md).

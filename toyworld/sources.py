@@ -132,10 +132,15 @@ def parse_tally(spec: str) -> TallySource:
     return source
 
 
-def warm_model(name: str, cache_dir: Path) -> Path:
+def warm_model(name: str, cache_dir: Path, use_shipped: bool = True) -> Path:
     """The folder of ``warm:<name>``: ``tiny:<size>`` warmed up on traces (its vision tower first
-    pre-trained on ``toyworld.perception`` targets when the recipe says so), built once and
-    cached. Registered as the builder of ``warm:`` specs."""
+    pre-trained on ``toyworld.perception`` targets when the recipe says so). A recipe with a
+    ``sha256`` ships its folder in the repository (``toyworld.ship``, checked at load); the
+    others are built once and cached. Registered as the builder of ``warm:`` specs."""
+    if use_shipped and RECIPES[name].sha256 is not None:
+        from toyworld import ship
+
+        return ship.shipped(name)
     from toyworld import warmup  # here: the model stack, only when a build is needed
     from toyworld.perception import perception_loader
     from toyworld.traces import TRACE_VERSION, TraceDataModule, TraceMix

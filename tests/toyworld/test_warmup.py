@@ -190,7 +190,7 @@ def test_warm_spec_checks_names_through_the_registry():
 
 def test_warm_names_are_the_recipes_and_the_earlier_warm_start_keeps_its_cache(tmp_path):
     check_model_spec("warm:small-v3")  # the premise-fails warm start stays reachable
-    with pytest.raises(ValueError, match=r"use one of warm:small, warm:small-v3, warm:tiny"):
+    with pytest.raises(ValueError, match=r"use one of warm:small, warm:small-v3, warm:tally, warm:tally-tiny, warm:tiny"):
         check_model_spec("warm:small-v2")
     # warm:small-v3 is the folder earlier versions built as warm:small: found, not rebuilt.
     folder = tmp_path / f"warm-small-v3.{TRACE_VERSION}"
