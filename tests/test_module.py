@@ -207,3 +207,49 @@ def test_sampled_validation_off_logs_greedy_metrics_only(tmp_path):
     module.sampling.val_group_size = 0
     metrics = _validate(module, tmp_path)
     assert "val/accuracy" in metrics and not any("auc" in k or "sample_acc" in k for k in metrics)
+
+
+def first_of_group(prompts, completions, **fields):
+    """Reward 1 for the first completion of each group of 4, 0 for the others."""
+    return [float(i % 4 == 0) for i in range(len(completions))]
+
+
+def test_an_update_raises_the_completions_the_reward_prefers(tmp_path, monkeypatch):
+    """The direction of the step: after one update, the rewarded completion of each group has
+    gained log-probability against its group's others (advantages, rows and loss line up)."""
+    import srmcr.module as module_lib
+    from srmcr.logprobs import rollout_logprobs
+    from srmcr.parsing import parse
+    from srmcr.reward_functions import RewardFunctionArgs
+    real = module_lib.sample
+
+    def answering(*args, **kwargs):
+        rollout = real(*args, **kwargs)
+        texts = [f"<think>{t}</think><answer>{i % 3}</answer>" for i, t in enumerate(rollout.texts)]
+        return replace(rollout, texts=texts, parsed=[parse(t) for t in texts])
+    monkeypatch.setattr(module_lib, "sample", answering)
+    module = _module(beta=0.0)
+    module.reward = SelfReward(cues=[], functions=[
+        RewardFunctionArgs("tests.test_module:first_of_group")])
+    module.optimizer_factory = lambda p: torch.optim.SGD(p, lr=0.05)
+    module.configure_model()
+    with torch.no_grad():  # LoRA B starts at zero: A gets no gradient in the first step
+        for name, p in module.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    outputs = Outputs()
+    before = {}
+
+    class Before(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            before["state"] = {n: p.detach().clone() for n, p in pl_module.named_parameters()
+                               if p.requires_grad}
+    _fit(module, 1, tmp_path, [Before(), outputs])
+    rollout = outputs.seen[-1]["step"].rollout
+    mask = rollout.completion_mask.float()
+    with torch.no_grad():
+        after = (rollout_logprobs(module.model, rollout, 8).logp_t1 * mask).sum(1)
+        module.load_state_dict(before["state"], strict=False)
+        start = (rollout_logprobs(module.model, rollout, 8).logp_t1 * mask).sum(1)
+    gain = (after - start).view(-1, 4)  # (B, G)
+    assert (gain[:, 0] > gain[:, 1:].mean(1)).all(), gain
