@@ -4,31 +4,58 @@
     .venv/bin/python -m benchmarks.toy_world --quick         # plumbing check on warm:tiny, ~35 s
     .venv/bin/python -m benchmarks.toy_world --variants srmcr,no_cooling --seeds 0 --steps 40
 
-The warm start is ``warm:<size>`` (tiny:<size> fine-tuned on shapes-world reasoning traces, built
-and cached on first use). Every run trains from it through the real entry point, ``main.py fit
--c configs/tiny.yaml -c <overlays> ...`` in a subprocess, with its seed (``seed_everything`` and
-the data shuffle) and its log folder under ``--out``, validating every quarter of the run on a
-labelled selection split (``--select``, default ``shapes:val``: the curves, and ``best.ckpt``,
-which is what a user's ``adapter/`` is exported from). The evaluation is ``main.py predict`` on a
-held-out split that nothing else uses (``shapes:heldout``), greedy: before training the warm
-model itself (its LoRA adapter starts at zero), after it each run's last checkpoint and its best
-checkpoint on the selection split (the exported adapter). The scorer is always the five SR-MCR
-cues, whatever reward the run trained on (the checkpoint's reward state is dropped: it does not
-change what the model generates), so the cue columns compare. Labels enter only the accuracy.
-A trace is flawed-looking when ``toyworld.flaws`` finds a loop, a hallucinated shape or a
-contradiction in its steps, judged against the record's scene.
+The issue's experiment (the controls, SR-MCR and MM-UPT on 3 seeds, SR-MCR without
+``step_consistency``; 1024 held-out questions) in each world, and its plan for both:
 
-Variants: ``srmcr`` (configs/recipes/srmcr.yaml; every ``--seeds``); the ablations ``no_<cue>``,
-``no_cooling`` (no ConfidenceCooling: T = 1), ``no_reliability`` (fixed equal weights) and
-``kl_0.1`` (β = 0.1 instead of 0.01: how much does holding the policy near the start matter) and
-``lr_5e-4`` (a 5× higher learning rate, the earlier default); the
-recipes ``mm_upt``, ``vision_sr1_labelfree``, ``srmcr_plus``; these run the first seed only. Each
-run uses 1 torch thread (at 2, OpenMP spin-waiting on the 2-core machine makes steps several
-times slower), ``--jobs`` at once. A finished run keeps its ``result.json`` and checkpoints and
-is reused under the same training settings (``--fresh`` reruns), so an interrupted experiment
-resumes, and evaluating finished runs on more questions (``--val-n 1024``) trains nothing
-again. Writes ``<out>/toy_world.md`` (the table), ``<out>/toy_world.json`` (every number) and
-the plot (``--png``, default docs/toy_world.png; needs matplotlib).
+    .venv/bin/python -m benchmarks.toy_world --preset issue --world shapes
+    .venv/bin/python -m benchmarks.toy_world --preset issue --world tally
+    .venv/bin/python -m benchmarks.toy_world --preset issue --dry-run      # minutes, both worlds
+
+``--preset issue`` is ``--variants oracle,random,srmcr,mm_upt,no_step_consistency --every-seed
+srmcr,mm_upt --seeds 0,1,2 --val-n 1024`` (options given beside it win).
+
+Worlds (``--world``, benchmarks/toy_worlds.py): ``shapes``, single-read questions from
+``warm:small``, selection on ``shapes:val``, reported on ``shapes:heldout``; ``tally``, adding up
+the sides of the shapes of one colour (toyworld/tally.py) from ``warm:tally``, which learned the
+base level: every ``main.py`` call adds ``-c configs/tally.yaml``, selection on the frontier's
+``tally:val?level=frontier``, the report on ``tally:heldout?level=frontier``, and a retention
+split, ``tally:heldout?level=base`` (the warm-up's difficulty: does training on the frontier
+forget it?), evaluated for the warm start and every checkpoint. Each world keeps its results
+under its own ``--out`` (``lightning_logs/toy_world``, ``lightning_logs/toy_world_tally``), and
+the world keys the cache, so one world's runs are never reused for the other.
+
+Every run trains from the warm start (built and cached on first use) through the real entry
+point, ``main.py fit -c configs/tiny.yaml [-c configs/tally.yaml] -c <overlays> ...`` in a
+subprocess, with its seed (``seed_everything`` and the data shuffle) and its log folder under
+``--out``, validating every quarter of the run on a labelled selection split (``--select``, the
+curves, and ``best.ckpt``, which is what a user's ``adapter/`` is exported from). The evaluation
+is ``main.py predict`` on a held-out split that nothing else uses (``--split heldout``), greedy:
+before training the warm model itself (its LoRA adapter starts at zero), after it each run's last
+checkpoint and its best checkpoint on the selection split (the exported adapter; one kept at
+step 0 is the warm start itself, whose evaluation it reuses). The scorer is
+always the five SR-MCR cues, whatever reward the run trained on (the checkpoint's reward state is
+dropped: it does not change what the model generates), so the cue columns compare; the retention
+split is scored for accuracy and flaws only. Labels enter only the accuracy, except in the
+``oracle`` control. A completion is flawed when ``toyworld.flaws`` finds a loop, a hallucinated
+shape or a contradiction in its steps (shapes), or ``toyworld.tally.check_trace`` any slip
+(tally), judged against the record.
+
+Variants: ``srmcr`` (configs/recipes/srmcr.yaml; every ``--seeds``); the controls ``oracle`` (the
+reward is exact match with the record's label, ``benchmarks.rewards:oracle``, no cues: can the
+loop learn at all in this many steps?) and ``random`` (``benchmarks.rewards:random_reward``, no
+cues: does a "gain" appear without signal?); the ablations ``no_<cue>``, ``no_cooling`` (no
+ConfidenceCooling: T = 1), ``no_reliability`` (fixed equal weights) and ``kl_0.1`` (β = 0.1
+instead of 0.01: how much does holding the policy near the start matter) and ``lr_5e-4`` (a 5×
+higher learning rate, the earlier default); the recipes ``mm_upt``, ``vision_sr1_labelfree``,
+``srmcr_plus``; all but ``--every-seed`` run the first seed only. Each run uses 1 torch thread
+(at 2, OpenMP spin-waiting on the 2-core machine makes steps several times slower), ``--jobs`` at
+once. A finished run keeps its ``result.json`` and checkpoints and is reused under the same
+training settings (``--fresh`` reruns), so an interrupted experiment resumes, and evaluating
+finished runs on more questions (``--val-n 1024``) trains nothing again. Writes
+``<out>/toy_world.md`` (the table, the pre-flight, and a verdict line against the issue's criteria
+on the last checkpoints, the step fixed in advance: ``toy_world_report.criteria``),
+``<out>/toy_world.json`` (every number) and the plot (``--png``, default docs/toy_world.png,
+docs/toy_world_tally.png; needs matplotlib).
 """
 
 from __future__ import annotations
@@ -42,7 +69,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -51,11 +78,24 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.toy_world_report import aggregate, plot, table  # noqa: E402
+from benchmarks.toy_world_report import (  # noqa: E402
+    aggregate,
+    criteria,
+    markdown,
+    plot,
+    preflight_result,
+)
+from benchmarks.toy_worlds import (  # noqa: E402
+    BUDGET_MIN,
+    START_S,
+    WORLDS,
+    makespan,
+    plan_line,
+    planned_seconds,
+    preflight_seconds,
+    summarize,
+)
 from callbacks.best import checkpoint_record  # noqa: E402
-from toyworld.flaws import DETECTORS, find_flaws  # noqa: E402
-from toyworld.shapes import make_record  # noqa: E402
-from toyworld.sources import parse_shapes  # noqa: E402
 
 BASE, SRMCR = "configs/tiny.yaml", "configs/recipes/srmcr.yaml"
 _REWARD = yaml.safe_load((ROOT / SRMCR).read_text())["model"]["reward"]
@@ -63,18 +103,24 @@ CUES: list[str] = _REWARD["init_args"]["cues"]  # the main variant's, and every 
 COOLING, NO_COOLING = "callbacks.cooling.ConfidenceCooling", "no_cooling.yaml"
 HELD_OUT = "heldout"  # a split no config, test or warm-up uses: nothing was ever tuned on it
 PREFLIGHT_G = 8  # the pre-flight of the warm start samples G completions per held-out question
-# Planning figures for --dry-run's budget (2-core machine, 1 torch thread, warm:small, tiny.yaml's
-# B = 4 x G = 4, 48 new tokens): seconds per SR-MCR step, per evaluated record and per process
-# start (imports, model load); recipe steps relative to SR-MCR's, from benchmarks/step_time.py
-# --recipes (docs/performance.md). Only the plan's time estimate reads them.
-STEP_S, RECORD_S, START_S = 1.1, 0.15, 15.0
-STEP_COST = {"mm_upt": 0.65, "vision_sr1_labelfree": 0.95, "srmcr_plus": 1.33}
+# The retention evaluation needs accuracy and flaws only, but main.py predict scores every
+# completion with the config's reward: one cue that costs nothing (the SR-MCR cues are about a
+# third of an evaluation's time).
+ACCURACY_ONLY = ("--model.reward.init_args.cues=[answer_support]",)
+# The issue's run list: the controls, SR-MCR and MM-UPT on every seed, SR-MCR without the cue
+# that reads the process (step_consistency), each evaluated on 1024 held-out questions.
+PRESETS = {"issue": {"variants": "oracle,random,srmcr,mm_upt,no_step_consistency",
+                     "every_seed": "srmcr,mm_upt", "seeds": "0,1,2", "val_n": 1024}}
+EVALUATED_ON = ("split", "retention")  # settings a run's training does not depend on
+NO_CUES = "--model.reward.init_args.cues=[]"
+ORACLE = "{path: benchmarks.rewards:oracle, uses_labels: true}"
+RANDOM = "{path: benchmarks.rewards:random_reward}"
 
 
 @dataclass(frozen=True)
 class Variant:
     name: str
-    group: Literal["main", "ablation", "recipe"]
+    group: Literal["main", "control", "ablation", "recipe"]
     label: str  # the table's row name
     overlays: tuple[str, ...] = (SRMCR,)
     overrides: tuple[str, ...] = ()
@@ -82,7 +128,12 @@ class Variant:
 
 
 def all_variants() -> dict[str, Variant]:
-    out = [Variant("srmcr", "main", "SR-MCR")]
+    out = [Variant("srmcr", "main", "SR-MCR"),
+           # The controls (benchmarks/rewards.py) in the benchmark only, never a config default.
+           Variant("oracle", "control", "oracle (reward: the label)", overrides=(
+               NO_CUES, f"--model.reward.init_args.functions=[{ORACLE}]")),
+           Variant("random", "control", "random reward", overrides=(
+               NO_CUES, f"--model.reward.init_args.functions=[{RANDOM}]"))]
     out += [Variant(f"no_{cue}", "ablation", f"− {cue}", overrides=(
         f"--model.reward.init_args.cues=[{','.join(c for c in CUES if c != cue)}]",))
         for cue in CUES]
@@ -115,18 +166,48 @@ def _logger(folder: Path) -> list[str]:
             f"--trainer.logger.init_args.version={folder.name}"]
 
 
+def _configs(a: argparse.Namespace, *overlays: str) -> list[str]:
+    """``-c`` for tiny.yaml, the world's overlay, then ``overlays``."""
+    return [x for o in (BASE, *a.world.overlays, *overlays) for x in ("-c", o)]
+
+
 def fit_args(v: Variant, seed: int, a: argparse.Namespace, folder: Path) -> list[str]:
     overlays = [*v.overlays, *([] if v.cooling else [str(a.out / NO_COOLING)])]
-    return ["fit", "-c", BASE, *(x for o in overlays for x in ("-c", o)), *v.overrides,
+    return ["fit", *_configs(a, *overlays), *v.overrides,
             f"--model.policy.model={a.model}", f"--seed_everything={seed}", f"--data.seed={seed}",
             f"--trainer.max_steps={a.steps}", f"--trainer.val_check_interval={a.val_every}",
             f"--data.val={a.select}", "--model.sampling.val_group_size=0", *a.set,
             *_logger(folder)]
 
 
-def eval_args(a: argparse.Namespace, folder: Path, ckpt: Path | None) -> list[str]:
-    return ["predict", "-c", BASE, "-c", SRMCR, f"--model.policy.model={a.model}",
-            f"--data.predict={a.split}", *_logger(folder),
+@dataclass(frozen=True)
+class Evaluation:
+    """One greedy evaluation of a run: its result's key, which checkpoint, on which split."""
+
+    key: str  # eval, eval_best (the adapter), retention, retention_best
+    checkpoint: Literal["eval", "best"]  # the last checkpoint (or the warm start), the best
+    split: str
+    tag: str  # names its folder: the split and its size
+    scored: bool  # the SR-MCR cues score its completions (else accuracy and flaws only)
+
+
+def evaluations_of(a: argparse.Namespace, trained: bool) -> list[Evaluation]:
+    """The report split for the last (or warm) and best checkpoints, and the retention split
+    for each where the world has one."""
+    kinds = ("eval", "best") if trained else ("eval",)
+    out = [Evaluation("eval" if k == "eval" else "eval_best", k, a.split,
+                      f"{a.split_name}{a.val_n}", True) for k in kinds]
+    if a.retention:
+        out += [Evaluation("retention" if k == "eval" else "retention_best", k, a.retention,
+                           f"{a.split_name}-retention{a.val_n}", False) for k in kinds]
+    return out
+
+
+def eval_args(a: argparse.Namespace, folder: Path, ckpt: Path | None,
+              e: Evaluation) -> list[str]:
+    scorer = () if e.scored else ACCURACY_ONLY
+    return ["predict", *_configs(a, SRMCR), *scorer, f"--model.policy.model={a.model}",
+            f"--data.predict={e.split}", *_logger(folder),
             *([f"--ckpt_path={ckpt}"] if ckpt else [])]
 
 
@@ -158,58 +239,26 @@ def strip_reward_state(ckpt: Path, dest: Path) -> Path:
     return dest
 
 
-def summarize(predictions: Path, split: str) -> dict:
-    """Accuracy, format rate, each cue's mean, flaw rates of one evaluation's predictions."""
-    source = parse_shapes(split)
-    rows = [json.loads(line) for line in predictions.read_text().splitlines() if line]
-    flaws = []
-    for row in rows:
-        index = int(row["source"].rsplit(":", 1)[1])
-        scene = make_record(source.seed, source.split, index, source.size).scene
-        flaws.append(find_flaws(row["steps"], scene))
-
-    def mean(values: list[float]) -> float | None:
-        return statistics.fmean(values) if values else None
-
-    def tracks_correctness(cue: str) -> float | None:
-        """Pearson correlation of the cue's score with being correct (the question a label-free
-        reward lives by: does a higher cue mean a better answer?)."""
-        pairs = [(r["scores"][cue], float(r["correct"])) for r in rows
-                 if r["scores"].get(cue) is not None]
-        try:
-            return statistics.correlation(*zip(*pairs)) if len(pairs) > 2 else None
-        except statistics.StatisticsError:  # constant scores or all (in)correct
-            return None
-    return {"n": len(rows), "accuracy": mean([float(r["correct"]) for r in rows]),
-            "correct": {r["source"]: bool(r["correct"]) for r in rows},  # for paired tests
-            "format_rate": mean([float(r["well_formed"]) for r in rows]),
-            "completion_len": mean([r["completion_len"] for r in rows]),
-            "cues": {c: mean([r["scores"][c] for r in rows if r["scores"].get(c) is not None])
-                     for c in CUES},
-            "correlation_with_correct": {c: tracks_correctness(c) for c in CUES},
-            "flaw_rate": mean([float(bool(f)) for f in flaws]),
-            "flaws": {name: mean([float(name in f) for f in flaws]) for name in DETECTORS}}
-
-
-def eval_folder(folder: Path, kind: str, a: argparse.Namespace) -> Path:
-    """Where ``main.py predict`` writes one evaluation of a run on ``a.split``: ``kind`` "eval"
-    (the last checkpoint, or the warm start) or "best" (the best checkpoint); named by the split,
-    so evaluating finished runs on another split (``--val-n 1024``) keeps the earlier ones."""
-    return folder.with_name(f"{folder.name}-{kind}-{a.split_name}{a.val_n}")
+def eval_folder(folder: Path, e: Evaluation) -> Path:
+    """Where ``main.py predict`` writes one evaluation of a run: named by the checkpoint and the
+    split, so evaluating finished runs on another split (``--val-n 1024``) keeps the earlier
+    ones (the shapes world's names are those of the runs before worlds existed)."""
+    return folder.with_name(f"{folder.name}-{e.checkpoint}-{e.tag}")
 
 
 def evaluations(folder: Path, a: argparse.Namespace, trained: bool) -> dict:
-    """Held-out summaries: ``eval`` of the last checkpoint (or of the warm start), ``eval_best``
-    of the best checkpoint by the selection split, the adapter a user gets (trained runs only)."""
-    kinds = {"eval": "eval", "eval_best": "best"} if trained else {"eval": "eval"}
-    return {key: summarize(eval_folder(folder, kind, a) / "predictions.jsonl", a.split)
-            for key, kind in kinds.items()}
+    """Summaries: ``eval`` of the last checkpoint (or of the warm start), ``eval_best`` of the
+    best checkpoint by the selection split, the adapter a user gets (trained runs only), and
+    ``retention``, ``retention_best`` of the same on the retention split (if the world has one)."""
+    return {e.key: summarize(eval_folder(folder, e) / "predictions.jsonl", e.split, a.world,
+                             CUES if e.scored else ())
+            for e in evaluations_of(a, trained)}
 
 
 def curves(folder: Path) -> tuple[dict[str, list[tuple[int, float]]], float | None]:
     """(optimizer steps done, value): ``val/accuracy`` after each validation, and the raw reward
     of each step's rollouts (``train/reward_raw``, sampled after ``step`` updates); and the
-    median seconds between steps (what ``STEP_S`` plans with)."""
+    median seconds between steps (what a world's ``step_s`` plans with)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
@@ -229,35 +278,34 @@ def curves(folder: Path) -> tuple[dict[str, list[tuple[int, float]]], float | No
 def preflight(a: argparse.Namespace) -> dict:
     """``main.py preflight`` of the warm start on the held-out split (G = 8, sampled as the runs
     sample: tiny.yaml's starting temperature and ``--set`` overrides): greedy, mean@8, maj@8,
-    maj@8's paired lead over greedy and the SR-MCR reward's AUC; cached."""
+    maj@8's paired lead over greedy, the SR-MCR reward's AUC and every signal's best-of-8 margin
+    over greedy (``margins``: [lead, low, high], paired, 95% interval); cached per world."""
     import torch
-
-    from srmcr.validity import verdict
 
     folder = a.out / "preflight"
     done = folder / "result.json"
-    settings = {"model": a.model, "split": a.preflight_split, "group_size": PREFLIGHT_G,
-                "set": a.set}
-    if done.exists() and not a.fresh and json.loads(done.read_text())["settings"] == settings:
-        return json.loads(done.read_text())
+    settings = {"world": a.world.name, "model": a.model, "split": a.preflight_split,
+                "group_size": PREFLIGHT_G, "set": a.set}
+    if done.exists() and not a.fresh:
+        cached = json.loads(done.read_text())
+        if _same(cached["settings"], settings) and "margins" in cached:
+            return cached
     folder.mkdir(parents=True, exist_ok=True)
-    run_main(["preflight", "-c", BASE, "-c", SRMCR, f"--model.policy.model={a.model}",
+    run_main(["preflight", *_configs(a, SRMCR), f"--model.policy.model={a.model}",
               f"--data.val={a.preflight_split}", f"--model.sampling.val_group_size={PREFLIGHT_G}",
               *a.set, "--save", str(folder / "signals.pt")], folder / "preflight.log")
     summary = torch.load(folder / "signals.pt", weights_only=False)["summary"]
-    reward, lead = summary["signals"]["reward"], summary["headroom"]
-    result = {"settings": settings, "greedy": summary["greedy_accuracy"],
-              "mean": summary["sample_accuracy"], "maj": summary["majority_accuracy"],
-              "auc": reward.auc, "auc_low": reward.low, "auc_high": reward.high,
-              "lead": None if lead is None else [lead.lead, lead.low, lead.high],
-              "verdict": verdict(summary, summary["greedy_accuracy"])}
+    result = preflight_result(summary, settings)
     done.write_text(json.dumps(result, indent=1))
     return result
 
 
-def _training(settings: dict) -> dict:
-    """The settings a run's training depends on (not the split it is evaluated on)."""
-    return {k: v for k, v in settings.items() if k != "split"}
+def _same(cached: dict, settings: dict, ignore: tuple[str, ...] = ()) -> bool:
+    """Whether cached settings are ``settings``, but for the keys ``ignore``; results cached
+    before worlds existed are the shapes world's."""
+    def key(s: dict) -> dict:
+        return {"world": "shapes", **{k: v for k, v in s.items() if k not in ignore}}
+    return key(cached) == key(settings)
 
 
 def _reset(folder: Path) -> None:
@@ -290,7 +338,7 @@ def run_variant(v: Variant | None, seed: int, a: argparse.Namespace) -> dict:
     folder = a.out / "runs" / (v.name if v else "warm") / f"s{seed}"
     done = folder / "result.json"
     result = json.loads(done.read_text()) if done.exists() and not a.fresh else None
-    if result is None or _training(result["settings"]) != _training(a.settings):
+    if result is None or not _same(result["settings"], a.settings, EVALUATED_ON):
         if v is None:
             _reset(folder)
             result = {"variant": "warm", "seed": seed, "settings": a.settings, "fit_s": 0.0}
@@ -300,12 +348,18 @@ def run_variant(v: Variant | None, seed: int, a: argparse.Namespace) -> dict:
     result["settings"] = a.settings
     checkpoints = {"eval": folder.parent / f"{folder.name}.eval.ckpt",
                    "best": folder.parent / f"{folder.name}.best.ckpt"} if v else {"eval": None}
-    for kind, ckpt in checkpoints.items():
-        out = eval_folder(folder, kind, a)
-        if not (out / "predictions.jsonl").exists():
-            shutil.rmtree(out, ignore_errors=True)
-            result[f"{kind}_s"] = run_main(eval_args(a, out, ckpt),
-                                           folder.parent / f"{out.name}.log")
+    for e in evaluations_of(a, v is not None):
+        out = eval_folder(folder, e)
+        if (out / "predictions.jsonl").exists():
+            continue
+        shutil.rmtree(out, ignore_errors=True)
+        twin = _warm_twin(a, e) if e.checkpoint == "best" and result["best_step"] == 0 else None
+        if twin is not None:  # the adapter kept step 0, the warm start itself (LoRA B = 0)
+            out.mkdir(parents=True)
+            shutil.copy(twin, out / "predictions.jsonl")
+        else:
+            result[f"{e.key}_s"] = run_main(eval_args(a, out, checkpoints[e.checkpoint], e),
+                                            folder.parent / f"{out.name}.log")
     result["curves"], result["step_s"] = curves(folder) if v else ({}, None)
     result |= evaluations(folder, a, v is not None)
     print(f"  done  {result['variant']} seed {seed}: accuracy {result['eval']['accuracy']:.3f}, "
@@ -313,59 +367,107 @@ def run_variant(v: Variant | None, seed: int, a: argparse.Namespace) -> dict:
     return result
 
 
+def _warm_twin(a: argparse.Namespace, e: Evaluation) -> Path | None:
+    """The warm start's predictions on ``e``'s split, if evaluated under these settings: what a
+    best checkpoint at step 0 answers, token for token."""
+    warm = a.out / "runs" / "warm" / "s0"
+    done = eval_folder(warm, replace(e, checkpoint="eval")) / "predictions.jsonl"
+    if not (done.exists() and (warm / "result.json").exists()):
+        return None
+    settings = json.loads((warm / "result.json").read_text())["settings"]
+    return done if _same(settings, a.settings, EVALUATED_ON) else None
+
+
 # ---- the plan ------------------------------------------------------------------------------
-def planned_seconds(v: Variant | None, a: argparse.Namespace) -> float:
-    evals = a.val_n * RECORD_S  # one held-out evaluation
-    if v is None:
-        return START_S + evals
-    return (3 * START_S + a.steps * STEP_S * STEP_COST.get(v.name, 1.0)
-            + (a.steps // a.val_every + 1) * a.select_n * RECORD_S + 2 * evals)
+def schedule(a: argparse.Namespace) -> tuple[dict[str, Variant], list[tuple[Variant, int]],
+                                             dict[tuple[str, int], float], float]:
+    """The variants asked for, the (variant, seed) runs, each run's planned seconds, and the
+    planned wall seconds: the warm baseline alone, then the runs and the pre-flight on the
+    pool."""
+    variants = {n: v for n, v in all_variants().items() if n in a.variant_list}
+    every = {n.strip() for n in a.every_seed.split(",")}
+    plan = [(v, s) for v in variants.values() for s in (a.seed_list if v.name in every
+                                                         else a.seed_list[:1])]
+    costs = {(v.name, s): planned_seconds(v.name, a) for v, s in plan}
+    planned = planned_seconds(None, a) + makespan([*costs.values(), preflight_seconds(a)],
+                                                  a.jobs)
+    return variants, plan, costs, planned
 
 
-def makespan(costs: list[float], jobs: int) -> float:
-    """Wall time of running ``costs`` longest first on ``jobs`` workers (what the pool does)."""
-    load = [0.0] * jobs
-    for cost in sorted(costs, reverse=True):
-        load[load.index(min(load))] += cost
-    return max(load, default=0.0)
+def dry_run(argv: list[str], a: argparse.Namespace) -> dict:
+    """The plan of ``argv`` in every world, run by run, and both worlds' total against the
+    issue's budget."""
+    worlds = {}
+    for name in WORLDS:
+        b = a if name == a.world.name else parse_args([*argv, "--world", name])
+        _, plan, costs, planned = schedule(b)
+        print(plan_line(b, [v.name for v, _ in plan], planned))
+        for (variant, seed), cost in sorted(costs.items(), key=lambda kv: -kv[1]):
+            print(f"  {variant} seed {seed}: ~{cost / 60:.1f} min")
+        worlds[name] = planned
+    both = sum(worlds.values())
+    print(f"both worlds: ~{both / 60:.0f} min planned, against the issue's budget of "
+          f"{BUDGET_MIN} min"
+          + ("" if both <= 60 * BUDGET_MIN else f": OVER by ~{both / 60 - BUDGET_MIN:.0f} min")
+          + " (adapters kept at step 0 reuse the warm start's evaluation: less)")
+    _, plan, costs, planned = schedule(a)
+    return {"planned_s": planned, "runs": [f"{n} seed {s}" for n, s in costs],
+            "worlds_s": worlds, "both_s": both}
 
 
 # ---- the experiment --------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="warm:small", help="the warm start (a policy.model spec)")
+    p.add_argument("--world", choices=list(WORLDS), default="shapes",
+                   help="shapes: single-read questions; tally: adding up, trained on the "
+                   "frontier, with a retention split at the warm-up's level")
+    p.add_argument("--preset", choices=list(PRESETS), help="issue: " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in PRESETS["issue"].items())
+        + " (options given beside it win)")
+    p.add_argument("--model", help="the warm start (a policy.model spec; default the world's: "
+                   + ", ".join(f"{w.model} ({n})" for n, w in WORLDS.items()) + ")")
     p.add_argument("--steps", type=int, default=150, help="SR-MCR optimizer steps per run")
     p.add_argument("--val-every", type=int, help="validate every N steps (default steps / 4)")
     p.add_argument("--val-n", type=int, help="records of --split (default 256: a standard error "
                    "of ~3 points per run; 1024: ~1.5; finished runs are evaluated, not retrained), "
-                   "also the pre-flight's")
-    p.add_argument("--split", default=HELD_OUT, help="the shapes split runs are evaluated on: "
+                   "also the pre-flight's and the retention split's")
+    p.add_argument("--split", default=HELD_OUT, help="the world's split runs are evaluated on: "
                    "heldout to report, val to tune (never tune on heldout)")
-    p.add_argument("--select", default="val", help="the labelled shapes split runs validate on "
+    p.add_argument("--select", default="val", help="the world's labelled split runs validate on "
                    "during training (the curves, best.ckpt); not --split: use test when tuning "
                    "on val")
     p.add_argument("--select-n", type=int, default=128, help="records of --select")
-    p.add_argument("--seeds", default="0,1,2", help="seeds of the main variant; the others "
-                   "run the first")
-    p.add_argument("--every-seed", default="srmcr", help="variants that run every seed "
-                   "(comma-separated; the others run the first)")
-    p.add_argument("--variants", default=",".join(all_variants()),
-                   help="comma-separated, from: " + ", ".join(all_variants()))
+    p.add_argument("--seeds", help="seeds of the --every-seed variants (default 0,1,2); the "
+                   "others run the first")
+    p.add_argument("--every-seed", help="variants that run every seed (comma-separated; "
+                   "default srmcr; the others run the first)")
+    p.add_argument("--variants", help="comma-separated (default all), from: "
+                   + ", ".join(all_variants()))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a main.py override for every training run, e.g. --set "
                    "model.sampling.group_size=8 (repeatable; tune on --split val)")
     p.add_argument("--jobs", type=int, default=2, help="runs at once (1 torch thread each)")
-    p.add_argument("--out", type=Path, default=ROOT / "lightning_logs" / "toy_world")
-    p.add_argument("--png", type=Path, help="the plot (default docs/toy_world.png; --quick: "
-                   "<out>/toy_world.png)")
+    p.add_argument("--out", type=Path, help="default lightning_logs/toy_world (shapes), "
+                   "lightning_logs/toy_world_tally (tally)")
+    p.add_argument("--png", type=Path, help="the plot (default docs/toy_world.png, "
+                   "docs/toy_world_tally.png; --quick: <out>/toy_world.png)")
     p.add_argument("--fresh", action="store_true", help="rerun finished runs too")
-    p.add_argument("--dry-run", action="store_true", help="print the plan and its budget, run "
-                   "nothing")
-    p.add_argument("--quick", action="store_true", help="plumbing check: warm:tiny, 2 steps, "
-                   "8 records, SR-MCR only, 1 seed")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and its budget in "
+                   "every world, run nothing")
+    p.add_argument("--quick", action="store_true", help="plumbing check: the world's test warm "
+                   "start (warm:tiny, warm:tally-tiny), 2 steps, 8 records, 1 seed, SR-MCR "
+                   "unless --variants says otherwise")
     a = p.parse_args(argv)
+    a.world = WORLDS[a.world]
+    for key, value in PRESETS.get(a.preset, {}).items():
+        if getattr(a, key) is None:
+            setattr(a, key, value)
     if a.quick:
-        a.model, a.steps, a.select_n, a.seeds, a.variants = "warm:tiny", 2, 8, "0", "srmcr"
+        a.model, a.steps, a.select_n = a.model or a.world.quick_model, 2, 8
+        a.seeds, a.variants = a.seeds or "0", a.variants or "srmcr"
+    a.model = a.model or a.world.model
+    a.seeds, a.every_seed = a.seeds or "0,1,2", a.every_seed or "srmcr"
+    a.variants = a.variants or ",".join(all_variants())
     a.val_n = a.val_n or (8 if a.quick else 256)
     a.val_every = a.val_every or max(1, a.steps // 4)
     a.seed_list = [int(s) for s in a.seeds.split(",")]
@@ -378,37 +480,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 f"checkpoint would be chosen on its own test set; pick another (e.g. --select "
                 f"{'test' if a.split == 'val' else 'val'})")
     a.split_name = a.split
-    a.split = f"shapes:{a.split_name}?n={a.val_n}"
-    a.select = f"shapes:{a.select}?n={a.select_n}"
+    a.split = a.world.split(a.split_name, a.val_n)
+    a.select = a.world.split(a.select, a.select_n)
+    a.retention = a.world.retention_split(a.split_name, a.val_n)
     a.preflight_split = a.split  # the evaluation's questions
     a.set = [f"--{kv.removeprefix('--')}" for kv in a.set]
     if any("=" not in kv for kv in a.set):
         p.error(f"--set takes KEY=VALUE (got {a.set})")
-    a.settings = {"model": a.model, "steps": a.steps, "val_every": a.val_every, "split": a.split,
-                  "select": a.select}
+    a.settings = {"world": a.world.name, "model": a.model, "steps": a.steps,
+                  "val_every": a.val_every, "split": a.split, "select": a.select}
+    if a.retention:
+        a.settings["retention"] = a.retention
     if a.set:  # keys the cached results: runs under other overrides are not reused
         a.settings["set"] = a.set
-    a.png = a.png or (a.out / "toy_world.png" if a.quick else ROOT / "docs" / "toy_world.png")
+    suffix = "" if a.world.name == "shapes" else f"_{a.world.name}"
+    a.out = a.out or ROOT / "lightning_logs" / f"toy_world{suffix}"
+    a.png = a.png or (a.out / "toy_world.png" if a.quick
+                      else ROOT / "docs" / f"toy_world{suffix}.png")
     return a
 
 
 def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
     a = parse_args(argv)
-    variants = {n: v for n, v in all_variants().items() if n in a.variant_list}
-    every = {n.strip() for n in a.every_seed.split(",")}
-    plan = [(v, s) for v in variants.values() for s in (a.seed_list if v.name in every
-                                                         else a.seed_list[:1])]
-    costs = {(v.name, s): planned_seconds(v, a) for v, s in plan}
-    planned = planned_seconds(None, a) + makespan(list(costs.values()), a.jobs)
-    print(f"toy world: {a.model}, {len(plan)} training runs of {a.steps} steps + the warm "
-          f"baseline, held-out {a.split}, validation on {a.select} every {a.val_every} steps, "
-          f"{a.jobs} at once (1 torch thread each); planned ~{planned / 60:.0f} min at "
-          f"{STEP_S} s/step, {RECORD_S} s/evaluated record, {START_S:.0f} s/process start "
-          f"(+ ~5 min once if {a.model} is not cached yet)", flush=True)
     if a.dry_run:
-        for (name, seed), cost in sorted(costs.items(), key=lambda kv: -kv[1]):
-            print(f"  {name} seed {seed}: ~{cost / 60:.1f} min")
-        return {"planned_s": planned, "runs": [f"{n} seed {s}" for n, s in costs]}
+        return dry_run(argv, a)
+    variants, plan, costs, planned = schedule(a)
+    print(plan_line(a, [v.name for v, _ in plan], planned), flush=True)
     start = time.monotonic()
     write_no_cooling(a.out)
     results = [run_variant(None, 0, a)]  # alone first: builds the warm model if not cached
@@ -433,45 +531,35 @@ def main(argv: list[str] | None = None) -> dict:
 
 def report(a: argparse.Namespace, variants: dict[str, Variant], results: list[dict],
            failed: list[str], wall: float, planned: float, checks: dict) -> dict:
-    """Print and write the table, the JSON of every number, and the plot."""
+    """Print and write the table, the pre-flight, the verdict, the JSON of every number (every
+    cue's pre-flight margin included), and the plot."""
     rows = aggregate(results)
     labels = {"warm": f"warm start ({a.model}, before training)",
               **{n: v.label for n, v in variants.items()}}
-    title = (f"toy world: {a.model} -> {a.steps} label-free steps; held-out {a.split}, "
-             f"selection {a.select}; seeds {a.seeds} ({a.every_seed}), {a.seed_list[0]} "
+    title = (f"toy world ({a.world.name}): {a.model} -> {a.steps} label-free steps; held-out "
+             f"{a.split}" + (f", retention {a.retention}" if a.retention else "")
+             + f"; selection {a.select}; seeds {a.seeds} ({a.every_seed}), {a.seed_list[0]} "
              f"(others); {os.cpu_count()} CPU cores")
-    warm = next((r for r in results if r["variant"] == "warm"), None)
-    tracking = "" if warm is None else (
-        "\n\nDo the cues track correctness? Correlation of each cue's score with being correct, "
-        "over the warm start's held-out completions: " + ", ".join(
-            f"{c} {x:+.2f}" if x is not None else f"{c} –"
-            for c, x in warm["eval"]["correlation_with_correct"].items()))
-    G = PREFLIGHT_G
     sampled = f", {' '.join(a.set)}" if a.set else ""
-    lead = "" if not checks.get("lead") else (  # paired maj - greedy; absent from older results
-        " (maj - greedy {:+.3f} [{:+.3f}, {:+.3f}])".format(*checks["lead"]))
-    premise = (f"\n\nPre-flight of the warm start ({a.preflight_split}, G = {G}, T = 1{sampled}): "
-               f"greedy {checks['greedy']:.3f}, mean@{G} {checks['mean']:.3f}, maj@{G} "
-               f"{checks['maj']:.3f}{lead}, reward AUC {checks['auc']:.3f} "
-               f"[{checks['auc_low']:.3f}, {checks['auc_high']:.3f}]. {checks['verdict']}")
-    md = (f"{title}\n\n{table(rows, labels)}{premise}{tracking}\n\naccuracy (last): the last "
-          f"checkpoint's on {a.split}; adapter: the best checkpoint by val/accuracy on {a.select} "
-          f"(what AdapterExport writes to adapter/; step 0, the warm start itself, included), "
-          f"evaluated on {a.split}; fixed/broken (p): per seed, the {a.split} questions its "
-          f"adapter answers right and the warm start wrong, the reverse, and the exact McNemar "
-          f"p-value of the difference; accuracy and flawed (last checkpoint): mean ± std over "
-          f"seeds; "
-          f"cues: the five SR-MCR cues scoring every variant's greedy completions; KL: the "
-          f"per-token KL to the warm start over the last 10% of training steps; fit min: "
-          f"training + in-run validation per run; this invocation {wall / 60:.1f} min "
-          f"(planned {planned / 60:.0f}; runs reused from an earlier one cost nothing)"
-          + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    go = checks.get("go", checks["verdict"].startswith("GO"))  # older results lack "go"
+    md = (markdown(rows, labels, checks, go, world=a.world.name, split=a.split, select=a.select,
+                   retention=a.retention, preflight=(a.preflight_split, PREFLIGHT_G, sampled),
+                   warm=next((r for r in results if r["variant"] == "warm"), None))
+          + f"; this invocation {wall / 60:.1f} min (planned {planned / 60:.0f}; runs reused "
+          f"from an earlier one cost nothing)" + (f"; FAILED: {', '.join(failed)}" if failed
+                                                   else ""))
+    md = f"{title}\n\n{md}"
     print("\n" + md)
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "toy_world.md").write_text(md + "\n")
-    summary = {"title": title, "settings": a.settings, "wall_s": wall, "planned_s": planned,
-               "planning": {"step_s": STEP_S, "record_s": RECORD_S, "start_s": START_S},
+    w = a.world
+    summary = {"title": title, "world": w.name, "settings": a.settings, "wall_s": wall,
+               "planned_s": planned,
+               "planning": {"step_s": w.step_s, "record_s": w.record_s,
+                            "retention_record_s": w.retention_record_s,
+                            "preflight_s": w.preflight_s, "start_s": START_S},
                "failed": failed, "rows": rows, "runs": results, "preflight": checks,
+               "verdict": [asdict(c) for c in criteria(rows, go)],
                "variants": {n: asdict(v) for n, v in variants.items()}}
     (a.out / "toy_world.json").write_text(json.dumps(summary, indent=1))
     try:
