@@ -79,7 +79,7 @@ def completion_logits(model, rollout: Rollout, rows: slice,
                       mm_token_type_ids=mm_types[heads, :P], **images,
                       position_ids=positions[:, heads, :P], cache=cache, use_cache=True)
         out = core(input_ids=completion, attention_mask=mask, position_ids=positions[:, :, P:],
-                   cache=repeated(cache, counts, read_only=True), use_cache=True)
+                   cache=repeated(cache, counts), use_cache=True)
     # The prompt's last position predicts the first completion token. One head call for both:
     # under autocast each call keeps its own half-precision copy of the head's weight (V x H).
     hidden = torch.cat([prefix.last_hidden_state[:, -1:].repeat_interleave(counts, dim=0),

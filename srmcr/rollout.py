@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -20,9 +20,10 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from srmcr import prompts
 from srmcr.errors import ConfigError
+from srmcr.group_attention import group_cache, group_decoding, supports_group_decoding
 from srmcr.lora_forward import plain_lora
 from srmcr.parsing import Parsed, parse
-from srmcr.prefix import language_core, prompt_groups, repeated
+from srmcr.prefix import language_core, prompt_groups
 
 # Special tokens the policy may emit: only the end of its turn. A weak model that samples
 # <|image_pad|> breaks the next forward ("Image features and image tokens do not match").
@@ -256,9 +257,10 @@ def _generation_config(args: SamplingArgs, temperature: float, tokenizer,
 
 def _shared_prefill(model, enc, prompts: Tensor, counts: Tensor, new_tokens: int,
                     features: ImageFeatures | None) -> Cache:
-    """Each prompt but its last token through the model once (image included); the cache
-    repeated ``counts`` times per prompt, with room for ``new_tokens`` more, for ``generate`` to
-    continue from.
+    """Each prompt but its last token through the model once (image included), into a cache
+    that keeps those keys and values once per prompt for its ``counts`` rows, with room for
+    ``new_tokens`` more positions per row (``group_attention.group_cache``), for ``generate``
+    to continue from inside ``group_decoding``.
 
     ``generate`` then runs the last prompt token of every row and samples; it places the rows'
     text positions after the image's with the model's stored ``rope_deltas`` (continuing from a
@@ -271,8 +273,7 @@ def _shared_prefill(model, enc, prompts: Tensor, counts: Tensor, new_tokens: int
     model(**head, **images, past_key_values=cache, use_cache=True, logits_to_keep=1)
     core = language_core(model)
     core.rope_deltas = core.rope_deltas.repeat_interleave(counts, dim=0)
-    reserve = enc["input_ids"].shape[1] + new_tokens  # the last prompt token, then the samples
-    return repeated(cache, counts, read_only=False, reserve=reserve)
+    return group_cache(cache, counts, capacity=1 + new_tokens)  # the last prompt token, samples
 
 
 @torch.no_grad()
@@ -282,8 +283,10 @@ def sample(model, processor, images: Sequence[Image.Image], questions: Sequence[
     """Sample ``args.group_size`` completions for each (image, question) pair, or with
     ``greedy`` one deterministic completion (G = 1; evaluation).
 
-    ``share_prompt``: prefill each prompt once for its G rows (``_shared_prefill``) rather than
-    once per row; the same samples, to float rounding."""
+    ``share_prompt``: prefill each prompt once for its G rows (``_shared_prefill``) and read
+    its keys and values once per group at every new token (``group_attention``), rather than
+    once per row; the same samples, to float rounding. Off where the model has sliding-window
+    layers."""
     G, B = 1 if greedy else args.group_size, len(questions)
     device = next(model.parameters()).device
     enc = processor(text=prompts.render(processor, questions, args.system_prompt),
@@ -298,6 +301,7 @@ def sample(model, processor, images: Sequence[Image.Image], questions: Sequence[
     # Suppressed by SuppressTokens, first of our processors: where generate puts its own.
     suppressed, config.suppress_tokens = list(config.suppress_tokens), None
     pieces, features = [], None
+    share_prompt = share_prompt and supports_group_decoding(model)
     if share_prompt and G > 1:  # the tower once for the prefill, reference and loss passes
         features = image_features(model, enc["pixel_values"], enc["image_grid_thw"])
     # No dropout while sampling; PEFT's LoRA forward without its per-token bookkeeping.
@@ -305,19 +309,21 @@ def sample(model, processor, images: Sequence[Image.Image], questions: Sequence[
         for start in range(0, B * G, args.generation_batch_size):
             part = slice(start, start + args.generation_batch_size)
             distinct, counts, _ = prompt_groups(torch.arange(B * G, device=device)[part], G)
+            decoding = nullcontext()
             if share_prompt and len(distinct) < len(rows[part]):  # each prompt prefilled once
                 cache = _shared_prefill(model, enc, distinct, counts, config.max_new_tokens,
                                         features)
-                inputs = {"past_key_values": cache}
+                inputs, decoding = {"past_key_values": cache}, group_decoding(model, cache)
             else:
                 pixels, grid = select_images(enc["pixel_values"], enc["image_grid_thw"], rows[part])
                 inputs = {"pixel_values": pixels, "image_grid_thw": grid}
             stats = SampledTokenStats()
             processors = [SuppressTokens(suppressed, vocab_size, device), stats]
-            out = model.generate(input_ids=prompt_ids[part], attention_mask=prompt_mask[part],
-                                 mm_token_type_ids=mm_types[part], **inputs,
-                                 generation_config=config,
-                                 logits_processor=LogitsProcessorList(processors))
+            with decoding:
+                out = model.generate(input_ids=prompt_ids[part], attention_mask=prompt_mask[part],
+                                     mm_token_type_ids=mm_types[part], **inputs,
+                                     generation_config=config,
+                                     logits_processor=LogitsProcessorList(processors))
             pieces.append((out[:, prompt_ids.shape[1]:], *stats.finish(out[:, -1])))
     pad = config.pad_token_id
     width = max(p[0].shape[1] for p in pieces)

@@ -74,7 +74,8 @@ class _EndBonus:
 
 
 def sample_with_logits(model, processor, args: SamplingArgs, temperature: float,
-                       seed: int = 0, end_bonus: float = 0.0) -> tuple[Rollout, torch.Tensor]:
+                       seed: int = 0, end_bonus: float = 0.0,
+                       share_prompt: bool = True) -> tuple[Rollout, torch.Tensor]:
     """``rollout.sample`` on ``two_images()``, also returning generate's raw logits (N, T, V).
 
     The raw logits are those of the sampler's own forward (KV cache, decode-time positions), before
@@ -97,7 +98,8 @@ def sample_with_logits(model, processor, args: SamplingArgs, temperature: float,
     model.generate = recording_generate
     try:
         torch.manual_seed(seed)
-        rollout = sample(model, processor, two_images(), QUESTIONS, args, temperature)
+        rollout = sample(model, processor, two_images(), QUESTIONS, args, temperature,
+                         share_prompt=share_prompt)
     finally:
         del model.generate  # back to the class's method
     width = rollout.completion_ids.shape[1]
