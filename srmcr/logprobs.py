@@ -61,16 +61,16 @@ def completion_logits(model, rollout: Rollout, rows: slice,
     mm_types = torch.cat([rollout.mm_token_type_ids[rows], torch.zeros_like(completion)], dim=1)
     width = completion.shape[1]
     source = rollout.pixel_values if pixel_values is None else pixel_values
+    # Rope positions of the whole sequences (mrope: the image's tokens have 3-D positions, the
+    # text after it continues from their maximum): the sampler's, else as the model numbers them.
+    positions = rollout.position_ids[:, rows] if rollout.position_ids is not None else \
+        language_core(model).get_rope_index(ids, mm_token_type_ids=mm_types, attention_mask=mask,
+                                            image_grid_thw=rollout.image_grid_thw[prompt_of])[0]
     if not share_prompt:
         images = image_inputs(source, rollout.image_grid_thw, prompt_of, rollout.image_features)
         out = model(input_ids=ids, attention_mask=mask, mm_token_type_ids=mm_types, **images,
-                    logits_to_keep=width + 1, use_cache=False)
+                    position_ids=positions, logits_to_keep=width + 1, use_cache=False)
         return out.logits[:, :-1].float()
-    # Rope positions of the whole sequences, as the unshared forward computes them (mrope: the
-    # image's tokens have 3-D positions, the text after it continues from their maximum).
-    positions, _ = language_core(model).get_rope_index(
-        ids, mm_token_type_ids=mm_types, attention_mask=mask,
-        image_grid_thw=rollout.image_grid_thw[prompt_of])
     P = rollout.prompt_ids.shape[1]
     images = image_inputs(source, rollout.image_grid_thw, prompts, rollout.image_features)
     core, cache = language_core(model), prompt_record()

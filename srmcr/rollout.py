@@ -114,6 +114,8 @@ class Rollout:
     answer_mask: Tensor | None = None  # (N, T)
     # The sampler's vision-tower output, for the passes over the same images (None: recompute):
     image_features: ImageFeatures | None = None
+    # mrope positions of prompt + completion, as the model numbers them (None: each pass does):
+    position_ids: Tensor | None = None  # (3, N, P + T)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -255,12 +257,28 @@ def _generation_config(args: SamplingArgs, temperature: float, tokenizer,
                             suppress_tokens=suppress, use_cache=True)
 
 
+def prompt_positions(model, enc) -> tuple[Tensor, Tensor]:
+    """(3, B, P) mrope positions of the prompts and (B, 1) their ``rope_deltas``: the model's
+    own ``get_rope_index``, once per rollout."""
+    return language_core(model).get_rope_index(
+        enc["input_ids"], mm_token_type_ids=enc["mm_token_type_ids"],
+        attention_mask=enc["attention_mask"], image_grid_thw=enc["image_grid_thw"])
+
+
+def sequence_positions(prompt: Tensor, completion_mask: Tensor) -> Tensor:
+    """(3, N, P + T) positions of whole sequences from their prompts' (3, N, P), as
+    ``get_rope_index`` numbers them: completion tokens are text, one step each after the
+    prompt's last (text) position; masked ones are 0."""
+    steps = torch.cumsum(completion_mask, dim=1) * completion_mask  # (N, T)
+    return torch.cat([prompt, (prompt[..., -1:] + steps) * completion_mask], dim=-1)
+
+
 def _shared_prefill(model, enc, prompts: Tensor, counts: Tensor, new_tokens: int,
-                    features: ImageFeatures | None) -> Cache:
+                    features: ImageFeatures | None, positions: tuple[Tensor, Tensor]) -> Cache:
     """Each prompt but its last token through the model once (image included), into a cache
     that keeps those keys and values once per prompt for its ``counts`` rows, with room for
     ``new_tokens`` more positions per row (``group_attention.group_cache``), for ``generate``
-    to continue from inside ``group_decoding``.
+    to continue from inside ``group_decoding``. ``positions``: ``prompt_positions``.
 
     ``generate`` then runs the last prompt token of every row and samples; it places the rows'
     text positions after the image's with the model's stored ``rope_deltas`` (continuing from a
@@ -270,9 +288,10 @@ def _shared_prefill(model, enc, prompts: Tensor, counts: Tensor, new_tokens: int
     images = image_inputs(enc["pixel_values"], enc["image_grid_thw"], prompts, features)
     cache = DynamicCache()
     head = {k: enc[k][prompts, :-1] for k in ("input_ids", "attention_mask", "mm_token_type_ids")}
-    model(**head, **images, past_key_values=cache, use_cache=True, logits_to_keep=1)
-    core = language_core(model)
-    core.rope_deltas = core.rope_deltas.repeat_interleave(counts, dim=0)
+    model(**head, **images, position_ids=positions[0][:, prompts, :-1], past_key_values=cache,
+          use_cache=True, logits_to_keep=1)
+    # The prompt's last token is text: the delta of the whole prompt is that of its head.
+    language_core(model).rope_deltas = positions[1][prompts].repeat_interleave(counts, dim=0)
     return group_cache(cache, counts, capacity=1 + new_tokens)  # the last prompt token, samples
 
 
@@ -301,6 +320,7 @@ def sample(model, processor, images: Sequence[Image.Image], questions: Sequence[
     # Suppressed by SuppressTokens, first of our processors: where generate puts its own.
     suppressed, config.suppress_tokens = list(config.suppress_tokens), None
     pieces, features = [], None
+    positions = prompt_positions(model, enc)
     share_prompt = share_prompt and supports_group_decoding(model)
     if share_prompt and G > 1:  # the tower once for the prefill, reference and loss passes
         features = image_features(model, enc["pixel_values"], enc["image_grid_thw"])
@@ -312,7 +332,7 @@ def sample(model, processor, images: Sequence[Image.Image], questions: Sequence[
             decoding = nullcontext()
             if share_prompt and len(distinct) < len(rows[part]):  # each prompt prefilled once
                 cache = _shared_prefill(model, enc, distinct, counts, config.max_new_tokens,
-                                        features)
+                                        features, positions)
                 inputs, decoding = {"past_key_values": cache}, group_decoding(model, cache)
             else:
                 pixels, grid = select_images(enc["pixel_values"], enc["image_grid_thw"], rows[part])
@@ -342,4 +362,4 @@ def sample(model, processor, images: Sequence[Image.Image], questions: Sequence[
         ids=[i for i in (ids or [str(b) for b in range(B)]) for _ in range(G)],
         logp=logp * mask, max_prob=max_prob * mask, suppressed=suppressed,
         answer_mask=answer_token_mask(processor.tokenizer, completion_ids, mask),
-        image_features=features)
+        image_features=features, position_ids=sequence_positions(positions[0][:, rows], mask))

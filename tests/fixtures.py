@@ -75,12 +75,13 @@ class _EndBonus:
 
 def sample_with_logits(model, processor, args: SamplingArgs, temperature: float,
                        seed: int = 0, end_bonus: float = 0.0,
-                       share_prompt: bool = True) -> tuple[Rollout, torch.Tensor]:
+                       **sample_kwargs) -> tuple[Rollout, torch.Tensor]:
     """``rollout.sample`` on ``two_images()``, also returning generate's raw logits (N, T, V).
 
     The raw logits are those of the sampler's own forward (KV cache, decode-time positions), before
     any logits processor, temperature or token suppression: the reference the training forward
     must reproduce. ``end_bonus`` only changes which tokens get sampled, not the raw logits.
+    ``sample_kwargs`` go to ``sample`` (``greedy``, ``share_prompt``).
     """
     chunks: list[torch.Tensor] = []
     generate = model.generate
@@ -99,7 +100,7 @@ def sample_with_logits(model, processor, args: SamplingArgs, temperature: float,
     try:
         torch.manual_seed(seed)
         rollout = sample(model, processor, two_images(), QUESTIONS, args, temperature,
-                         share_prompt=share_prompt)
+                         **sample_kwargs)
     finally:
         del model.generate  # back to the class's method
     width = rollout.completion_ids.shape[1]

@@ -220,3 +220,22 @@ def test_passes_reuse_the_samplers_image_features(policy, sampled, share):
         hook.remove()
     mask = rollout.completion_mask[rows].bool()
     torch.testing.assert_close(reused[mask], fresh[mask], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("share", [True, False], ids=["shared", "whole-rows"])
+def test_passes_reuse_the_samplers_rope_positions(policy, sampled, share, monkeypatch):
+    # The rollout carries its sequences' mrope positions: the passes compute none of their own
+    # (get_rope_index is a Python loop over every row's tokens) and give the same logits.
+    model, rollout = policy[0], sampled[0]
+    core = model.get_base_model().model
+    calls: list[int] = []
+    rope = core.get_rope_index
+    monkeypatch.setattr(core, "get_rope_index", lambda *a, **k: calls.append(1) or rope(*a, **k))
+    rows = slice(1, 5)
+    with torch.no_grad():
+        reused = completion_logits(model, rollout, rows, share_prompt=share)
+        assert not calls
+        fresh = completion_logits(model, dataclasses.replace(rollout, position_ids=None), rows,
+                                  share_prompt=share)
+        assert calls == [1]
+    assert torch.equal(reused, fresh)

@@ -113,6 +113,26 @@ def test_shapes_and_contiguous_groups(hot_rollout, policy):
     assert [im.size for im in r.images] == [(112, 112), (168, 112)]
 
 
+@pytest.mark.parametrize("how", ["grouped-chunks", "whole-rows", "greedy"])
+def test_rollout_positions_are_the_models_own(policy, how):
+    # The sampler numbers the whole sequences' mrope positions once (from the prompts' own
+    # get_rope_index), for every later pass: exactly what the model computes over them, left
+    # padding and the masked tails of completions that ended early included.
+    model, processor = policy
+    args = SamplingArgs(group_size=3, max_new_tokens=24, generation_batch_size=4)
+    greedy = how == "greedy"
+    r, _ = sample_with_logits(model, processor, args, 1.5, end_bonus=0.0 if greedy else 3.0,
+                              greedy=greedy, share_prompt=how != "whole-rows")
+    assert greedy or not r.completion_mask.all()
+    ids = torch.cat([r.prompt_ids, r.completion_ids], 1)
+    want, _ = language_core(model).get_rope_index(
+        ids, mm_token_type_ids=torch.cat([r.mm_token_type_ids,
+                                          torch.zeros_like(r.completion_ids)], 1),
+        attention_mask=torch.cat([r.prompt_mask, r.completion_mask], 1),
+        image_grid_thw=r.image_grid_thw[torch.arange(len(r)) // r.group_size])
+    assert torch.equal(r.position_ids, want)
+
+
 def test_a_sampled_rollout_is_immutable(hot_rollout):
     # What the reward needs beyond the completions comes as explicit inputs, never as fields
     # set on the rollout after sampling.
