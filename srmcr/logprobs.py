@@ -96,10 +96,11 @@ def token_logprobs(logits: Tensor, ids: Tensor, temperature: float = 1.0) -> Ten
 @torch.no_grad()
 def rollout_logprobs(model, rollout: Rollout, micro_batch_size: int,
                      pixel_values: Tensor | None = None, *, at_temperature: bool = True,
-                     at_t1: bool = True) -> TokenLogProbs:
-    """One no-grad pass over the rollout: log-probs at its temperature and/or, with the max
-    probability, at T = 1. Each costs a log-softmax over the vocabulary: ask only for what is
-    used (the reference pass needs only the first, the blank-image pass only the second).
+                     at_t1: bool = True, max_prob: bool = False) -> TokenLogProbs:
+    """One no-grad pass over the rollout: log-probs at its temperature and/or at T = 1, and
+    with ``max_prob`` the max probability at T = 1. Each costs a pass over the vocabulary: ask
+    only for what is used (the reference pass needs the first two, the blank-image pass only
+    the second; the sampler already recorded the rollout's own confidence).
 
     The T = 1 values exclude the tokens the sampler suppresses, as the sampler's own
     ``rollout.logp`` does, so the two compare token by token (visual grounding).
@@ -115,10 +116,12 @@ def rollout_logprobs(model, rollout: Rollout, micro_batch_size: int,
             ids = rollout.completion_ids[rows]
             if at_temperature:
                 parts["logp"].append(token_logprobs(logits, ids, rollout.temperature))
-            if at_t1:
+            if at_t1 or max_prob:
                 logp1 = torch.log_softmax(logits.index_fill(-1, suppressed, float("-inf")), dim=-1)
-                parts["logp_t1"].append(logp1.gather(-1, ids.unsqueeze(-1)).squeeze(-1))
-                parts["max_prob"].append(logp1.max(dim=-1).values.exp())
+                if at_t1:
+                    parts["logp_t1"].append(logp1.gather(-1, ids.unsqueeze(-1)).squeeze(-1))
+                if max_prob:
+                    parts["max_prob"].append(logp1.max(dim=-1).values.exp())
                 del logp1
             del logits
     return TokenLogProbs(**{k: torch.cat(v) if v else None for k, v in parts.items()})
