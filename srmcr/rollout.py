@@ -329,14 +329,13 @@ def sample(model, processor, images: Sequence[Image.Image], questions: Sequence[
         for start in range(0, B * G, args.generation_batch_size):
             part = slice(start, start + args.generation_batch_size)
             distinct, counts, _ = prompt_groups(torch.arange(B * G, device=device)[part], G)
-            decoding = nullcontext()
             if share_prompt and len(distinct) < len(rows[part]):  # each prompt prefilled once
                 cache = _shared_prefill(model, enc, distinct, counts, config.max_new_tokens,
                                         features, positions)
                 inputs, decoding = {"past_key_values": cache}, group_decoding(model, cache)
             else:
                 pixels, grid = select_images(enc["pixel_values"], enc["image_grid_thw"], rows[part])
-                inputs = {"pixel_values": pixels, "image_grid_thw": grid}
+                inputs, decoding = {"pixel_values": pixels, "image_grid_thw": grid}, nullcontext()
             stats = SampledTokenStats()
             processors = [SuppressTokens(suppressed, vocab_size, device), stats]
             with decoding:
@@ -345,6 +344,8 @@ def sample(model, processor, images: Sequence[Image.Image], questions: Sequence[
                                      generation_config=config,
                                      logits_processor=LogitsProcessorList(processors))
             pieces.append((out[:, prompt_ids.shape[1]:], *stats.finish(out[:, -1])))
+            # The chunk's cache goes before the next chunk's prefill, not after it.
+            cache = pixels = inputs = decoding = None
     pad = config.pad_token_id
     width = max(p[0].shape[1] for p in pieces)
     completion_ids, logp, max_prob = (
