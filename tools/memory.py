@@ -39,6 +39,7 @@ from tools.memory_model import (  # noqa: F401 (re-exported: the public API)
     Widths,
     checkpointed_loss_pass,
     decoder_linear_params,
+    generation_chunks,
     head_copy_bytes,
     kv_cache_bytes,
     largest_fitting,

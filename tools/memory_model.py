@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, replace
 
 GB = 1e9
@@ -286,6 +287,53 @@ def checkpointed_loss_pass(d: ModelDims, w: Widths, s: StepSettings, rows: int,
              + logits + record})
 
 
+# ---- generation -------------------------------------------------------------------------------
+def generation_chunks(rows: int, chunk: int, group_size: int) -> tuple[int, int]:
+    """The most distinct prompts, and the most row slots (prompts x their most rows), in the
+    generation chunks of ``chunk`` consecutive rows out of ``rows``."""
+    prompts = slots = 0
+    for start in range(0, rows, chunk):
+        counts = Counter(r // group_size for r in range(start, min(start + chunk, rows)))
+        prompts = max(prompts, len(counts))
+        slots = max(slots, len(counts) * max(counts.values()))
+    return prompts, slots
+
+
+def generation_phase(d: ModelDims, w: Widths, s: StepSettings, rows: int, prompts: int,
+                     slots: int) -> Phase:
+    """Generating chunks of ``rows`` rows of at most ``prompts`` distinct prompts, each
+    prefilled once (``rollout._shared_prefill``) and its keys and values kept once for its rows
+    (``group_attention.GroupCacheLayer``: in fp32, half precision included), each row's own keys
+    and values in ``slots`` buffers reserved for all its tokens. Decoding attention holds
+    scores, not repeated keys: a few (slots, heads, P + T) fp32 copies per layer. The
+    processor's pixels of the step's B images live through the sampling."""
+    p, t = s.prompt_tokens, s.max_new_tokens
+    own = slots * (t + 1) * d.layers * 2 * d.kv_dim * 4
+    prefill_cache = kv_cache_bytes(d, w, prompts, p) if w.linear != 4 else 0.0  # before fp32
+    return Phase({"KV cache, prompt part (once per prompt, fp32)":
+                  prompts * p * d.layers * 2 * d.kv_dim * 4,
+                  "pixels of the step's images": pixel_bytes(s.batch_size, s.image_tokens)}, {
+        "prefill, one layer": prompts * p * no_grad_layer_bytes(d, w, p) + prefill_cache,
+        "vision tower (each prompt's image)": vision_bytes(d, s.batch_size, s.image_tokens),
+        "decode: each row's KV cache + attention": own + 4 * slots * d.heads * (p + t) * 4
+        + 3 * rows * d.vocab * 4})  # sampling: last-token logits, processed
+
+
+def whole_rows_generation(d: ModelDims, w: Widths, s: StepSettings, rows: int) -> Phase:
+    """Generating ``rows`` rows that share no prompt: each prefilled and decoded whole."""
+    p, t = s.prompt_tokens, s.max_new_tokens
+    seq = p + t
+    kv_prompt = kv_cache_bytes(d, w, rows, p)
+    return Phase({"KV cache, prompt part (per row)": kv_prompt,
+                  "pixels of the step's images, and the chunk's":
+                  pixel_bytes(s.batch_size + rows, s.image_tokens)}, {
+        "prefill, one layer": rows * p * no_grad_layer_bytes(d, w, p),
+        "vision tower (each row's image)": vision_bytes(d, rows, s.image_tokens),
+        "decode: rest of the KV cache + attention": kv_cache_bytes(d, w, rows, seq) - kv_prompt
+        + rows * seq * 2 * (d.hidden + d.kv_dim) * w.attention  # k, v repeated per head
+        + 3 * rows * d.vocab * 4})
+
+
 # ---- the plan --------------------------------------------------------------------------------
 def plan(s: StepSettings) -> MemoryPlan:
     d, w = s.dims, widths(s.dtype_bytes, s.quantization != "none", s.autocast)
@@ -311,16 +359,9 @@ def plan(s: StepSettings) -> MemoryPlan:
         backward = {}
     if head_copy_bytes(d, w, s.autocast):
         saved["lm_head weight, bf16 copy for backward"] = head_copy_bytes(d, w, s.autocast)
-    kv_prompt = kv_cache_bytes(d, w, rows, p)
-    prefilled = shared_prompts(rows, s.group_size)  # each prompt prefilled once
-    generation = Phase({"KV cache, prompt part (repeated per row)": kv_prompt,
-                        "pixels of each prompt's image": pixel_bytes(prefilled, s.image_tokens)}, {
-        "prefill, one layer": prefilled * p * no_grad_layer_bytes(d, w, p)
-        + kv_cache_bytes(d, w, prefilled, p),
-        "vision tower (each prompt's image)": vision_bytes(d, prefilled, s.image_tokens),
-        "decode: rest of the KV cache + attention": kv_cache_bytes(d, w, rows, seq) - kv_prompt
-        + rows * seq * 2 * (d.hidden + d.kv_dim) * w.attention  # k, v repeated per head
-        + 3 * rows * d.vocab * 4})  # sampling: last-token logits, processed
+    prefilled, slots = generation_chunks(n, rows, s.group_size)  # each prompt prefilled once
+    generation = generation_phase(d, w, s, rows, prefilled, slots) if prefilled < rows else \
+        whole_rows_generation(d, w, s, rows)
     # No-grad passes share each prompt too: the prompts once, then the completions on the
     # prompts' keys and values repeated for every row.
     pixels = pixel_bytes(prompts, s.image_tokens)  # held by the forward, freed before the logits

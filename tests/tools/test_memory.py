@@ -135,6 +135,33 @@ def test_saved_activations_match_the_formula(quantization, dtype, autocast, chec
     assert estimate == pytest.approx(measured, rel=0.10)
 
 
+# (rows, chunk, G, most prompts in a chunk, most row slots, reason)
+CHUNK_CASES = [
+    (16, 64, 4, 4, 16, "one chunk: every prompt once, G slots each"),
+    (16, 8, 4, 2, 8, "chunks aligned with the groups"),
+    (16, 6, 4, 2, 8, "chunks cut groups: 2 + 4 rows take 2 x 4 slots"),
+    (16, 2, 4, 1, 2, "chunks inside a group: its rows only"),
+    (12, 5, 3, 3, 9, "a chunk of 1 + 3 + 1 rows of 3 prompts: 3 x 3 slots"),
+]
+
+
+@pytest.mark.parametrize(("rows", "chunk", "G", "prompts", "slots", "reason"), CHUNK_CASES,
+                         ids=[c[-1] for c in CHUNK_CASES])
+def test_generation_chunks(rows, chunk, G, prompts, slots, reason):
+    assert memory.generation_chunks(rows, chunk, G) == (prompts, slots)
+
+
+def test_generation_keeps_each_prompts_keys_once():
+    # The prompt part of the generation cache does not grow with G; each row's own part does.
+    s = _settings("qwen2_5_vl_7b_qlora.yaml")
+    parts = {g: memory.plan(replace(s, group_size=g, generation_batch_size=64)).phases[
+        "generation"] for g in (4, 8)}
+    key = "KV cache, prompt part (once per prompt, fp32)"
+    assert parts[4].held[key] == parts[8].held[key] > 0
+    own = "decode: each row's KV cache + attention"
+    assert parts[8].transient[own] > 1.9 * parts[4].transient[own]
+
+
 def test_no_full_vocabulary_logits_in_generation_or_the_loss_pass():
     model, processor = tiny_policy()
     lengths: list[tuple[bool, int]] = []
