@@ -6,10 +6,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities import rank_zero_info
 
 from callbacks.best import checkpoint_record
+from srmcr.errors import require
 
 
 def trainable_state(pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
@@ -35,28 +36,36 @@ def load_trainable(pl_module: L.LightningModule, path: str | Path) -> None:
 class AdapterExport(L.Callback):
     """Save ``<log_dir>/adapter``: load it with ``PeftModel.from_pretrained(base, path)``.
 
-    With ``from_best`` and a ``ModelCheckpoint`` that monitors ``monitor`` (``BestCheckpoint``)
-    holding a best checkpoint, ``adapter/`` has that checkpoint's weights (the starting model's
-    when no validation beat it) and ``<last_dirname>/`` the final ones. Otherwise ``adapter/`` has
-    the final weights. The module keeps its final weights either way, in step with the trainer's
-    step and optimizer (a checkpoint saved after fit stays consistent).
+    With ``from_best`` and a checkpoint callback that monitors ``monitor`` (``BestCheckpoint``, or
+    a ``ModelCheckpoint``) holding a best checkpoint, ``adapter/`` has that checkpoint's weights
+    (the starting model's when no validation beat it) and ``<last_dirname>/`` the final ones.
+    Otherwise ``adapter/`` has the final weights. The module keeps its final weights either way,
+    in step with the trainer's step and optimizer (a checkpoint saved after fit stays consistent).
 
     Args:
         dirname: Folder name under the run's log directory.
         from_best: Export the best checkpoint's weights when there is one.
-        monitor: The metric whose ``ModelCheckpoint`` decides which checkpoint is best.
+        monitor: The metric whose checkpoint callback decides which checkpoint is best.
         last_dirname: Folder for the final weights when ``adapter/`` holds the best ones.
     """
 
     def __init__(self, dirname: str = "adapter", from_best: bool = True,
                  monitor: str = "val/accuracy", last_dirname: str = "adapter_last") -> None:
+        require({
+            f"AdapterExport dirname={dirname!r}: give a folder name": bool(dirname),
+            f"AdapterExport last_dirname={last_dirname!r}: give a folder name other than "
+            f"dirname={dirname!r}": bool(last_dirname) and last_dirname != dirname,
+            f"AdapterExport monitor={monitor!r}: name the metric of the best checkpoint, e.g. "
+            "val/accuracy": bool(monitor),
+        })
         self.dirname, self.from_best = dirname, from_best
         self.monitor, self.last_dirname = monitor, last_dirname
 
-    def best_checkpoint(self, trainer: L.Trainer) -> ModelCheckpoint | None:
+    def best_checkpoint(self, trainer: L.Trainer) -> Checkpoint | None:
         """The checkpoint callback that monitors ``monitor`` and has saved a best, if any."""
-        found = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)
-                 and cb.monitor == self.monitor and cb.best_model_path]
+        found = [cb for cb in trainer.checkpoint_callbacks
+                 if getattr(cb, "monitor", None) == self.monitor
+                 and getattr(cb, "best_model_path", "")]
         return found[0] if self.from_best and found else None
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -1,7 +1,8 @@
 """TensorBoard views of what the policy writes: completion tables, image thumbnails, histograms.
 
-Every ``every_n_steps`` training batches, from the module's ``last_step`` (rollout, reward,
-advantages of the step that just ran), the callback writes
+Every ``every_n_steps`` training batches, from the ``step`` (a ``StepRecord``: rollout, reward,
+advantages of the step that just ran) in the outputs of the module's ``training_step``, the
+callback writes
 
 - ``train/completions`` (TEXT tab): for the first ``groups`` groups, the question and a table of
   the G completions with each cue's raw score, well-formedness, reward and advantage, under a
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import lightning as L
@@ -22,7 +24,7 @@ import numpy as np
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
-from srmcr.errors import ConfigError
+from srmcr.errors import require
 
 if TYPE_CHECKING:
     from srmcr.module import StepRecord
@@ -74,8 +76,8 @@ def thumbnail(image, size: int = 128) -> np.ndarray:  # (H, W, 3) uint8
 class CompletionTables(L.Callback):
     """Log completion tables, image thumbnails and reward/advantage histograms to TensorBoard.
 
-    Needs a ``TensorBoardLogger`` (other loggers: a warning, nothing written) and a module with
-    ``last_step`` (``SRMCRModule``). Runs on rank 0, on its own groups.
+    Needs a ``TensorBoardLogger`` (other loggers: a warning, nothing written) and a module whose
+    ``training_step`` returns its ``step`` (``SRMCRModule``). Runs on rank 0, on its own groups.
 
     Args:
         every_n_steps: Log on training batches 0, n, 2n, ... (``log_completions_every_n_steps``).
@@ -86,10 +88,14 @@ class CompletionTables(L.Callback):
 
     def __init__(self, every_n_steps: int = 50, groups: int = 2, max_chars: int = 500,
                  thumbnail_size: int = 128) -> None:
-        if every_n_steps < 1 or groups < 1 or max_chars < 1 or thumbnail_size < 8:
-            raise ConfigError(f"CompletionTables needs every_n_steps >= 1, groups >= 1, "
-                              f"max_chars >= 1 and thumbnail_size >= 8 (got {every_n_steps}, "
-                              f"{groups}, {max_chars}, {thumbnail_size})")
+        require({
+            f"CompletionTables every_n_steps={every_n_steps}: set it to 1 or more":
+                every_n_steps >= 1,
+            f"CompletionTables groups={groups}: set it to 1 or more": groups >= 1,
+            f"CompletionTables max_chars={max_chars}: set it to 1 or more": max_chars >= 1,
+            f"CompletionTables thumbnail_size={thumbnail_size}: set it to 8 (pixels) or more":
+                thumbnail_size >= 8,
+        })
         self.every_n_steps, self.groups = every_n_steps, groups
         self.max_chars, self.thumbnail_size = max_chars, thumbnail_size
         self._warned = False
@@ -106,7 +112,7 @@ class CompletionTables(L.Callback):
     @rank_zero_only
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
-        step: StepRecord | None = getattr(pl_module, "last_step", None)
+        step: StepRecord | None = outputs.get("step") if isinstance(outputs, Mapping) else None
         if batch_idx % self.every_n_steps or step is None:
             return
         writer = self._writer(trainer)

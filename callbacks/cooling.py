@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import lightning as L
 
-from srmcr.errors import ConfigError
+from srmcr.errors import require
 
 
 def base_temperature(step: int, t_start: float, t_end: float, cooling_steps: int) -> float:
@@ -30,12 +31,14 @@ def cooled_temperature(
     reheat: float = 1.25,
     collapse_threshold: float = 0.5,
 ) -> float:
-    """The DESIGN.md rule: ``clip(T_base(step) * exp(kappa * (c_ema - c_target)), t_min, t_max)``,
-    times ``reheat`` when ``collapse > collapse_threshold``.
+    """The rule of docs/design.md:
+    ``clip(T_base(step) * exp(kappa * (c_ema - c_target)), t_min, t_max)``, times ``reheat`` when
+    ``collapse > collapse_threshold``.
 
     Confidence above the target raises T; below it lowers T. The reheat is applied after the
-    clip, as DESIGN writes it, so a collapse lifts T even when T sits at ``t_min``; the result is
-    clipped again, so it always lies in ``[t_min, t_max]`` (at ``t_max`` a reheat changes nothing).
+    clip, as docs/design.md writes it, so a collapse lifts T even when T sits at ``t_min``; the
+    result is clipped again, so it always lies in ``[t_min, t_max]`` (at ``t_max`` a reheat
+    changes nothing).
     """
     t = base_temperature(step, t_start, t_end, cooling_steps)
     t = min(max(t * math.exp(kappa * (confidence_ema - c_target)), t_min), t_max)
@@ -47,10 +50,11 @@ def cooled_temperature(
 class ConfidenceCooling(L.Callback):
     """Sets ``pl_module.temperature`` after every training batch from the model's confidence.
 
-    Reads ``pl_module.last_confidence`` (mean max-prob at T = 1) and ``pl_module.last_collapse``
-    (share of groups with identical completions), both already averaged across ranks, and logs
-    ``train/confidence_ema``. The module logs the rest of the step (``train/temperature`` used for
-    its sampling, ``train/confidence``, ``train/collapse``), with or without this callback.
+    Reads ``confidence`` (mean max-prob at T = 1) and ``collapse`` (share of groups with
+    identical completions), both already averaged across ranks, from the outputs of the module's
+    ``training_step``, and logs ``train/confidence_ema``. The module logs the rest of the step
+    (``train/temperature`` used for its sampling, ``train/confidence``, ``train/collapse``), with
+    or without this callback.
     Remove the callback to sample at the module's fixed ``temperature``.
 
     Args:
@@ -83,23 +87,25 @@ class ConfidenceCooling(L.Callback):
         reheat: float = 1.25,
         collapse_threshold: float = 0.5,
     ) -> None:
-        checks = {
-            f"t_min must be > 0 and <= t_max, got t_min={t_min}, t_max={t_max}": 0 < t_min <= t_max,
-            f"t_start and t_end must be > 0, got {t_start} and {t_end}": t_start > 0 and t_end > 0,
-            f"cooling_steps must be >= 1, got {cooling_steps}":
-                cooling_steps is None or cooling_steps >= 1,
-            f"kappa must be >= 0, got {kappa}": kappa >= 0,
-            f"c_target must be 'auto' or a number in [0, 1], got {c_target!r}":
+        require({
+            f"ConfidenceCooling t_min={t_min}: set it above 0": t_min > 0,
+            f"ConfidenceCooling t_max={t_max}: set it to t_min={t_min} or more, and finite":
+                t_min <= t_max < math.inf,
+            f"ConfidenceCooling t_start={t_start}: set it above 0": 0 < t_start < math.inf,
+            f"ConfidenceCooling t_end={t_end}: set it above 0": 0 < t_end < math.inf,
+            f"ConfidenceCooling cooling_steps={cooling_steps}: set it to 1 or more, or null (the "
+            "whole run)": cooling_steps is None or cooling_steps >= 1,
+            f"ConfidenceCooling kappa={kappa}: set it to 0 (no confidence term) or more":
+                0 <= kappa < math.inf,
+            f"ConfidenceCooling c_target={c_target!r}: set it to auto or a confidence in [0, 1]":
                 c_target == "auto" or (not isinstance(c_target, str) and 0 <= c_target <= 1),
-            f"auto_steps must be >= 1, got {auto_steps}": auto_steps >= 1,
-            f"ema must be in [0, 1), got {ema}": 0 <= ema < 1,
-            f"reheat must be >= 1, got {reheat}": reheat >= 1,
-            f"collapse_threshold must be in [0, 1], got {collapse_threshold}":
+            f"ConfidenceCooling auto_steps={auto_steps}: set it to 1 or more": auto_steps >= 1,
+            f"ConfidenceCooling ema={ema}: set it to at least 0 (no smoothing) and below 1":
+                0 <= ema < 1,
+            f"ConfidenceCooling reheat={reheat}: set it to 1 (off) or more": 1 <= reheat < math.inf,
+            f"ConfidenceCooling collapse_threshold={collapse_threshold}: set it in [0, 1]":
                 0 <= collapse_threshold <= 1,
-        }
-        for message, ok in checks.items():
-            if not ok:
-                raise ConfigError(message)
+        })
         self.rule = dict(t_start=t_start, t_end=t_end, cooling_steps=cooling_steps, kappa=kappa,
                          t_min=t_min, t_max=t_max, reheat=reheat,
                          collapse_threshold=collapse_threshold)
@@ -132,8 +138,10 @@ class ConfidenceCooling(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
-        confidence = float(pl_module.last_confidence)
-        collapse = float(pl_module.last_collapse)
+        if not isinstance(outputs, Mapping) or not {"confidence", "collapse"} <= outputs.keys():
+            raise TypeError(f"ConfidenceCooling reads 'confidence' and 'collapse' from "
+                            f"{type(pl_module).__name__}.training_step's returned dict")
+        confidence, collapse = float(outputs["confidence"]), float(outputs["collapse"])
         # A step without completion tokens has no confidence (NaN): keep the EMA as it is.
         if math.isfinite(confidence):
             self._observe(confidence)

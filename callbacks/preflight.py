@@ -14,6 +14,7 @@ import lightning as L
 import torch
 
 from srmcr import validity
+from srmcr.errors import require
 
 
 class PreflightReport(L.Callback):
@@ -25,6 +26,8 @@ class PreflightReport(L.Callback):
     """
 
     def __init__(self, save_to: Path | None = None, bootstrap_samples: int = 2000) -> None:
+        require({f"PreflightReport bootstrap_samples={bootstrap_samples}: set it to 1 or more":
+                 bootstrap_samples >= 1})
         self.save_to = save_to
         self.bootstrap_samples = bootstrap_samples
         self.batches: list[validity.ValidityBatch] = []

@@ -22,11 +22,11 @@ class ValidateAtStart(L.Callback):
         rank_zero_info("Validating the starting model (step 0)")
         # As the training loop runs its own validations (fit_loop.epoch_loop.on_advance_end): the
         # stage flag picks the validation results and hooks, and the loop restores the train mode
-        # of every submodule when it ends.
-        first_loop_iter = trainer._logger_connector._first_loop_iter
+        # of every submodule when it ends. No training batch has started yet, so the logging
+        # state the training loop saves around its validations is still the fresh one that the
+        # validation loop leaves behind.
         trainer.validating = True
         try:
             trainer.fit_loop.epoch_loop.val_loop.run()
         finally:
             trainer.training = True
-            trainer._logger_connector._first_loop_iter = first_loop_iter

@@ -5,6 +5,7 @@ rollout -> log-prob passes -> reward -> advantages -> clipped GRPO loss (micro-b
 
 from __future__ import annotations
 
+import math
 import random
 import warnings
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ from torch import Tensor
 
 from srmcr import evaluation, grpo, validity
 from srmcr.cues import CueInputs
-from srmcr.errors import ConfigError
+from srmcr.errors import ConfigError, require
 from srmcr.guards import CollapseMonitor, UpdateGuard
 from srmcr.logprobs import (
     TokenLogProbs,
@@ -47,8 +48,6 @@ class GRPOArgs:
     """Upper clip range: ratio <= 1 + clip_high (DAPO's clip-higher uses 0.28)."""
     aggregation: Literal["grpo", "token", "dr_grpo"] = "grpo"
     """How token losses are averaged: per sequence (grpo), per token (token), or Dr. GRPO."""
-    advantage_scale: Literal["group", "batch", "none"] = "group"
-    """Advantages divided by the group std, the batch std, or only centred."""
     num_iterations: int = 1
     """mu: optimizer steps per rollout (>1 reuses the rollout with importance ratios)."""
     micro_batch_size: int = 8
@@ -62,11 +61,27 @@ class GRPOArgs:
     """Warn when every group has had identical rewards for this many steps in a row."""
 
     def __post_init__(self) -> None:
-        if self.clip_low <= 0 or self.clip_high <= 0:
-            raise ConfigError(f"grpo.clip_low and grpo.clip_high must be > 0 (got "
-                              f"{self.clip_low}, {self.clip_high})")
-        if self.beta < 0 or self.num_iterations < 1 or self.micro_batch_size < 1:
-            raise ConfigError("grpo needs beta >= 0, num_iterations >= 1, micro_batch_size >= 1")
+        grad_norm = self.max_grad_norm
+        require({
+            f"grpo.beta={self.beta}: set it to 0 (no KL term, no reference pass) or more":
+                0 <= self.beta < math.inf,
+            f"grpo.clip_low={self.clip_low}: set it above 0 and below 1 (the ratio's floor is "
+            "1 - clip_low)": 0 < self.clip_low < 1,
+            f"grpo.clip_high={self.clip_high}: set it above 0 (the ratio's ceiling is "
+            "1 + clip_high)": 0 < self.clip_high < math.inf,
+            f"grpo.aggregation={self.aggregation!r}: set it to one of "
+            f"{', '.join(grpo.AGGREGATIONS)}": self.aggregation in grpo.AGGREGATIONS,
+            f"grpo.num_iterations={self.num_iterations}: set it to 1 or more (optimizer steps "
+            "per rollout)": self.num_iterations >= 1,
+            f"grpo.micro_batch_size={self.micro_batch_size}: set it to 1 or more":
+                self.micro_batch_size >= 1,
+            f"grpo.max_grad_norm={grad_norm}: set it above 0, or null (no clipping)":
+                grad_norm is None or 0 < grad_norm < math.inf,
+            f"grpo.max_consecutive_skips={self.max_consecutive_skips}: set it to 1 or more":
+                self.max_consecutive_skips >= 1,
+            f"grpo.collapse_patience={self.collapse_patience}: set it to 1 or more":
+                self.collapse_patience >= 1,
+        })
 
 
 def _rng_state() -> dict:
@@ -92,9 +107,24 @@ def _adamw(params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
 
 
+def check_optimizer(factory: OptimizerCallable) -> None:
+    """Build the optimizer once over a stand-in parameter: torch checks its arguments (a negative
+    learning rate, betas outside [0, 1)) when it is built, which is after the model has loaded."""
+    try:
+        factory([torch.nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError) as error:
+        # A jsonargparse factory is a partial whose arguments include the optimizer's class.
+        kinds = [a for a in (*getattr(factory, "args", ()), getattr(factory, "func", None), factory)
+                 if isinstance(a, type)]
+        name = kinds[0].__name__ if kinds else getattr(factory, "__name__", "optimizer")
+        raise ConfigError(f"model.optimizer ({name}) refuses its arguments: {error}; fix them "
+                          "in model.optimizer.init_args") from error
+
+
 @dataclass
 class StepRecord:
-    """The latest training step, for callbacks that show it (``CompletionTables``)."""
+    """One training step, in ``training_step``'s outputs for callbacks that show it
+    (``CompletionTables``)."""
 
     rollout: Rollout
     reward: RewardOutput
@@ -125,8 +155,6 @@ class SRMCRModule(L.LightningModule):
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints hold only the adapter and reward state
         self.temperature = sampling.temperature  # owned by the ConfidenceCooling callback
-        self.last_confidence = float("nan")
-        self.last_collapse = float("nan")
         self.model: torch.nn.Module | None = None
         self.processor = None
         self._resumed_rng: dict | None = None
@@ -139,14 +167,14 @@ class SRMCRModule(L.LightningModule):
         # Cross-object checks, before configure_model loads any weights.
         batch_size = getattr(self.trainer.datamodule, "batch_size", None)
         if stage == "fit" and batch_size is not None:
-            rows = batch_size * self.sampling.group_size
-            micro = self.grpo_args.micro_batch_size
-            if micro < rows and rows % micro:
-                fits = [d for d in range(1, rows + 1) if rows % d == 0]
-                raise ConfigError(
-                    f"grpo.micro_batch_size={micro} does not divide the "
-                    f"{rows} completions of a step (data.batch_size={batch_size} x "
-                    f"sampling.group_size={self.sampling.group_size}); use one of {fits}")
+            rows, micro = batch_size * self.sampling.group_size, self.grpo_args.micro_batch_size
+            fits = [d for d in range(1, rows + 1) if rows % d == 0]
+            require({f"grpo.micro_batch_size={micro} does not divide the {rows} completions of a "
+                     f"step (data.batch_size={batch_size} x sampling.group_size="
+                     f"{self.sampling.group_size}); use one of {fits}":
+                     micro >= rows or rows % micro == 0})
+        if stage == "fit":
+            check_optimizer(self.optimizer_factory)
 
     def configure_model(self) -> None:
         if self.model is None:
@@ -188,21 +216,20 @@ class SRMCRModule(L.LightningModule):
             self._resumed_rng = None
 
     # ---- one step --------------------------------------------------------------------------
-    def training_step(self, batch, batch_idx: int) -> Tensor:
+    def training_step(self, batch, batch_idx: int) -> dict:
         rollout = sample(self.model, self.processor, batch.images, batch.questions, self.sampling,
                          self.temperature, ids=batch.ids)
         inputs, old_logp = self.score_passes(rollout)
         ref = self.reference_logp(rollout) if self.grpo_args.beta > 0 else None
         out = self.reward(rollout, inputs, self.records(batch))
-        advantages = grpo.group_advantages(out.rewards.to(self.device), rollout.group_size,
-                                           scale=self.grpo_args.advantage_scale)
+        advantages = grpo.group_advantages(out.rewards.to(self.device), rollout.group_size)
         stats = self.optimize(rollout, advantages, old_logp, None if ref is None else ref.logp)
         if ref is not None:  # the loss's KL is at the sampling temperature: "kl_t"; "kl" at T = 1
             stats["kl_t"] = stats.pop("kl")
             stats["kl"] = grpo.k3_divergence(rollout.logp, ref.logp_t1, rollout.completion_mask)
-        self.log_step(rollout, out, advantages, stats)
-        self.last_step = StepRecord(rollout, out, advantages)
-        return stats["loss"]
+        signals = self.log_step(rollout, out, advantages, stats)
+        # For callbacks, as on_train_batch_end's outputs (ConfidenceCooling, CompletionTables).
+        return {"loss": stats["loss"], **signals, "step": StepRecord(rollout, out, advantages)}
 
     def score_passes(self, rollout: Rollout) -> tuple[CueInputs, Tensor | None]:
         """No-grad passes the reward or the update need before the loss pass: the inputs the
@@ -298,15 +325,17 @@ class SRMCRModule(L.LightningModule):
 
     # ---- logging ---------------------------------------------------------------------------
     def log_step(self, rollout: Rollout, out: RewardOutput, advantages: Tensor,
-                 stats: dict[str, Tensor]) -> None:
+                 stats: dict[str, Tensor]) -> dict[str, float]:
+        """Log the step's ``train/*`` metrics; return its ``confidence`` (mean max-prob at T = 1)
+        and ``collapse`` (share of groups of identical completions), averaged over the ranks."""
         G, mask = rollout.group_size, rollout.completion_mask
         confidence = (rollout.max_prob * mask).sum() / mask.sum().clamp(min=1)
         ids = rollout.completion_ids.view(-1, G, mask.shape[1])
         collapse = (ids == ids[:, :1]).all(-1).all(-1).float().mean()
         rewards = out.rewards.view(-1, G)
         sync = self.trainer.strategy.reduce
-        self.last_confidence = float(sync(confidence, reduce_op="mean"))
-        self.last_collapse = float(sync(collapse, reduce_op="mean"))
+        signals = {"confidence": float(sync(confidence, reduce_op="mean")),
+                   "collapse": float(sync(collapse, reduce_op="mean"))}
         metrics = {
             **{k: float(v) for k, v in stats.items()},
             **{k: float(v) for k, v in out.stats.items()},
@@ -314,8 +343,7 @@ class SRMCRModule(L.LightningModule):
             "completion_len": float(mask.sum(1).float().mean()),
             "truncated": float(rollout.truncated.float().mean()),
             "temperature": rollout.temperature,
-            "confidence": self.last_confidence,
-            "collapse": self.last_collapse,
+            **signals,
             "skipped_updates": float(self.guard.skipped),
         }
         self.collapse.update(metrics["frac_zero_std_groups"], rollout.temperature,
@@ -328,10 +356,9 @@ class SRMCRModule(L.LightningModule):
                        for k, v in metrics.items()}, on_step=True, batch_size=B)
         self.log_dict({"reward": metrics["reward_raw"], "T": rollout.temperature},
                       prog_bar=True, logger=False, on_step=True, batch_size=B)
+        return signals
 
     # ---- evaluation: validate / test / predict, one greedy completion per prompt -----------
-    last_step: StepRecord | None = None  # set by training_step
-
     def evaluate_batch(self, batch) -> tuple[Rollout, Tensor]:
         """Greedy completions, their log-prob passes (blank image included) and raw reward
         column scores (N, K); the columns' running means accumulate them."""

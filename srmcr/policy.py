@@ -8,20 +8,27 @@ second copy of the weights is ever loaded.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import BitsAndBytesConfig, Qwen2_5_VLForConditionalGeneration
 
 from srmcr import sources
-from srmcr.errors import ConfigError, MissingFileError
+from srmcr.errors import ConfigError, MissingFileError, require
 from srmcr.processor import ImageOnlyQwenProcessor
 
 DType = Literal["float32", "bfloat16", "float16"]
+Quantization = Literal["none", "4bit", "8bit"]
+Attention = Literal["eager", "sdpa", "flash_attention_2"]
 LANGUAGE_MODEL = r"model\.language_model\.layers\.\d+\.(?:self_attn|mlp)\."
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+TOKEN_PIXELS = 28 * 28  # one image token: 2 x 2 patches of 14 x 14 pixels
 
 
 @dataclass
@@ -34,18 +41,22 @@ class LoraArgs:
     """Scaling numerator: the update is scaled by alpha / r."""
     dropout: float = 0.0
     """Dropout on the LoRA input (0 keeps the rollout and the loss pass on the same function)."""
-    target_modules: list[str] = field(default_factory=lambda: [
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    target_modules: list[str] = field(default_factory=lambda: list(PROJECTIONS))
     """Projection names inside the language model's attention and MLP blocks."""
 
     def __post_init__(self) -> None:
-        if self.r < 1 or self.alpha <= 0:
-            raise ConfigError(f"lora.r must be >= 1 and lora.alpha > 0 (got r={self.r}, "
-                             f"alpha={self.alpha})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"lora.dropout must be in [0, 1) (got {self.dropout})")
-        if not self.target_modules:
-            raise ConfigError("lora.target_modules is empty: name at least one projection")
+        unknown = sorted(set(self.target_modules) - set(PROJECTIONS))
+        require({
+            f"policy.lora.r={self.r}: set it to 1 or more (the rank of the update)": self.r >= 1,
+            f"policy.lora.alpha={self.alpha}: set it above 0 (the update is scaled by "
+            "alpha / r)": self.alpha > 0,
+            f"policy.lora.dropout={self.dropout}: set it to at least 0 and below 1":
+                0 <= self.dropout < 1,
+            f"policy.lora.target_modules is empty: name at least one of {', '.join(PROJECTIONS)}":
+                bool(self.target_modules),
+            f"policy.lora.target_modules: {', '.join(unknown)} is no projection of the language "
+            f"model; use {', '.join(PROJECTIONS)}": not unknown,
+        })
 
     def config(self) -> LoraConfig:
         # A regex, so the vision tower's own gate/up/down projections are never adapted.
@@ -62,11 +73,11 @@ class PolicyArgs:
     """Hub id, local folder, or a registered ``<kind>:<name>`` source built on this machine (the
     toy world's ``tiny:<tiny|small>``, random weights, and ``warm:<name>``, a tiny model after a
     one-time supervised warm-up on shapes traces: ``warm:small``, ``warm:small-v3``)."""
-    quantization: Literal["none", "4bit", "8bit"] = "none"
+    quantization: Quantization = "none"
     """Load the frozen base in 4-bit nf4 (QLoRA, double quantization) or 8-bit."""
     dtype: DType = "float32"
     """Weight / compute dtype (bfloat16 on GPUs that support it)."""
-    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"
+    attn_implementation: Attention = "sdpa"
     """Attention kernel."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward: less memory, about 30% more compute."""
@@ -77,10 +88,21 @@ class PolicyArgs:
     lora: LoraArgs = field(default_factory=LoraArgs)
 
     def __post_init__(self) -> None:
-        if self.min_pixels is not None and self.max_pixels is not None \
-                and self.max_pixels < self.min_pixels:
-            raise ConfigError(f"policy.max_pixels ({self.max_pixels}) is below policy.min_pixels "
-                              f"({self.min_pixels}): raise max_pixels or lower min_pixels")
+        low, high = self.min_pixels, self.max_pixels
+        require({
+            f"policy.quantization={self.quantization!r}: set it to one of "
+            f"{', '.join(get_args(Quantization))}": self.quantization in get_args(Quantization),
+            f"policy.dtype={self.dtype!r}: set it to one of {', '.join(get_args(DType))}":
+                self.dtype in get_args(DType),
+            f"policy.attn_implementation={self.attn_implementation!r}: set it to one of "
+            f"{', '.join(get_args(Attention))}": self.attn_implementation in get_args(Attention),
+            f"policy.min_pixels={low}: set it to {TOKEN_PIXELS} (one image token, 28 x 28 pixels) "
+            "or more, or null (the model's own)": low is None or low >= TOKEN_PIXELS,
+            f"policy.max_pixels={high}: set it to {TOKEN_PIXELS} (one image token, 28 x 28 "
+            "pixels) or more, or null (the model's own)": high is None or high >= TOKEN_PIXELS,
+            f"policy.max_pixels={high} is below policy.min_pixels={low}: raise max_pixels or "
+            "lower min_pixels": low is None or high is None or high >= low,
+        })
         check_model_spec(self.model)
         if self.quantization != "none":
             check_bitsandbytes(self.quantization)
@@ -156,6 +178,18 @@ def load_processor(args: PolicyArgs, path: str) -> ImageOnlyQwenProcessor:
     return processor
 
 
+@contextmanager
+def peft_on_transformers_5() -> Iterator[None]:
+    """PEFT 0.21 still reads transformers' names for activation checkpointing, which transformers
+    5 deprecates (``is_gradient_checkpointing``, ``gradient_checkpointing_enable``): their
+    FutureWarnings inside PEFT are nothing a user can act on."""
+    with warnings.catch_warnings():
+        for name in ("is_gradient_checkpointing", "gradient_checkpointing_enable"):
+            warnings.filterwarnings("ignore", message=f"`{name}` is deprecated",
+                                    category=FutureWarning)
+        yield
+
+
 def load_policy(args: PolicyArgs) -> tuple[PeftModel, ImageOnlyQwenProcessor]:
     """The LoRA-wrapped model (trainable adapter only) and its processor."""
     path = resolve_model(args.model)
@@ -170,11 +204,13 @@ def load_policy(args: PolicyArgs) -> tuple[PeftModel, ImageOnlyQwenProcessor]:
         for module in model.modules():
             if hasattr(module, "support_avx512bf16_for_cpu"):
                 module.support_avx512bf16_for_cpu = False
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=args.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False})
+        with peft_on_transformers_5():
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=args.gradient_checkpointing,
+                gradient_checkpointing_kwargs={"use_reentrant": False})
     elif args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()  # PEFT: frozen embeddings must still pass gradients
     if args.gradient_checkpointing:
         # transformers and PEFT make the output of every input embedding require grad, the vision
@@ -182,5 +218,6 @@ def load_policy(args: PolicyArgs) -> tuple[PeftModel, ImageOnlyQwenProcessor]:
         # for backward and back-propagated through all its blocks for nothing.
         model.model.visual.forward = torch.no_grad()(model.model.visual.forward)
     model.config.use_cache = True  # generation wants the KV cache; training passes use_cache=False
-    peft_model = get_peft_model(model, args.lora.config())
+    with peft_on_transformers_5():
+        peft_model = get_peft_model(model, args.lora.config())
     return peft_model, load_processor(args, path)

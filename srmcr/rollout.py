@@ -7,6 +7,7 @@ Completions of one prompt are contiguous (``x.view(B, G, ...)`` holds).
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -19,11 +20,16 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from srmcr import prompts
-from srmcr.errors import ConfigError
+from srmcr.errors import require
 from srmcr.group_attention import group_cache, group_decoding, supports_group_decoding
 from srmcr.lora_forward import plain_lora
 from srmcr.parsing import Parsed, parse
 from srmcr.prefix import language_core, prompt_groups
+
+# A group's statistics (the reward's answer votes, the validation's within-group AUC) compare
+# every pair of its completions, so a step costs B x G^2 (10^8 pairs per prompt at G = 10^4) on
+# top of sampling and scoring B x G completions. Published GRPO runs use G = 4 to 64.
+MAX_GROUP_SIZE = 1024
 
 # Special tokens the policy may emit: only the end of its turn. A weak model that samples
 # <|image_pad|> breaks the next forward ("Image features and image tokens do not match").
@@ -35,7 +41,7 @@ class SamplingArgs:
     """How completions are sampled."""
 
     group_size: int = 4
-    """G: completions per prompt (the group GRPO normalizes over)."""
+    """G: completions per prompt (the group GRPO normalizes over), 2 to 1024."""
     max_new_tokens: int = 64
     """Completion length cap; longer completions are truncated (and flagged)."""
     temperature: float = 1.0
@@ -57,22 +63,27 @@ class SamplingArgs:
     cheap; the greedy val/accuracy still covers every batch."""
 
     def __post_init__(self) -> None:
-        if self.group_size < 2:
-            raise ConfigError(f"sampling.group_size must be >= 2 for group-relative advantages "
-                              f"(got {self.group_size})")
-        if self.max_new_tokens < 1 or self.generation_batch_size < 1:
-            raise ConfigError("sampling.max_new_tokens and sampling.generation_batch_size "
-                              "must be >= 1")
-        if self.val_group_size is not None and (self.val_group_size < 0
-                                                or self.val_group_size == 1):
-            raise ConfigError(f"sampling.val_group_size must be 0 (off), >= 2 or null (= "
-                              f"group_size); got {self.val_group_size}")
-        if self.val_sample_batches is not None and self.val_sample_batches < 0:
-            raise ConfigError(f"sampling.val_sample_batches must be >= 0 or null (all); got "
-                              f"{self.val_sample_batches}")
-        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
-            raise ConfigError(f"sampling needs temperature > 0, 0 < top_p <= 1, top_k >= 0 (got "
-                              f"{self.temperature}, {self.top_p}, {self.top_k})")
+        g, val, batches = self.group_size, self.val_group_size, self.val_sample_batches
+        require({
+            f"sampling.group_size={g}: set it to 2 or more (a group of one has no baseline)":
+                g >= 2,
+            f"sampling.group_size={g}: set it to {MAX_GROUP_SIZE} or less (a group's statistics "
+            "compare every pair of its completions, so a step costs B x G^2)":
+                g <= MAX_GROUP_SIZE,
+            f"sampling.max_new_tokens={self.max_new_tokens}: set it to 1 or more":
+                self.max_new_tokens >= 1,
+            f"sampling.temperature={self.temperature}: set it above 0 (1 samples the model's own "
+            "distribution)": 0 < self.temperature < math.inf,
+            f"sampling.top_p={self.top_p}: set it above 0 and at most 1 (1 turns it off)":
+                0 < self.top_p <= 1,
+            f"sampling.top_k={self.top_k}: set it to 0 (off) or more": self.top_k >= 0,
+            f"sampling.generation_batch_size={self.generation_batch_size}: set it to 1 or more":
+                self.generation_batch_size >= 1,
+            f"sampling.val_group_size={val}: set it to 0 (off), 2 to {MAX_GROUP_SIZE}, or null "
+            "(= group_size)": val is None or val == 0 or 2 <= val <= MAX_GROUP_SIZE,
+            f"sampling.val_sample_batches={batches}: set it to 0 or more, or null (every batch)":
+                batches is None or batches >= 0,
+        })
 
 
 @dataclass
@@ -288,7 +299,7 @@ def _shared_prefill(model, enc, prompts: Tensor, counts: Tensor, new_tokens: int
     images = image_inputs(enc["pixel_values"], enc["image_grid_thw"], prompts, features)
     cache = DynamicCache()
     head = {k: enc[k][prompts, :-1] for k in ("input_ids", "attention_mask", "mm_token_type_ids")}
-    model(**head, **images, position_ids=positions[0][:, prompts, :-1], past_key_values=cache,
+    model(**head, **images, position_ids=positions[0][:, prompts, :-1], cache=cache,
           use_cache=True, logits_to_keep=1)
     # The prompt's last token is text: the delta of the whole prompt is that of its head.
     language_core(model).rope_deltas = positions[1][prompts].repeat_interleave(counts, dim=0)
@@ -332,7 +343,7 @@ def sample(model, processor, images: Sequence[Image.Image], questions: Sequence[
             if share_prompt and len(distinct) < len(rows[part]):  # each prompt prefilled once
                 cache = _shared_prefill(model, enc, distinct, counts, config.max_new_tokens,
                                         features, positions)
-                inputs, decoding = {"past_key_values": cache}, group_decoding(model, cache)
+                inputs, decoding = {"cache": cache}, group_decoding(model, cache)
             else:
                 pixels, grid = select_images(enc["pixel_values"], enc["image_grid_thw"], rows[part])
                 inputs, decoding = {"pixel_values": pixels, "image_grid_thw": grid}, nullcontext()

@@ -177,35 +177,51 @@ class SignalSummary:
 
 @dataclass
 class Headroom:
-    """maj@G minus greedy accuracy on the same questions: about the most that sharpening toward
-    the group's consensus can add to greedy accuracy."""
+    """A signal's self-correctable margin: the accuracy of the completion it ranks first in each
+    group (best-of-G) minus greedy accuracy, paired question by question. Training toward the
+    signal can lift greedy accuracy by about this much at most; for answer agreement it is
+    maj@G minus greedy."""
 
-    lead: float  # mean over questions of maj - greedy (1, 0 or -1 each)
+    lead: float  # mean over questions of best-of-G - greedy (each in [-1, 1])
     low: float  # 95% bootstrap interval over questions
     high: float
-    fixed: int  # questions the majority gets right and greedy wrong
-    broken: int  # and the other way round
+    fixed: int  # questions where the signal's pick beats greedy
+    broken: int  # and where it does worse
     questions: int
 
 
-def headroom(majority: Tensor, greedy: Tensor, samples: int = 2000) -> Headroom:
-    """``Headroom`` of paired (B,) bools: maj@G and greedy right per question."""
-    diff = majority.double() - greedy.double()
+def headroom(best: Tensor, greedy: Tensor, samples: int = 2000) -> Headroom:
+    """``Headroom`` of paired (B,) values: the correctness of the signal's pick (bool, or the
+    expected correctness of a tied pick) and of the greedy answer per question."""
+    diff = best.double() - greedy.double()
     lo, hi = bootstrap_interval(diff, samples)
     return Headroom(float(diff.mean()), lo, hi, int((diff > 0).sum()), int((diff < 0).sum()),
                     len(diff))
 
 
+def best_of_group(scores: Tensor, correct: Tensor, group_size: int) -> Tensor:  # (N,) -> (B,)
+    """Per group: the correctness of the completion ``scores`` ranks first; completions tied
+    at the top share the pick (their mean correctness: a random tie-break's expectation). Where
+    the signal abstains (NaN) on every completion, the pick is random: the group's mean."""
+    s = scores.detach().double().view(-1, group_size)  # (B, G)
+    c = correct.double().view(-1, group_size)
+    top = s == torch.where(s.isnan(), -torch.inf, s).amax(1, keepdim=True)  # NaN is never top
+    none = ~top.any(1, keepdim=True)
+    top = top | none
+    return (c * top).sum(1) / top.sum(1)
+
+
 def summarize(batches: Sequence[ValidityBatch], samples: int = 2000) -> dict[str, Any]:
     """Pre-flight figures over a validation pass: mean@G, maj@G, mixed groups, every signal's
     AUC with its 95% interval (``SignalSummary``) and, where the batches carry greedy
-    correctness, maj@G's ``Headroom`` over greedy (else None)."""
+    correctness, every signal's best-of-G margin over greedy (``margins``; the vote's is maj@G's
+    ``headroom``), else None."""
     if not batches:
         raise ValueError("no labelled question was sampled: give validation data with answers "
                          "(data.val) and sampling.val_group_size >= 2")
     names, G = batches[0].names, batches[0].group_size
     aucs = torch.cat([b.aucs() for b in batches], dim=1)  # (S, B)
-    correct = torch.cat([b.correct for b in batches]).view(-1, G)
+    correct = torch.cat([b.correct for b in batches])
     majority = torch.cat([b.majority for b in batches])
     signals = {}
     for name, per_group in zip(names, aucs):
@@ -213,24 +229,42 @@ def summarize(batches: Sequence[ValidityBatch], samples: int = 2000) -> dict[str
         finite = per_group[~per_group.isnan()]
         signals[name] = SignalSummary(float(finite.mean()) if len(finite) else NAN, lo, hi,
                                       len(finite))
-    paired = all(b.greedy is not None for b in batches)
-    lead = headroom(majority, torch.cat([b.greedy for b in batches]), samples) if paired \
-        else None
+    lead, margins = None, None
+    if all(b.greedy is not None for b in batches):
+        greedy = torch.cat([b.greedy for b in batches])
+        lead = headroom(majority, greedy, samples)
+        scores = torch.cat([b.signals for b in batches])  # (N, S)
+        margins = {name: headroom(best_of_group(scores[:, k], correct, G), greedy, samples)
+                   for k, name in enumerate(names)}
+    per_question = correct.view(-1, G)
     return {"group_size": G, "questions": len(majority),
-            "sample_accuracy": float(correct.float().mean()),
+            "sample_accuracy": float(per_question.float().mean()),
             "majority_accuracy": float(majority.float().mean()),
-            "mixed_groups": int((correct.any(1) & ~correct.all(1)).sum()), "signals": signals,
-            "headroom": lead}
+            "mixed_groups": int((per_question.any(1) & ~per_question.all(1)).sum()),
+            "signals": signals, "headroom": lead, "margins": margins}
 
 
 def verdict(summary: dict[str, Any], greedy_accuracy: float) -> str:
-    """One line: go when the reward's AUC interval is above 0.5 and maj@G >= greedy (the group's
-    consensus is worth sharpening toward); otherwise say what fails and which cues point the
-    wrong way. A go whose paired ``Headroom`` interval is not above 0 says that it is within
-    noise: a majority no surer than greedy leaves training little to sharpen toward."""
+    """One line. With paired greedy answers: GO when the reward's best-of-G margin over greedy
+    has its 95% interval above 0 (its own picks beat greedy: training toward it has something
+    to gain), NO-GO otherwise. Without them (an old ``--save`` file): GO when the reward's AUC
+    interval is above 0.5 and maj@G >= greedy. Either way it names the cues that point the
+    wrong way (AUC interval below 0.5)."""
     reward: SignalSummary = summary["signals"]["reward"]
     wrong_way = [n for n, s in summary["signals"].items()
                  if n != "reward" and s.high < 0.5]
+    tail = f"; pointing the wrong way (AUC interval below 0.5): {', '.join(wrong_way)}" \
+        if wrong_way else ""
+    margin: Headroom | None = (summary.get("margins") or {}).get("reward")
+    if margin is not None:
+        span = (f"{100 * margin.lead:+.1f} points (95% interval [{100 * margin.low:+.1f}, "
+                f"{100 * margin.high:+.1f}])")
+        if margin.low > 0:
+            return (f"GO: the reward's best-of-{summary['group_size']} beats greedy by {span}: "
+                    f"training toward it can gain up to about that (AUC {reward.auc:.2f})" + tail)
+        return (f"NO-GO: the reward's best-of-{summary['group_size']} against greedy is {span}: "
+                "its picks are no better than the greedy answer, so training toward it has "
+                "nothing to gain" + tail)
     problems = []
     if not reward.low > 0.5:
         problems.append(f"the reward's AUC interval [{reward.low:.2f}, {reward.high:.2f}] is not "
@@ -239,15 +273,8 @@ def verdict(summary: dict[str, Any], greedy_accuracy: float) -> str:
         problems.append(f"maj@{summary['group_size']} {summary['majority_accuracy']:.3f} < greedy "
                         f"{greedy_accuracy:.3f}: sharpening toward the group's consensus cannot "
                         "lift greedy accuracy")
-    tail = f"; pointing the wrong way (AUC interval below 0.5): {', '.join(wrong_way)}" \
-        if wrong_way else ""
     if problems:
         return "NO-GO: " + "; ".join(problems) + tail
-    lead: Headroom | None = summary.get("headroom")
-    if lead is not None and not lead.low > 0:  # measured: a lead within noise gained nothing
-        tail = (f"; but maj@{summary['group_size']}'s lead over greedy on the same questions, "
-                f"{100 * lead.lead:+.1f} points (95% interval [{100 * lead.low:+.1f}, "
-                f"{100 * lead.high:+.1f}]), is within noise: expect little or no gain") + tail
     return (f"GO: the reward ranks right above wrong (AUC {reward.auc:.2f}, interval "
             f"[{reward.low:.2f}, {reward.high:.2f}]) and maj@{summary['group_size']} >= greedy"
             + tail)
@@ -265,16 +292,23 @@ def headroom_lines(summary: dict[str, Any]) -> list[str]:
 
 
 def format_report(summary: dict[str, Any], greedy_accuracy: float) -> str:
-    """The pre-flight table: accuracies, then one row per signal, then the verdict."""
+    """The pre-flight table: accuracies, then one row per signal (AUC, and best-of-G - greedy
+    where greedy answers are paired), then the verdict."""
     G = summary["group_size"]
+    margins = summary.get("margins")
     lines = [f"questions: {summary['questions']} labelled, G = {G} samples each "
              f"({summary['mixed_groups']} groups hold both right and wrong answers)",
              f"greedy accuracy:   {greedy_accuracy:.3f}",
              f"mean@{G} (sampled): {summary['sample_accuracy']:.3f}",
              f"maj@{G} (majority): {summary['majority_accuracy']:.3f}",
-             *headroom_lines(summary),
-             "", f"{'signal':<24} {'AUC':>6}  95% interval   groups"]
+             *headroom_lines(summary), ""]
+    head = f"{'signal':<24} {'AUC':>6}  95% interval   groups"
+    lines.append(head + (f"   best-of-{G} - greedy  95% interval" if margins else ""))
     for name, s in summary["signals"].items():
-        lines.append(f"{name:<24} {s.auc:>6.3f}  [{s.low:.3f}, {s.high:.3f}]  {s.groups:>5}")
+        row = f"{name:<24} {s.auc:>6.3f}  [{s.low:.3f}, {s.high:.3f}]  {s.groups:>5}"
+        if margins:
+            m = margins[name]
+            row += f"   {m.lead:>+16.3f}  [{m.low:+.3f}, {m.high:+.3f}]"
+        lines.append(row)
     lines += ["", verdict(summary, greedy_accuracy)]
     return "\n".join(lines)

@@ -60,7 +60,7 @@ class Record(L.Callback):
             **self.scored[-1], "batch_ids": list(batch.ids),
             "reliability": reward.reliability_ema.tolist(),
             "initialised": reward.reliability_initialised.tolist(),
-            "weights": reward.weights().tolist(), "confidence": pl_module.last_confidence,
+            "weights": reward.weights().tolist(), "confidence": outputs["confidence"],
             "next_temperature": pl_module.temperature, "lora": lora.hexdigest()})
 
     def on_train_end(self, trainer, pl_module) -> None:

@@ -1,5 +1,6 @@
 """SRMCRModule: one real step on the tiny model changes every LoRA weight and nothing frozen."""
 
+import functools
 from dataclasses import replace
 
 import lightning as L
@@ -7,7 +8,8 @@ import pytest
 import torch
 
 from datamodules.image_question import ImageQuestionDataModule
-from srmcr.module import GRPOArgs, SRMCRModule
+from srmcr.errors import ConfigError
+from srmcr.module import GRPOArgs, SRMCRModule, StepRecord
 from srmcr.policy import LoraArgs, PolicyArgs
 from srmcr.reward import SelfReward
 from srmcr.rollout import SamplingArgs
@@ -22,12 +24,23 @@ def _module(cues=("lexical_fidelity", "non_redundancy", "visual_grounding"), **g
         optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
 
 
-def _fit(module: SRMCRModule, steps: int, tmp_path) -> L.Trainer:
+class Outputs(L.Callback):
+    """What ``training_step`` hands the callbacks, step by step."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.seen.append(outputs)
+
+
+def _fit(module: SRMCRModule, steps: int, tmp_path, callbacks=()) -> L.Trainer:
     data = ImageQuestionDataModule(train="shapes:train?n=32&size=56", batch_size=2,
                                    min_pixels=28 * 28, max_pixels=56 * 56)
     trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False,
                         enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp_path)
+                        enable_model_summary=False, default_root_dir=tmp_path,
+                        callbacks=list(callbacks))
     trainer.fit(module, datamodule=data)
     return trainer
 
@@ -54,13 +67,18 @@ def test_one_step_changes_every_lora_weight_and_nothing_frozen(tmp_path, monkeyp
             if "lora_B" in name:
                 p.normal_(0, 0.05)
     before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
-    _fit(module, grpo.get("num_iterations", 1), tmp_path)
+    outputs = Outputs()
+    _fit(module, grpo.get("num_iterations", 1), tmp_path, [outputs])
     changed = {n for n, p in module.model.named_parameters() if not torch.equal(p, before[n])}
     trainable = {n for n, p in module.model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
     assert changed == trainable
-    assert module.last_confidence == module.last_confidence  # not NaN
-    assert 0.0 <= module.last_collapse <= 1.0
+    # What the callbacks get: the detached loss, the rank-averaged signals, the step's record.
+    out = outputs.seen[-1]
+    assert out.keys() == {"loss", "confidence", "collapse", "step"}
+    assert out["loss"].grad_fn is None and 0.0 < out["confidence"] <= 1.0
+    assert 0.0 <= out["collapse"] <= 1.0
+    assert isinstance(out["step"], StepRecord) and len(out["step"].advantages) == 8
 
 
 def test_checkpoint_holds_adapter_and_reward_state_only(tmp_path):
@@ -76,9 +94,30 @@ def test_checkpoint_holds_adapter_and_reward_state_only(tmp_path):
     assert "optimizer_states" in torch.load(path, weights_only=False)
 
 
-def test_invalid_grpo_args_name_the_field():
-    with pytest.raises(ValueError, match="clip_low"):
-        GRPOArgs(clip_low=0.0)
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"beta": -0.1}, r"^grpo.beta=-0.1: set it to 0 \(no KL term, no reference pass\) or more$"),
+    ({"clip_low": 0.0}, r"^grpo.clip_low=0.0: set it above 0 and below 1"),
+    ({"clip_low": 1.0}, r"^grpo.clip_low=1.0: set it above 0 and below 1"),
+    ({"clip_high": 0.0}, r"^grpo.clip_high=0.0: set it above 0"),
+    ({"aggregation": "mean"}, r"^grpo.aggregation='mean': set it to one of grpo, token, dr_grpo$"),
+    ({"num_iterations": 0}, r"^grpo.num_iterations=0: set it to 1 or more"),
+    ({"micro_batch_size": 0}, r"^grpo.micro_batch_size=0: set it to 1 or more$"),
+    ({"max_grad_norm": 0.0}, r"^grpo.max_grad_norm=0.0: set it above 0, or null"),
+    ({"max_consecutive_skips": 0}, r"^grpo.max_consecutive_skips=0: set it to 1 or more$"),
+    ({"collapse_patience": 0}, r"^grpo.collapse_patience=0: set it to 1 or more$"),
+])
+def test_invalid_grpo_args_name_the_field_the_value_and_what_to_set(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        GRPOArgs(**kwargs)
+
+
+def test_optimizer_arguments_are_checked_before_the_model_loads(tmp_path):
+    module = _module()
+    module.optimizer_factory = functools.partial(torch.optim.AdamW, lr=-1e-4)
+    with pytest.raises(ConfigError, match=r"^model.optimizer \(AdamW\) refuses its arguments: "
+                                          r"Invalid learning rate: -0.0001; fix them"):
+        _fit(module, 1, tmp_path)
+    assert module.model is None  # nothing was loaded
 
 
 def test_micro_batch_that_does_not_divide_the_step_is_rejected_before_loading(tmp_path):
@@ -98,9 +137,10 @@ def test_without_grounding_there_is_no_extra_pass_and_confidence_comes_from_the_
     monkeypatch.setattr(module_lib, "rollout_logprobs",
                         lambda *a, **k: calls.append(1) or inner(*a, **k))
     module = _module(cues=("lexical_fidelity", "non_redundancy"), beta=0.0)
-    _fit(module, 1, tmp_path)
+    outputs = Outputs()
+    _fit(module, 1, tmp_path, [outputs])
     assert calls == []  # beta = 0, no grounding, mu = 1: generate + loss pass only
-    assert 0.0 < module.last_confidence <= 1.0
+    assert 0.0 < outputs.seen[0]["confidence"] <= 1.0
 
 
 def test_checkpoint_of_another_lora_configuration_is_rejected(tmp_path):

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from srmcr.logprobs import completion_logits
+from srmcr.errors import ConfigError
 from srmcr.policy import LoraArgs, PolicyArgs, resolve_model
 from srmcr.rollout import SamplingArgs, sample
 from tests.fixtures import QUESTIONS, tiny_policy, two_images
@@ -50,23 +51,40 @@ def test_target_modules_narrow_the_adapter():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"r": 0}, r"lora.r must be >= 1 .*r=0"),
-        ({"alpha": 0}, r"lora.alpha > 0 .*alpha=0"),
-        ({"dropout": 1.0}, r"lora.dropout must be in \[0, 1\) \(got 1.0\)"),
-        ({"dropout": -0.1}, r"lora.dropout must be in \[0, 1\)"),
-        ({"target_modules": []}, "lora.target_modules is empty"),
+        ({"r": 0}, r"^policy.lora.r=0: set it to 1 or more"),
+        ({"alpha": 0}, r"^policy.lora.alpha=0: set it above 0"),
+        ({"dropout": 1.0}, r"^policy.lora.dropout=1.0: set it to at least 0 and below 1$"),
+        ({"dropout": -0.1}, r"^policy.lora.dropout=-0.1: set it to at least 0 and below 1$"),
+        ({"target_modules": []}, "^policy.lora.target_modules is empty: name at least one of "
+                                 "q_proj, k_proj"),
+        ({"target_modules": ["q_proj", "qkv"]}, "^policy.lora.target_modules: qkv is no "
+                                                "projection of the language model; use q_proj"),
     ],
 )
 def test_lora_args_errors(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=match):
         LoraArgs(**kwargs)
 
 
 def test_policy_args_pixel_bounds_error():
-    with pytest.raises(ValueError, match=r"max_pixels \(784\) is below policy.min_pixels \(3136\)"):
+    with pytest.raises(ConfigError, match=r"^policy.max_pixels=784 is below "
+                                          r"policy.min_pixels=3136: raise max_pixels"):
         PolicyArgs(min_pixels=3136, max_pixels=784)
     PolicyArgs(min_pixels=784, max_pixels=784)  # equal bounds are fine
-    PolicyArgs(max_pixels=10)  # one bound alone is not cross-checked
+    PolicyArgs(max_pixels=784)  # one bound alone is not cross-checked
+    for bound in ("min_pixels", "max_pixels"):  # less than one image token
+        with pytest.raises(ConfigError, match=rf"^policy.{bound}=783: set it to 784 \(one image"):
+            PolicyArgs(**{bound: 783})
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"quantization": "2bit"}, r"^policy.quantization='2bit': set it to one of none, 4bit, 8bit$"),
+    ({"dtype": "fp8"}, r"^policy.dtype='fp8': set it to one of float32, bfloat16, float16$"),
+    ({"attn_implementation": "flash"}, r"^policy.attn_implementation='flash': set it to one of"),
+])
+def test_policy_args_choices_errors(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        PolicyArgs(**kwargs)
 
 
 # ---------------------------------------------------------------- model specs

@@ -7,6 +7,7 @@ import torch
 from transformers.generation.logits_process import SuppressTokensLogitsProcessor
 
 from srmcr import group_attention
+from srmcr.errors import ConfigError
 from srmcr.parsing import parse
 from srmcr.prefix import language_core
 from srmcr.rollout import (
@@ -256,17 +257,23 @@ def test_sampling_runs_in_eval_and_restores_the_mode(policy, training):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"group_size": 1}, r"group_size must be >= 2 .*\(got 1\)"),
-        ({"max_new_tokens": 0}, "max_new_tokens and sampling.generation_batch_size must be >= 1"),
-        ({"generation_batch_size": 0}, "generation_batch_size must be >= 1"),
-        ({"temperature": 0.0}, r"temperature > 0, 0 < top_p <= 1, top_k >= 0 \(got 0.0, 1.0, 0\)"),
-        ({"top_p": 0.0}, r"0 < top_p <= 1"),
-        ({"top_p": 1.5}, r"0 < top_p <= 1"),
-        ({"top_k": -1}, r"top_k >= 0 \(got 1.0, 1.0, -1\)"),
+        ({"group_size": 1}, r"^sampling.group_size=1: set it to 2 or more"),
+        ({"group_size": 1025}, r"^sampling.group_size=1025: set it to 1024 or less \(a group's "
+                               r"statistics compare every pair of its completions"),
+        ({"max_new_tokens": 0}, r"^sampling.max_new_tokens=0: set it to 1 or more$"),
+        ({"generation_batch_size": 0}, r"^sampling.generation_batch_size=0: set it to 1 or more$"),
+        ({"temperature": 0.0}, r"^sampling.temperature=0.0: set it above 0"),
+        ({"temperature": float("inf")}, r"^sampling.temperature=inf: set it above 0"),
+        ({"top_p": 0.0}, r"^sampling.top_p=0.0: set it above 0 and at most 1"),
+        ({"top_p": 1.5}, r"^sampling.top_p=1.5: set it above 0 and at most 1"),
+        ({"top_k": -1}, r"^sampling.top_k=-1: set it to 0 \(off\) or more$"),
+        ({"val_group_size": 1}, r"^sampling.val_group_size=1: set it to 0 \(off\), 2 to 1024"),
+        ({"val_group_size": 2048}, r"^sampling.val_group_size=2048: set it to 0 \(off\), 2 to"),
+        ({"val_sample_batches": -1}, r"^sampling.val_sample_batches=-1: set it to 0 or more"),
     ],
 )
 def test_sampling_args_errors(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=match):
         SamplingArgs(**kwargs)
 
 

@@ -10,6 +10,7 @@ from srmcr.validity import (
     RewardValidity,
     SignalSummary,
     ValidityBatch,
+    best_of_group,
     bootstrap_interval,
     format_report,
     group_auc,
@@ -78,6 +79,29 @@ def test_headroom_pairs_majority_with_greedy_question_by_question():
     assert (same.lead, same.low, same.high, same.fixed, same.broken) == (0, 0, 0, 0, 0)
 
 
+def test_best_of_group_takes_the_top_pick_shares_ties_and_falls_back_on_abstentions():
+    scores = torch.tensor([0.9, 0.1, 0.3,   # the top pick (0.9) is right
+                           0.2, 0.8, 0.8,   # two tied at the top: one right, one wrong -> 0.5
+                           NAN, 0.1, NAN,   # abstentions never win: the 0.1 (wrong) is picked
+                           NAN, NAN, NAN])  # all abstain: a random pick, the group's mean 1/3
+    correct = torch.tensor([1, 0, 0, 0, 1, 0, 1, 0, 1, 1, 0, 0], dtype=torch.bool)
+    assert best_of_group(scores, correct, 3).tolist() == pytest.approx([1, 0.5, 0, 1 / 3])
+
+
+def test_summarize_gives_every_signal_its_best_of_group_margin_over_greedy():
+    # reward picks: a -> row 0 (right), a' -> row 2 or 3 (tied, both right), b -> row 1
+    # (wrong), b' -> rows 2/3 tied (both right); greedy [0, 1 | 1, 0].
+    a = _batch([0.9, 0.1, 0.3, 0.3], [1, 1, 1, 1], [1, 0, 1, 1], [1, 0, 1, 1], greedy=[0, 1])
+    b = _batch([0.2, 0.8, 0.5, 0.5], [1, 1, 1, 1], [0, 0, 1, 1], [1, 0, 1, 1], greedy=[1, 0])
+    margins = summarize([a, b], samples=100)["margins"]
+    reward = margins["reward"]  # per question: 1-0, 1-1, 0-1, 1-0 -> +1, 0, -1, +1
+    assert (reward.lead, reward.fixed, reward.broken, reward.questions) == (0.25, 2, 1, 4)
+    # well_formed ties everywhere: each pick is the group's mean 0.5, 1, 0, 1 -> +.5, 0, -1, +1
+    assert margins["well_formed"].lead == pytest.approx(0.125)
+    no_greedy = _batch([0.2, 0.8, 0.5, 0.5], [1, 1, 1, 1], [0, 0, 1, 1], [1, 0, 1, 1])
+    assert summarize([a, no_greedy], samples=100)["margins"] is None
+
+
 def test_validity_metric_pairs_majority_with_greedy():
     a = _batch([0.9, 0.1, 0.3, 0.3], [1, 1, 1, 1], [1, 0, 1, 1], [1, 0, 1, 1], greedy=[0, 1])
     b = _batch([0.2, 0.8, 0.5, 0.5], [1, 1, 1, 1], [0, 0, 1, 1], [1, 0, 0, 0], greedy=[1, 1])
@@ -135,9 +159,6 @@ VERDICTS = [
 NOISY_LEAD = Headroom(0.001, -0.02, 0.021, 40, 39, 1024)  # warm:small at top-p 0.5, roughly
 CLEAR_LEAD = Headroom(0.05, 0.03, 0.07, 80, 29, 1024)
 VERDICTS += [
-    ({**_summary(0.6, 0.7, 0.5), "headroom": NOISY_LEAD}, 0.45, "GO: ",
-     "lead over greedy on the same questions, +0.1 points (95% interval [-2.0, +2.1]), is within "
-     "noise", "a go whose paired lead holds 0 says so"),
     ({**_summary(0.45, 0.6, 0.5), "headroom": NOISY_LEAD}, 0.45, "NO-GO: ",
      "the reward's AUC interval", "a no-go stays one, whatever the lead"),
 ]
@@ -146,6 +167,32 @@ VERDICTS += [
 def test_a_clear_lead_adds_no_caveat():
     line = verdict({**_summary(0.6, 0.7, 0.5), "headroom": CLEAR_LEAD}, 0.45)
     assert line.startswith("GO: ") and "noise" not in line
+
+
+MARGIN_VERDICTS = [
+    (CLEAR_LEAD, 0.45, 0.5, "GO: the reward's best-of-8 beats greedy by +5.0 points (95% "
+     "interval [+3.0, +7.0])", "its picks beat greedy: go, whatever the AUC"),
+    (NOISY_LEAD, 0.6, 0.7, "NO-GO: the reward's best-of-8 against greedy is +0.1 points (95% "
+     "interval [-2.0, +2.1]): its picks are no better", "a margin within noise: no-go"),
+    (Headroom(-0.05, -0.08, -0.02, 20, 71, 1024), 0.6, 0.7, "NO-GO: the reward's best-of-8 "
+     "against greedy is -5.0 points", "its picks are worse than greedy"),
+]
+
+
+@pytest.mark.parametrize(("margin", "low", "high", "says", "reason"), MARGIN_VERDICTS,
+                         ids=[v[4] for v in MARGIN_VERDICTS])
+def test_verdict_with_paired_greedy_reads_the_rewards_margin(margin, low, high, says, reason):
+    summary = {**_summary(low, high, 0.5), "margins": {"reward": margin}}
+    assert verdict(summary, 0.45).startswith(says)
+
+
+def test_report_has_a_margin_column_when_paired():
+    summary = {**_summary(0.6, 0.7, 0.5), "questions": 1024, "sample_accuracy": 0.4,
+               "mixed_groups": 300, "headroom": CLEAR_LEAD,
+               "margins": {"reward": CLEAR_LEAD, "lexical_fidelity": NOISY_LEAD}}
+    text = format_report(summary, 0.45)
+    assert "best-of-8 - greedy" in text
+    assert "+0.050  [+0.030, +0.070]" in text.splitlines()[7]  # the reward's row
 
 
 def test_report_prints_the_paired_lead():

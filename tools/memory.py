@@ -5,7 +5,10 @@
 
 Peak = what lives through the step (weights, LoRA and its AdamW state, the reward's sentence
 encoder) + the largest phase: generation (KV cache, prefill, vision tower), the no-grad log-prob
-passes, or the loss pass (saved activations, LoRA gradients, fp32 logits of the completion only).
+passes, the reward (sentence embeddings, answer votes), the loss pass (saved activations, LoRA
+gradients, fp32 logits of the completion only), or the sampled validation (its groups' within-group
+AUC pairs). What grows with the step's N = B * G rows (the rollout, the sampled tokens, the
+embeddings) and with a group's G^2 pairs counts too (``tools.memory_rows``).
 Tensors are counted at the width they have in this code base: QLoRA's
 ``prepare_model_for_kbit_training`` upcasts all that is not 4-bit to fp32 (residual stream and
 bitsandbytes outputs too), PEFT keeps LoRA in fp32, and under autocast every adapted projection
@@ -17,9 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+from dataclasses import replace
 from pathlib import Path
 
 from tools.memory_model import (  # noqa: F401 (re-exported: the public API)
+    generation_phase,
+    reward_phase,
+    validation_phase,
     ALLOCATOR_SLACK,
     CUDA_CONTEXT_BYTES,
     ENCODER_BYTES,
@@ -39,10 +47,8 @@ from tools.memory_model import (  # noqa: F401 (re-exported: the public API)
     Widths,
     checkpointed_loss_pass,
     decoder_linear_params,
-    generation_chunks,
     head_copy_bytes,
     kv_cache_bytes,
-    largest_fitting,
     layer_activation_bytes,
     logits_bytes,
     lora_params,
@@ -58,6 +64,33 @@ from tools.memory_model import (  # noqa: F401 (re-exported: the public API)
     weight_bytes,
     widths,
 )
+
+
+from tools.memory_rows import (  # noqa: F401 (re-exported: the public API)
+    AUC_BYTES,
+    ENCODER_DIM,
+    TEXTS_PER_COMPLETION,
+    VOTE_BYTES,
+    embeddings_bytes,
+    generation_chunks,
+    pairwise_bytes,
+    rollout_bytes,
+    sampled_tokens_bytes,
+)
+
+
+def largest_fitting(s: StepSettings, knob: str, budget: float) -> int | None:
+    """The largest value of ``knob`` (the others fixed) whose plan fits ``budget`` bytes."""
+    step = 4 * PATCH_PIXELS if knob == "max_pixels" else 1
+    low = 2 if knob in ("group_size", "val_group_size") else 1
+    fits = lambda v: plan(replace(s, **{knob: v * step})).device_bytes <= budget  # noqa: E731
+    lo, hi = low, getattr(s, knob) // step
+    if hi < lo or not fits(lo):
+        return None
+    while lo < hi:  # memory grows with every knob: bisect
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo * step
 
 
 # ---- configs ---------------------------------------------------------------------------------
@@ -145,7 +178,7 @@ def settings_from_config(config: dict, question_chars: int = 200) -> StepSetting
     from srmcr.policy import LoraArgs, PolicyArgs
     from srmcr.rollout import SamplingArgs
 
-    model, data = _init_args(config.get("model", {})), _init_args(config.get("data", {}))
+    model, data = _init_args(config.get("model") or {}), _init_args(config.get("data") or {})
     raw = dict(model.get("policy", {}))
     policy = PolicyArgs(**{**raw, "lora": LoraArgs(**raw.get("lora", {}))})
     sampling = SamplingArgs(**model.get("sampling", {}))
@@ -157,6 +190,8 @@ def settings_from_config(config: dict, question_chars: int = 200) -> StepSetting
     dims, tokenizer = model_dims(policy.model)
     # ImageQuestionDataModule's defaults (tests/test_memory.py keeps them in step).
     pixels = [v for v in (policy.max_pixels, data.get("max_pixels", 448 * 448)) if v]
+    val_group_size = sampling.val_group_size if sampling.val_group_size is not None \
+        else sampling.group_size
     return StepSettings(
         dims=dims, quantization=policy.quantization,
         dtype_bytes={"float32": 4, "bfloat16": 2, "float16": 2}[policy.dtype],
@@ -168,7 +203,8 @@ def settings_from_config(config: dict, question_chars: int = 200) -> StepSetting
         generation_batch_size=sampling.generation_batch_size, micro_batch_size=micro,
         max_pixels=min(pixels),
         prompt_text_tokens=prompt_text_tokens(sampling.system_prompt, question_chars, tokenizer),
-        encoder=any(CUES[c].uses_encoder for c in cues))
+        encoder=any(CUES[c].uses_encoder for c in cues), answer_votes="answer_agreement" in cues,
+        val_group_size=val_group_size if data.get("val") else 0)
 
 
 # ---- report ----------------------------------------------------------------------------------
@@ -205,6 +241,49 @@ def advice(s: StepSettings, gpu_gb: float) -> str:
         lines.append(f"  {knob:<24}{'no value: not this knob' if value is None else value}"
                      f"{'' if value is None else f'  (now {getattr(s, knob)})'}")
     return "\n".join(lines)
+
+
+# ---- refusing a config that cannot fit, before anything loads --------------------------------
+KNOB_KEYS = {"micro_batch_size": "model.grpo.micro_batch_size",
+             "generation_batch_size": "model.sampling.generation_batch_size",
+             "group_size": "model.sampling.group_size",
+             "val_group_size": "model.sampling.val_group_size",
+             "max_new_tokens": "model.sampling.max_new_tokens",
+             "max_pixels": "model.policy.max_pixels"}
+
+
+def machine_budget(accelerator: str) -> tuple[float, str]:
+    """Bytes one rank trains in, and what they are: the GPU's memory when training runs on CUDA
+    (``trainer.accelerator`` gpu, cuda or auto, with a GPU), else the machine's RAM."""
+    import torch
+
+    if str(accelerator) in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        gpu = torch.cuda.get_device_properties(torch.cuda.current_device())
+        return float(gpu.total_memory), f"the GPU's {gpu.total_memory / GB:.1f} GB ({gpu.name})"
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return float(ram), f"this machine's {ram / GB:.1f} GB of RAM"
+
+
+def check_fits(config: dict, budget: float, where: str) -> MemoryPlan | None:
+    """The plan of a parsed config (``main.py fit``), or a ``ConfigError`` naming its figure,
+    the budget and the largest value of each knob that fits; None when the model's dimensions
+    are not known here (a hub model neither in ``QWEN2_5_VL`` nor downloaded)."""
+    from srmcr.errors import ConfigError
+
+    try:
+        settings = settings_from_config(config)
+    except FileNotFoundError:
+        return None
+    result = plan(settings)
+    if result.device_bytes <= budget:
+        return result
+    fits = [f"{KNOB_KEYS[k]} to {v}" for k in KNOBS
+            if (v := largest_fitting(settings, k, budget)) is not None]
+    instead = f"set {' or '.join(fits)}" if fits else "use a smaller model or quantize it"
+    raise ConfigError(
+        f"this config's memory plan needs {result.device_bytes / GB:.1f} GB (peak in the "
+        f"{result.peak_phase} phase), more than {where}: {instead}, or lower data.batch_size "
+        "(python -m tools.memory -c <config> shows every part)")
 
 
 def main(argv: list[str] | None = None) -> MemoryPlan:

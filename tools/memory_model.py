@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, replace
+
+from tools.memory_rows import (
+    AUC_BYTES,
+    VOTE_BYTES,
+    embeddings_bytes,
+    generation_chunks,
+    pairwise_bytes,
+    rollout_bytes,
+    sampled_tokens_bytes,
+)
 
 GB = 1e9
 PATCH_PIXELS = 14 * 14  # one vision patch; 2x2 patches merge into one image token
@@ -14,7 +23,8 @@ ENCODER_BYTES = 90_868_376  # all-MiniLM-L6-v2 in fp32 (the packaged model.safet
 CUDA_CONTEXT_BYTES = 0.5 * GB  # CUDA context and kernels: outside the allocator's count
 ALLOCATOR_SLACK = 0.10  # fragmentation of the caching allocator over the allocated peak
 QUESTION_FILLER = "How many red circles are to the left of the large blue square in the picture? "
-KNOBS = ("micro_batch_size", "generation_batch_size", "group_size", "max_new_tokens", "max_pixels")
+KNOBS = ("micro_batch_size", "generation_batch_size", "group_size", "val_group_size",
+         "max_new_tokens", "max_pixels")
 GROUPS = (("q_proj", "k_proj", "v_proj"), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",))
 
 
@@ -70,6 +80,8 @@ class StepSettings:
     max_pixels: int = 448 * 448
     prompt_text_tokens: int = 100  # P without the image tokens
     encoder: bool = True  # text cues load the sentence encoder onto the device
+    answer_votes: bool = False  # the reward's answer agreement compares a group's answers
+    val_group_size: int = 0  # G of the sampled validation (0: none)
 
     @property
     def image_tokens(self) -> int:
@@ -287,58 +299,57 @@ def checkpointed_loss_pass(d: ModelDims, w: Widths, s: StepSettings, rows: int,
              + logits + record})
 
 
-# ---- generation -------------------------------------------------------------------------------
-def generation_chunks(rows: int, chunk: int, group_size: int) -> tuple[int, int]:
-    """The most distinct prompts, and the most row slots (prompts x their most rows), in the
-    generation chunks of ``chunk`` consecutive rows out of ``rows``."""
-    prompts = slots = 0
-    for start in range(0, rows, chunk):
-        counts = Counter(r // group_size for r in range(start, min(start + chunk, rows)))
-        prompts = max(prompts, len(counts))
-        slots = max(slots, len(counts) * max(counts.values()))
-    return prompts, slots
-
-
-def generation_phase(d: ModelDims, w: Widths, s: StepSettings, rows: int, prompts: int,
-                     slots: int) -> Phase:
-    """Generating chunks of ``rows`` rows of at most ``prompts`` distinct prompts, each
-    prefilled once (``rollout._shared_prefill``) and its keys and values kept once for its rows
-    (``group_attention.GroupCacheLayer``: in fp32, half precision included), each row's own keys
-    and values in ``slots`` buffers reserved for all its tokens. Decoding attention holds
-    scores, not repeated keys: a few (slots, heads, P + T) fp32 copies per layer. The
-    processor's pixels of the step's B images live through the sampling."""
+# ---- the reward, sampling, the sampled validation -------------------------------------------
+def reward_phase(s: StepSettings, rows: int, group_size: int) -> Phase:
+    """The reward over ``rows`` completions in groups of ``group_size``: the rollout it scores,
+    and one at a time the text cues' embeddings and the answer votes."""
     p, t = s.prompt_tokens, s.max_new_tokens
-    own = slots * (t + 1) * d.layers * 2 * d.kv_dim * 4
+    transient = {}
+    if s.encoder:
+        transient["sentence embeddings of the texts"] = embeddings_bytes(rows)
+    if s.answer_votes:
+        transient["answer votes, (B, G, G)"] = pairwise_bytes(
+            rows // group_size, group_size, VOTE_BYTES)
+    return Phase({"the rollout (N rows)": rollout_bytes(rows, p, t)}, transient)
+
+
+def generation_phase(s: StepSettings) -> Phase:
+    """Sampling the step's N = B * G completions in chunks of ``generation_batch_size`` rows:
+    each prompt prefilled once, its keys and values kept once for its rows (fp32,
+    ``group_attention``), each row's own in slots reserved for all its tokens; decoding
+    attention holds scores, not repeated keys. The step's B images' pixels live throughout."""
+    d, w = s.dims, widths(s.dtype_bytes, s.quantization != "none", s.autocast)
+    n = s.batch_size * s.group_size
+    rows, p, t = min(s.generation_batch_size, n), s.prompt_tokens, s.max_new_tokens
+    (prompts, slots), fp32 = generation_chunks(n, rows, s.group_size), replace(w, linear=4)
     prefill_cache = kv_cache_bytes(d, w, prompts, p) if w.linear != 4 else 0.0  # before fp32
-    return Phase({"KV cache, prompt part (once per prompt, fp32)":
-                  prompts * p * d.layers * 2 * d.kv_dim * 4,
+    return Phase({"sampled tokens of every chunk (N rows)": sampled_tokens_bytes(n, p, t),
+                  "KV cache, prompt part (once per prompt, fp32)":
+                  kv_cache_bytes(d, fp32, prompts, p),
                   "pixels of the step's images": pixel_bytes(s.batch_size, s.image_tokens)}, {
         "prefill, one layer": prompts * p * no_grad_layer_bytes(d, w, p) + prefill_cache,
         "vision tower (each prompt's image)": vision_bytes(d, s.batch_size, s.image_tokens),
-        "decode: each row's KV cache + attention": own + 4 * slots * d.heads * (p + t) * 4
-        + 3 * rows * d.vocab * 4})  # sampling: last-token logits, processed
+        "decode: each row's KV cache + attention": kv_cache_bytes(d, fp32, slots, t + 1)
+        + 4 * slots * d.heads * (p + t) * 4 + 3 * rows * d.vocab * 4})  # scores; sampling
 
 
-def whole_rows_generation(d: ModelDims, w: Widths, s: StepSettings, rows: int) -> Phase:
-    """Generating ``rows`` rows that share no prompt: each prefilled and decoded whole."""
-    p, t = s.prompt_tokens, s.max_new_tokens
-    seq = p + t
-    kv_prompt = kv_cache_bytes(d, w, rows, p)
-    return Phase({"KV cache, prompt part (per row)": kv_prompt,
-                  "pixels of the step's images, and the chunk's":
-                  pixel_bytes(s.batch_size + rows, s.image_tokens)}, {
-        "prefill, one layer": rows * p * no_grad_layer_bytes(d, w, p),
-        "vision tower (each row's image)": vision_bytes(d, rows, s.image_tokens),
-        "decode: rest of the KV cache + attention": kv_cache_bytes(d, w, rows, seq) - kv_prompt
-        + rows * seq * 2 * (d.hidden + d.kv_dim) * w.attention  # k, v repeated per head
-        + 3 * rows * d.vocab * 4})
+def validation_phase(s: StepSettings) -> Phase:
+    """A validation batch's sampled groups (``val_group_size``): sampling them, then scoring
+    them with every diagnostic (answer votes included) and the within-group AUC of each signal,
+    one signal at a time."""
+    val = replace(s, group_size=s.val_group_size, answer_votes=True)
+    phase = reward_phase(val, s.batch_size * s.val_group_size, s.val_group_size)
+    phase.transient["sampling them (the generation phase)"] = generation_phase(val).bytes
+    phase.transient["within-group AUC pairs, (B, G, G)"] = pairwise_bytes(
+        s.batch_size, s.val_group_size, AUC_BYTES)
+    return phase
 
 
 # ---- the plan --------------------------------------------------------------------------------
 def plan(s: StepSettings) -> MemoryPlan:
     d, w = s.dims, widths(s.dtype_bytes, s.quantization != "none", s.autocast)
     n = s.batch_size * s.group_size
-    rows, micro = min(s.generation_batch_size, n), min(s.micro_batch_size, n)
+    micro = min(s.micro_batch_size, n)
     p, t = s.prompt_tokens, s.max_new_tokens
     seq = p + t
     lora = lora_params(d, s.lora_r, s.lora_targets)
@@ -359,36 +370,26 @@ def plan(s: StepSettings) -> MemoryPlan:
         backward = {}
     if head_copy_bytes(d, w, s.autocast):
         saved["lm_head weight, bf16 copy for backward"] = head_copy_bytes(d, w, s.autocast)
-    prefilled, slots = generation_chunks(n, rows, s.group_size)  # each prompt prefilled once
-    generation = generation_phase(d, w, s, rows, prefilled, slots) if prefilled < rows else \
-        whole_rows_generation(d, w, s, rows)
+    generation = generation_phase(s)
     # No-grad passes share each prompt too: the prompts once, then the completions on the
     # prompts' keys and values repeated for every row.
     pixels = pixel_bytes(prompts, s.image_tokens)  # held by the forward, freed before the logits
     repeated_kv = kv_cache_bytes(d, w, micro + prompts, p)
-    logprobs = Phase({"prompt KV cache, repeated per row": repeated_kv},
+    rollout = rollout_bytes(n, p, t)
+    logprobs = Phase({"prompt KV cache, repeated per row": repeated_kv,
+                      "the rollout (N rows)": rollout},
                      {"prompts: one layer + pixels": prompts * p * no_grad_layer_bytes(d, w, p)
                       + pixels,
                       "completions: one layer": micro * t * no_grad_layer_bytes(d, w, seq)
                       + micro * seq * 2 * attended_kv_width(d, s.attention) * w.attention,
                       "vision tower + pixels": vision_bytes(d, prompts, s.image_tokens) + pixels,
                       "logits (3 x fp32, completion only)": logits_bytes(micro, t, d.vocab, 3)})
-    loss = Phase({"LoRA gradients (fp32)": lora * 4, **saved},
+    loss = Phase({"LoRA gradients (fp32)": lora * 4, "the rollout (N rows)": rollout, **saved},
                  {"logits + gradient (4 x fp32, completion only)":
                   logits_bytes(micro, t, d.vocab, 4), **backward})
-    return MemoryPlan(s, resident, {"generation": generation, "log-prob passes": logprobs,
-                                    "loss pass": loss})
+    phases = {"generation": generation, "log-prob passes": logprobs,
+              "reward": reward_phase(s, n, s.group_size), "loss pass": loss}
+    if s.val_group_size:  # G completions of each labelled question, and their AUC pairs
+        phases["sampled validation"] = validation_phase(s)
+    return MemoryPlan(s, resident, phases)
 
-
-def largest_fitting(s: StepSettings, knob: str, budget: float) -> int | None:
-    """The largest value of ``knob`` (the others fixed) whose plan fits ``budget`` bytes."""
-    step = 4 * PATCH_PIXELS if knob == "max_pixels" else 1
-    low = 2 if knob == "group_size" else 1
-    fits = lambda v: plan(replace(s, **{knob: v * step})).device_bytes <= budget  # noqa: E731
-    lo, hi = low, getattr(s, knob) // step
-    if hi < lo or not fits(lo):
-        return None
-    while lo < hi:  # memory grows with every knob: bisect
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
-    return lo * step

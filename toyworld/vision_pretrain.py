@@ -58,6 +58,8 @@ class VisionPretrain(L.LightningModule):
         self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
         self.processor = load_processor(args, path)
         self.model.requires_grad_(False)
+        # from_pretrained returns eval mode; the tower trains (it has no dropout: same numbers)
+        self.model.train()
         self.visual = self.model.model.visual.requires_grad_(True)
         self.head = torch.nn.Linear(self.model.config.vision_config.out_hidden_size, channels)
         self.lr = lr

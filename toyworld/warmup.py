@@ -296,8 +296,15 @@ def _seeded(seed: int) -> Iterator[None]:
         torch.set_rng_state(states[2])
 
 
+def _progress(shown: bool, label: str) -> list[L.Callback]:
+    """A bar of the steps done (the builds take minutes), in a terminal or a log file alike."""
+    from callbacks.progress import StepProgressBar
+
+    return [StepProgressBar(label)] if shown else []
+
+
 def pretrain_vision(base: str, out: Path, loader: DataLoader, recipe: WarmRecipe,
-                    progress: bool = True) -> Path:
+                    progress: bool = True, label: str = "vision tower") -> Path:
     """``VisionPretrain`` on ``loader`` for ``recipe.vision_steps``: the model folder ``base``
     with its vision tower (and merger) trained, written to ``out``."""
     from toyworld.vision_pretrain import VisionPretrain
@@ -309,7 +316,8 @@ def pretrain_vision(base: str, out: Path, loader: DataLoader, recipe: WarmRecipe
                             **words)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=recipe.vision_steps,
                         logger=False, enable_checkpointing=False, enable_model_summary=False,
-                        enable_progress_bar=progress)
+                        enable_progress_bar=progress,
+                        callbacks=_progress(progress, label))
     trainer.fit(module, train_dataloaders=loader)
     return module.save(out)
 
@@ -327,7 +335,7 @@ def build(name: str, out: Path, data: L.LightningDataModule, cache_dir: Path = D
         base = str(tiny.cached(recipe.base, cache_dir))  # type: ignore[arg-type]
         if recipe.vision_steps:
             base = str(pretrain_vision(base, Path(scratch) / "vision", vision_data, recipe,
-                                       progress))
+                                       progress, label=f"warm:{name}: vision tower"))
         module = WarmupModule(
             policy=PolicyArgs(model=base, max_pixels=recipe.max_pixels),
             sampling=SamplingArgs(system_prompt=recipe.system_prompt),
@@ -337,7 +345,8 @@ def build(name: str, out: Path, data: L.LightningDataModule, cache_dir: Path = D
         trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=recipe.steps, logger=False,
                             enable_checkpointing=False, enable_model_summary=False,
                             limit_val_batches=0, num_sanity_val_steps=0,
-                            enable_progress_bar=progress)
+                            enable_progress_bar=progress,
+                            callbacks=_progress(progress, f"warm:{name}: language model"))
         trainer.fit(module, datamodule=data)
     return out
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import TensorBoardLogger
 from peft import PeftModel
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -19,7 +19,8 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 
 import srmcr.evaluation
 from callbacks.adapter import AdapterExport
-from callbacks.best import BestCheckpoint
+from callbacks.best import BestCheckpoint, improves
+from callbacks.checkpoints import StepCheckpoint
 from callbacks.validate_start import ValidateAtStart
 from datamodules.image_question import ImageQuestionDataModule
 from srmcr.policy import resolve_model
@@ -50,8 +51,12 @@ def _fit(root: Path, steps: int, scores: dict[int, float], monkeypatch, val: boo
     randomize_lora(module.model)  # LoRA B = 0 would make the start and early steps look alike
     real = srmcr.evaluation.eval_log_dict
 
-    def scripted(prefix, stats, cue_means):
-        return {**real(prefix, stats, cue_means), f"{prefix}/accuracy": scores[module.global_step]}
+    def scripted(prefix, stats, cue_means):  # a step without a score logs no accuracy
+        logged = real(prefix, stats, cue_means)
+        logged.pop(f"{prefix}/accuracy")
+        if module.global_step in scores:
+            logged[f"{prefix}/accuracy"] = scores[module.global_step]
+        return logged
     monkeypatch.setattr(srmcr.evaluation, "eval_log_dict", scripted)
     data = ImageQuestionDataModule(train="shapes:train?n=32&size=56",
                                    val="shapes:val?n=2&size=56" if val else None, batch_size=2,
@@ -62,7 +67,7 @@ def _fit(root: Path, steps: int, scores: dict[int, float], monkeypatch, val: boo
         enable_model_summary=False, val_check_interval=2, check_val_every_n_epoch=None,
         num_sanity_val_steps=0, logger=TensorBoardLogger(root, name="run", version=0),
         callbacks=[ValidateAtStart(), AdapterExport(), validations,
-                   ModelCheckpoint(save_last=True, every_n_train_steps=2, save_top_k=-1,
+                   StepCheckpoint(save_last=True, every_n_train_steps=2, save_top_k=-1,
                                    monitor="step", mode="max"),
                    BestCheckpoint(min_delta=min_delta), *extra])
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
@@ -167,11 +172,22 @@ def test_a_gain_within_min_delta_keeps_the_starting_model(tmp_path, monkeypatch)
     _assert_same(_adapter_lora(log_dir / "adapter"), _start_lora())
 
 
-def test_min_delta_must_not_be_negative():
+@pytest.mark.parametrize(("make", "match"), [
+    (lambda: BestCheckpoint(min_delta=-0.01), r"^BestCheckpoint min_delta=-0.01: set it to 0 or "
+                                              r"more"),
+    (lambda: BestCheckpoint(mode="best"), r"^BestCheckpoint mode='best': set it to max or min$"),
+    (lambda: BestCheckpoint(monitor=""), r"^BestCheckpoint monitor='': name a logged metric"),
+    (lambda: BestCheckpoint(filename="a/b"), r"^BestCheckpoint filename='a/b': give a file name"),
+    (lambda: AdapterExport(dirname=""), r"^AdapterExport dirname='': give a folder name$"),
+    (lambda: AdapterExport(last_dirname="adapter"), r"^AdapterExport last_dirname='adapter': "
+                                                    r"give a folder name other than dirname"),
+    (lambda: AdapterExport(monitor=""), r"^AdapterExport monitor='': name the metric"),
+])
+def test_invalid_arguments(make, match):
     from srmcr.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="min_delta must be >= 0"):
-        BestCheckpoint(min_delta=-0.01)
+    with pytest.raises(ConfigError, match=match):
+        make()
 
 
 def test_early_stopping_counts_from_the_start_and_exports_the_best(tmp_path, monkeypatch):
@@ -206,3 +222,29 @@ def test_without_validation_the_final_weights_are_exported(tmp_path, monkeypatch
     assert not list((log_dir / "checkpoints").glob("best*"))
     held = {k: v for k, v in module.model.state_dict().items() if "lora_" in k}
     _assert_same(_adapter_lora(log_dir / "adapter"), held)
+
+
+@pytest.mark.parametrize(("score", "kept", "mode", "min_delta", "replaces"), [
+    (0.1, None, "max", 0.0, True),  # the first candidate (step 0) is always kept
+    (float("nan"), None, "max", 0.0, True),  # even without a number: something to export
+    (0.5, 0.5, "max", 0.0, False),  # a tie keeps the earlier
+    (0.51, 0.5, "max", 0.0, True),
+    (0.55, 0.5, "max", 0.1, False),  # within min_delta of the kept one
+    (0.625, 0.5, "max", 0.1, True),
+    (0.4, 0.5, "min", 0.0, True),  # lower is better
+    (0.5, 0.4, "min", 0.0, False),
+    (float("nan"), 0.5, "max", 0.0, False),  # NaN never replaces a number
+])
+def test_improves(score, kept, mode, min_delta, replaces):
+    assert improves(score, kept, mode, min_delta) is replaces
+
+
+def test_validation_without_the_metric_warns_once_and_keeps_nothing(tmp_path, monkeypatch):
+    with pytest.warns(UserWarning, match="no 'val/accuracy' logged") as caught:
+        trainer, module, validations = _fit(tmp_path, 4, {}, monkeypatch)
+    assert validations.steps == [0, 2, 4]
+    assert len([w for w in caught if "val/accuracy" in str(w.message)]) == 1
+    log_dir = Path(trainer.log_dir)
+    assert not list((log_dir / "checkpoints").glob("best*"))
+    held = {k: v for k, v in module.model.state_dict().items() if "lora_" in k}
+    _assert_same(_adapter_lora(log_dir / "adapter"), held)  # the final weights

@@ -11,6 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from callbacks.completions import CompletionTables, completion_markdown, thumbnail
 from datamodules.image_question import ImageQuestionDataModule
+from srmcr.errors import ConfigError
 from srmcr.module import SRMCRModule, StepRecord
 from srmcr.policy import LoraArgs, PolicyArgs
 from srmcr.reward import RewardOutput, SelfReward
@@ -46,9 +47,15 @@ def test_thumbnail_keeps_the_aspect_ratio():
     assert thumbnail(Image.new("RGB", (300, 150)), 100).shape == (50, 100, 3)
 
 
-def test_invalid_arguments():
-    with pytest.raises(ValueError, match="every_n_steps >= 1"):
-        CompletionTables(every_n_steps=0)
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"every_n_steps": 0}, r"^CompletionTables every_n_steps=0: set it to 1 or more$"),
+    ({"groups": 0}, r"^CompletionTables groups=0: set it to 1 or more$"),
+    ({"max_chars": 0}, r"^CompletionTables max_chars=0: set it to 1 or more$"),
+    ({"thumbnail_size": 4}, r"^CompletionTables thumbnail_size=4: set it to 8 \(pixels\) or more"),
+])
+def test_invalid_arguments(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        CompletionTables(**kwargs)
 
 
 @pytest.mark.slow
@@ -65,7 +72,6 @@ def test_run_writes_tables_images_and_histograms(tmp_path):
                         enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False)
     trainer.fit(module, datamodule=data)
-    assert module.last_step is not None and len(module.last_step.advantages) == 4
     events = EventAccumulator(logger.log_dir, size_guidance={"tensors": 0, "images": 0,
                                                              "histograms": 0})
     events.Reload()

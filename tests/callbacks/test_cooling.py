@@ -9,6 +9,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 
 from callbacks.cooling import ConfidenceCooling, cooled_temperature
+from srmcr.errors import ConfigError
 
 # ---------------------------------------------------------------- the pure rule (defaults:
 # t_start 1.0, t_end 0.7, cooling_steps 1000, kappa 2, t_min 0.3, t_max 1.5, reheat 1.25)
@@ -56,21 +57,32 @@ def test_reheat_on_collapse(step, c_ema, collapse, expected):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        (dict(t_min=1.0, t_max=0.5), "t_min must be > 0 and <= t_max"),
-        (dict(t_end=0.0), "t_start and t_end must be > 0"),
-        (dict(cooling_steps=0), "cooling_steps must be >= 1"),
-        (dict(kappa=-1.0), "kappa must be >= 0"),
-        (dict(c_target="median"), "c_target must be 'auto' or a number"),
-        (dict(c_target=1.5), "c_target must be 'auto' or a number"),
-        (dict(auto_steps=0), "auto_steps must be >= 1"),
-        (dict(ema=1.0), r"ema must be in \[0, 1\)"),
-        (dict(reheat=0.9), "reheat must be >= 1"),
-        (dict(collapse_threshold=2.0), "collapse_threshold must be in"),
+        (dict(t_min=0.0), r"^ConfidenceCooling t_min=0.0: set it above 0$"),
+        (dict(t_min=1.0, t_max=0.5), r"^ConfidenceCooling t_max=0.5: set it to t_min=1.0 or more"),
+        (dict(t_start=0.0), r"^ConfidenceCooling t_start=0.0: set it above 0$"),
+        (dict(t_end=0.0), r"^ConfidenceCooling t_end=0.0: set it above 0$"),
+        (dict(cooling_steps=0), r"^ConfidenceCooling cooling_steps=0: set it to 1 or more"),
+        (dict(kappa=-1.0), r"^ConfidenceCooling kappa=-1.0: set it to 0 \(no confidence term\)"),
+        (dict(c_target="median"), r"^ConfidenceCooling c_target='median': set it to auto or a"),
+        (dict(c_target=1.5), r"^ConfidenceCooling c_target=1.5: set it to auto or a confidence"),
+        (dict(auto_steps=0), r"^ConfidenceCooling auto_steps=0: set it to 1 or more$"),
+        (dict(ema=1.0), r"^ConfidenceCooling ema=1.0: set it to at least 0 .* and below 1$"),
+        (dict(reheat=0.9), r"^ConfidenceCooling reheat=0.9: set it to 1 \(off\) or more$"),
+        (dict(collapse_threshold=2.0), r"^ConfidenceCooling collapse_threshold=2.0: set it in"),
     ],
 )
 def test_invalid_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=match):
         ConfidenceCooling(**kwargs)
+
+
+def test_a_module_that_returns_no_confidence_is_named():
+    cooling = ConfidenceCooling(**RULE)
+    module = SimpleNamespace(temperature=1.0, log=lambda *a, **k: None)
+    with pytest.raises(TypeError, match="reads 'confidence' and 'collapse' from "
+                                        "SimpleNamespace.training_step's returned dict"):
+        cooling.on_train_batch_end(_stub_trainer(1, lambda obj, src: obj), module,
+                                   {"loss": 0.0}, None, 0)
 
 
 # ---------------------------------------------------------------- the callback in a Trainer
@@ -104,9 +116,8 @@ class ScriptedModule(BoringModel):
 
     def training_step(self, batch, batch_idx):
         self.seen.append(self.temperature)
-        self.last_confidence = CONFIDENCE[self.global_step]
-        self.last_collapse = COLLAPSE[self.global_step]
-        return super().training_step(batch, batch_idx)
+        return {**super().training_step(batch, batch_idx),
+                "confidence": CONFIDENCE[self.global_step], "collapse": COLLAPSE[self.global_step]}
 
 
 def _fit(max_steps, cooling, ckpt_path=None, callbacks=(), root=None):
@@ -178,22 +189,21 @@ def test_fixed_target_acts_from_the_first_step_and_wins_over_a_checkpoint():
 
 def test_nan_confidence_leaves_the_ema_alone():
     cooling = _fed(ConfidenceCooling(**RULE), [0.5])
-    module = SimpleNamespace(last_confidence=float("nan"), last_collapse=0.0, temperature=1.0,
-                             log=lambda *a, **k: None)
+    module = SimpleNamespace(temperature=1.0, log=lambda *a, **k: None)
     trainer = _stub_trainer(2, broadcast=lambda obj, src: obj)
-    cooling.on_train_batch_end(trainer, module, None, None, 1)
+    cooling.on_train_batch_end(trainer, module, {"confidence": float("nan"), "collapse": 0.0},
+                               None, 1)
     assert cooling.confidence_ema == 0.5 and cooling.auto_count == 1
     assert module.temperature == pytest.approx(0.9)
 
 
 def test_every_rank_takes_rank_zero_state():
     cooling = _fed(ConfidenceCooling(**RULE), [0.5])
-    module = SimpleNamespace(last_confidence=0.7, last_collapse=0.0, temperature=1.0,
-                             log=lambda *a, **k: None)
+    module = SimpleNamespace(temperature=1.0, log=lambda *a, **k: None)
     rank_zero = {"temperature": 0.77, "confidence_ema": 0.61, "c_target": None, "auto_sum": 1.2,
                  "auto_count": 2}  # what this rank would compute, up to float drift on rank 0
     trainer = _stub_trainer(2, broadcast=lambda obj, src: rank_zero)
-    cooling.on_train_batch_end(trainer, module, None, None, 1)
+    cooling.on_train_batch_end(trainer, module, {"confidence": 0.7, "collapse": 0.0}, None, 1)
     assert cooling.state_dict() == rank_zero and module.temperature == 0.77
 
 

@@ -1,5 +1,6 @@
 """The command line end to end: every config parses, and tiny.yaml trains through main.py."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,39 @@ def test_tiny_config_writes_scalars_checkpoint_and_adapter(tmp_path, monkeypatch
     for name, value in adapted.state_dict().items():
         if "lora_" in name:
             assert torch.equal(value, trained[name])
+
+
+@pytest.mark.parametrize("logger, save_dir", [
+    ({"name": "tiny", "save_dir": "<trainer.default_root_dir>/lightning_logs"}, "R/lightning_logs"),
+    ({"name": "lightning_logs", "save_dir": "<trainer.default_root_dir>/lightning_logs"}, "R"),
+    ({"name": "tiny", "save_dir": "mine"}, "mine"),  # an explicit save_dir wins
+], ids=["named", "unnamed", "explicit"])
+def test_a_logger_without_save_dir_logs_under_the_root_dir(logger, save_dir):
+    from jsonargparse import Namespace
+
+    from main import DEFAULT_SAVE_DIR, _default_save_dir
+
+    assert DEFAULT_SAVE_DIR == "<trainer.default_root_dir>/lightning_logs"
+    trainer = Namespace(default_root_dir="R", logger=Namespace(
+        class_path="lightning.pytorch.loggers.TensorBoardLogger", init_args=Namespace(**logger)))
+    _default_save_dir(trainer)
+    assert trainer.logger.init_args.save_dir == save_dir
+
+
+@pytest.mark.slow
+def test_a_first_run_prints_no_python_warning(tmp_path):
+    # One real process with Python's default warning filters: what a user's console shows.
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "fit", "-c", str(ROOT / "configs/tiny.yaml"),
+         *FAST, "--data.val=shapes:val?n=2&size=56", "--trainer.max_steps=2",
+         "--trainer.val_check_interval=2", f"--trainer.default_root_dir={tmp_path}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    console = done.stdout + done.stderr
+    assert "adapter" in console  # it ran to the end
+    warned = [line for line in console.splitlines()
+              if re.search(r"Warning\b|\.py:\d+: |litlogger|def training_step|was not set", line)]
+    assert warned == []

@@ -21,10 +21,12 @@ def test_preflight_prints_the_report_and_saves_the_signals(tmp_path, monkeypatch
     # The random tiny model never answers: no group mixes right and wrong, nothing to rank,
     # and neither its majority nor its greedy answer is ever right.
     assert "maj@3 - greedy:   +0.000  [+0.000, +0.000] over 4 paired questions" in out
-    assert "\nNO-GO: the reward's AUC interval [nan, nan] is not above 0.5" in out
+    assert ("\nNO-GO: the reward's best-of-3 against greedy is +0.0 points (95% interval "
+            "[+0.0, +0.0])") in out
     saved = torch.load(tmp_path / "signals.pt", weights_only=False)
     assert saved["summary"]["questions"] == 4 and len(saved["batches"]) == 2
     assert saved["summary"]["headroom"].questions == 4
+    assert saved["summary"]["margins"]["reward"].questions == 4
     assert cli.trainer.global_step == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["signals.pt"]  # nothing else written
 

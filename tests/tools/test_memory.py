@@ -5,7 +5,9 @@ properties of the training path (checkpointing active with PEFT and 4-bit, no fu
 from __future__ import annotations
 
 import inspect
+import itertools
 import json
+import re
 import weakref
 from dataclasses import replace
 from pathlib import Path
@@ -252,3 +254,96 @@ def test_tiny_config_reads_the_local_tokenizer():
     assert Path(folder) == Path(resolve_model("tiny:small"))
     assert memory.prompt_text_tokens("Be brief.", 40, folder) > 10
     assert memory.prompt_text_tokens("x" * 400, 200, None) == 170  # 600 / 4 + 20
+
+
+# ---------------------------------------------------------------- what grows with N and G^2
+
+
+def _peak_allocated(fn) -> int:
+    """The highest bytes of CPU tensors alive at once while ``fn`` runs (memory_check's way)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                profile_memory=True) as prof:
+        fn()
+    sizes = [e.nbytes() for e in sorted(prof.profiler.kineto_results.events(),
+                                        key=lambda e: e.start_ns()) if e.name() == "[memory]"]
+    return max(itertools.accumulate(sizes))
+
+
+def test_rollout_formula_counts_a_real_rollouts_tensors():
+    model, processor = tiny_policy()
+    rollout = sample(model, processor, two_images(), QUESTIONS,
+                     SamplingArgs(group_size=3, max_new_tokens=8), temperature=1.0)
+    n, p, t = len(rollout), rollout.prompt_ids.shape[1], rollout.completion_ids.shape[1]
+    kept = sum(getattr(rollout, name).nbytes for name in (
+        "prompt_ids", "prompt_mask", "mm_token_type_ids", "completion_ids", "completion_mask",
+        "answer_mask", "logp", "max_prob", "position_ids"))
+    passes = 4 * n * t * 4  # blank image, reference at T and at 1, old policy: (N, T) fp32
+    assert memory.rollout_bytes(n, p, t) == kept + passes
+
+
+@pytest.mark.parametrize("group_size", [200, 400])
+def test_pairwise_statistics_cost_what_the_plan_says_per_pair(group_size):
+    from srmcr.cues.answer_agreement import group_votes
+    from srmcr.validity import group_auc
+
+    groups, n = 2, 2 * group_size
+    keys = [None if i % 5 == 0 else str(i % 7) for i in range(n)]
+    votes = _peak_allocated(lambda: group_votes(keys, group_size))
+    assert votes == pytest.approx(memory.pairwise_bytes(groups, group_size, memory.VOTE_BYTES),
+                                  rel=0.05)
+    scores, correct = torch.rand(n), torch.rand(n) > 0.5
+    auc = _peak_allocated(lambda: group_auc(scores, correct, group_size))
+    assert auc == pytest.approx(memory.pairwise_bytes(groups, group_size, memory.AUC_BYTES),
+                                rel=0.05)
+
+
+def test_the_plan_counts_the_rows_and_pairs_of_a_large_group():
+    s = replace(_settings(), group_size=10_000, val_group_size=10_000, answer_votes=True)
+    p = memory.plan(s)
+    n = s.batch_size * s.group_size
+    reward = p.phases["reward"]
+    assert reward.held["the rollout (N rows)"] == memory.rollout_bytes(
+        n, s.prompt_tokens, s.max_new_tokens)
+    assert reward.transient["sentence embeddings of the texts"] == memory.embeddings_bytes(n)
+    assert reward.transient["answer votes, (B, G, G)"] == 9 * s.batch_size * 10_000 ** 2
+    validation = p.phases["sampled validation"]
+    pairs = validation.transient["within-group AUC pairs, (B, G, G)"]
+    assert pairs == 25 * s.batch_size * 10_000 ** 2 and p.peak_phase == "sampled validation"
+    assert p.peak_bytes > pairs >= 10 * memory.GB  # without them, the plan said 0.7 GB
+    # Each phase after sampling holds the rollout; the pairs grow with G^2, the rows with G.
+    assert all("the rollout (N rows)" in p.phases[k].held
+               for k in ("log-prob passes", "reward", "loss pass"))
+    double = memory.plan(replace(s, group_size=20_000, val_group_size=20_000))
+    assert double.phases["reward"].transient["answer votes, (B, G, G)"] == 4 * \
+        reward.transient["answer votes, (B, G, G)"]
+    assert double.phases["reward"].held["the rollout (N rows)"] == 2 * \
+        reward.held["the rollout (N rows)"]
+
+
+def test_a_config_without_validation_data_plans_no_sampled_validation():
+    assert "sampled validation" in memory.plan(_settings()).phases  # tiny.yaml's val, G = 4
+    bare = memory.settings_from_config({"model": {"policy": {"model": "tiny:tiny"}}})
+    assert bare.val_group_size == 0 and "sampled validation" not in memory.plan(bare).phases
+
+
+def test_check_fits_names_the_plan_the_budget_and_what_fits():
+    from srmcr.errors import ConfigError
+
+    config = memory.load_config([CONFIGS / "tiny.yaml"], [
+        "--model.policy.model=tiny:tiny", "--model.sampling.val_group_size=1024",
+        "--data.batch_size=16"])
+    planned = memory.plan(memory.settings_from_config(config))
+    needed = planned.device_bytes
+    assert memory.check_fits(config, needed, "enough") is not None
+    with pytest.raises(ConfigError) as refused:
+        memory.check_fits(config, needed - 1, "a test machine's RAM")
+    message = str(refused.value)
+    assert message.startswith(f"this config's memory plan needs {needed / memory.GB:.1f} GB "
+                              "(peak in the sampled validation phase), more than a test "
+                              "machine's RAM: set ")
+    assert "\n" not in message
+    advised = re.findall(r"model\.\w+\.(\w+) to (\d+)", message)
+    assert ("val_group_size", "1023") in advised
+    for knob, value in advised:  # each the boundary, the others as configured
+        settings = replace(planned.settings, **{knob: int(value)})
+        assert memory.plan(settings).device_bytes <= needed - 1
