@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from toyworld.scene import BACKGROUND, COLOURS, KINDS, Scene, render
 from toyworld.shapes import make_record
-from toyworld.sources import ShapesSource
+from toyworld import tally
+from toyworld.sources import ShapesSource, TallySource
 
 NAMES = [*sorted(COLOURS), *KINDS]  # 10 attributes: a shape has one colour and one kind
 CHANNELS = 2 * len(NAMES)  # a shape with it covers the block; has its centre in the block
@@ -83,7 +84,28 @@ def _collate(items: list[tuple[Image.Image, Tensor]]) -> PerceptionBatch:
     return PerceptionBatch([image for image, _ in items], torch.cat([t for _, t in items]))
 
 
-def perception_loader(source: ShapesSource, batch_size: int) -> DataLoader:
+class TallyPerceptionDataset(Dataset):
+    """Record i of a ``tally:`` source: its image and its tokens' targets
+    (``toyworld.tally.token_targets``: each token's cell, and the colour and kind it shows),
+    each channel a word for the alignment with word embeddings."""
+
+    words = list(tally.TOKEN_WORDS)
+    word_weights = [1.0] * len(tally.TOKEN_WORDS)
+
+    def __init__(self, source: TallySource):
+        self.source = source
+
+    def __len__(self) -> int:
+        return self.source.n
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, Tensor]:
+        s = self.source
+        record = tally.make_record(s.seed, s.split, index, s.level, s.size)
+        return record.image, tally.token_targets(record, s.size)
+
+
+def perception_loader(source: ShapesSource | TallySource, batch_size: int) -> DataLoader:
     """Batches of images and their tokens' targets, in order (every record is a fresh scene)."""
-    return DataLoader(PerceptionDataset(source), batch_size=batch_size,
-                      collate_fn=_collate)
+    dataset = TallyPerceptionDataset(source) if isinstance(source, TallySource) \
+        else PerceptionDataset(source)
+    return DataLoader(dataset, batch_size=batch_size, collate_fn=_collate)

@@ -4,6 +4,7 @@ so registering the names costs nothing."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from srmcr import prompts
 
@@ -32,6 +33,13 @@ class WarmRecipe:
     vision_lr: float = 3e-3
     vision_align: bool = False  # align the tower with the word embeddings (VisionPretrain words)
     clean: float = 0.6  # share of clean traces among the warm-up's (the rest carry one flaw)
+    world: Literal["shapes", "tally"] = "shapes"  # whose traces and perception targets it learns
+
+    @property
+    def folder(self) -> str:
+        """The cache folder's name, without the data version (``warmup.cached`` adds it)."""
+        world = "" if self.world == "shapes" else f"{self.world}-"
+        return f"warm-{world}{self.base}-v{self.version}"
 
 
 RECIPES: dict[str, WarmRecipe] = {

@@ -80,7 +80,7 @@ def _triangle(draw: ImageDraw.ImageDraw, box: Box, fill: tuple[int, int, int]) -
     draw.polygon([((x0 + x1) / 2, y0), (x0, y1), (x1, y1)], fill=fill)  # apex up
 
 
-_DRAW: dict[Kind, Callable[[ImageDraw.ImageDraw, Box, tuple[int, int, int]], None]] = {
+DRAW: dict[Kind, Callable[[ImageDraw.ImageDraw, Box, tuple[int, int, int]], None]] = {
     "circle": lambda draw, box, fill: draw.ellipse(box, fill=fill),
     "square": lambda draw, box, fill: draw.rectangle(box, fill=fill),
     "triangle": _triangle,
@@ -94,5 +94,5 @@ def render(scene: Scene, size: int = 112) -> Image.Image:
     for s in scene.shapes:
         box = ((s.cx - s.size / 2) * size, (s.cy - s.size / 2) * size,
                (s.cx + s.size / 2) * size, (s.cy + s.size / 2) * size)
-        _DRAW[s.kind](draw, box, COLOURS[s.colour])
+        DRAW[s.kind](draw, box, COLOURS[s.colour])
     return image

@@ -1,4 +1,4 @@
-"""The toy world's sources: ``tiny:<size>`` and ``warm:<name>`` models, ``shapes:<split>`` data.
+"""The toy world's sources: ``tiny:<size>``, ``warm:<name>`` models; ``shapes:``, ``tally:`` data.
 
 ``register`` is the ``srmcr.sources`` entry point (pyproject.toml): the names resolve wherever
 srmcr is installed, from ``main.py`` or from Python.
@@ -15,17 +15,35 @@ from urllib.parse import parse_qsl
 from datamodules.records import BadRecord, DecodeArgs, Example, fit_pixels
 from srmcr import sources
 from srmcr.errors import ConfigError
-from toyworld import tiny
+from toyworld import tally, tiny
 from toyworld.recipes import RECIPES, WarmRecipe
 from toyworld.shapes import make_record
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
-    from toyworld.traces import TraceDataModule
+    from toyworld.shapes import ShapesRecord
+    from toyworld.traces import Trace, TraceDataModule, TraceMix
 
-SHAPES_PREFIX = "shapes:"
-_SHAPES_KEYS = ("n", "size", "seed")
+SHAPES_PREFIX, TALLY_PREFIX = "shapes:", "tally:"
+
+
+def parse_query(spec: str, prefix: str, keys: dict[str, type], example: str) -> tuple[str, dict]:
+    """``<prefix><split>[?key=value&...]`` -> (split, {key: value}) with the values converted by
+    ``keys``; a ``ConfigError`` that says what is wrong otherwise."""
+    split, _, query = spec[len(prefix):].partition("?")
+    if not split:
+        raise ConfigError(f"{spec!r}: write the split, e.g. '{prefix}train{example}'")
+    try:
+        pairs = parse_qsl(query, strict_parsing=bool(query))
+        unknown = sorted({key for key, _ in pairs} - set(keys))
+        if unknown:
+            raise ConfigError(f"{spec!r}: unknown keys {unknown}; allowed: {list(keys)}")
+        return split, {key: keys[key](value) for key, value in pairs}
+    except ValueError as error:
+        if isinstance(error, ConfigError):
+            raise
+        raise ConfigError(f"{spec!r}: expected '{example}' ({error})") from error
 
 
 @dataclass(frozen=True)
@@ -44,27 +62,73 @@ class ShapesSource:
 
     def decode(self, label: str, raw: int, args: DecodeArgs) -> Example:
         record = make_record(self.seed, self.split, raw, self.size)
-        if len(record.question) > args.max_question_chars:
-            raise BadRecord("long_question", f"{len(record.question)} characters")
-        image = fit_pixels(record.image, args.min_pixels, args.max_pixels)
-        return Example(image, record.question, record.answer, record.id, label)
+        return _example(record, label, args)
+
+    def trace(self, index: int, mix: TraceMix) -> tuple[ShapesRecord, Trace]:
+        """Record ``index`` with a warm-up trace written for it (``toyworld.traces``)."""
+        from toyworld.traces import make_trace
+
+        return make_trace(self.seed, self.split, index, mix, self.size)
+
+
+def _example(record, label: str, args: DecodeArgs) -> Example:
+    if len(record.question) > args.max_question_chars:
+        raise BadRecord("long_question", f"{len(record.question)} characters")
+    image = fit_pixels(record.image, args.min_pixels, args.max_pixels)
+    return Example(image, record.question, record.answer, record.id, label)
 
 
 def parse_shapes(spec: str) -> ShapesSource:
-    """``shapes:<split>[?n=512&size=112&seed=0]`` -> ShapesSource; ValueError says what is wrong."""
-    split, _, query = spec[len(SHAPES_PREFIX):].partition("?")
-    if not split:
-        raise ConfigError(f"{spec!r}: write the split, e.g. 'shapes:train?n=512'")
-    try:
-        params = {key: int(value) for key, value in parse_qsl(query, strict_parsing=bool(query))}
-    except ValueError as error:
-        raise ConfigError(f"{spec!r}: expected '?n=512&size=112&seed=0' ({error})") from error
-    unknown = sorted(set(params) - set(_SHAPES_KEYS))
-    if unknown:
-        raise ConfigError(f"{spec!r}: unknown keys {unknown}; allowed: {list(_SHAPES_KEYS)}")
+    """``shapes:<split>[?n=512&size=112&seed=0]`` -> ShapesSource; ConfigError says what is
+    wrong."""
+    split, params = parse_query(spec, SHAPES_PREFIX, {"n": int, "size": int, "seed": int},
+                                "?n=512&size=112&seed=0")
     source = ShapesSource(split, **params)
     if source.n < 1 or source.size < 8:
         raise ConfigError(f"{spec!r}: n must be >= 1 and size >= 8")
+    return source
+
+
+@dataclass(frozen=True)
+class TallySource:
+    """The tally world (``toyworld.tally``): ``level=base`` is the warm-up's difficulty,
+    ``level=frontier`` one notch harder."""
+
+    split: str
+    n: int = 512
+    seed: int = 0
+    level: tally.Level = "frontier"
+    size: int = 112
+
+    def __str__(self) -> str:
+        return (f"{TALLY_PREFIX}{self.split}?n={self.n}&seed={self.seed}&level={self.level}"
+                f"&size={self.size}")
+
+    def raws(self) -> Iterator[tuple[str, int]]:
+        for index in range(self.n):
+            yield f"{TALLY_PREFIX}{self.split}:{self.level}:{index}", index
+
+    def decode(self, label: str, raw: int, args: DecodeArgs) -> Example:
+        record = tally.make_record(self.seed, self.split, raw, self.level, self.size)
+        return _example(record, label, args)
+
+    def trace(self, index: int, mix: TraceMix) -> tuple[tally.TallyRecord, Trace]:
+        """Record ``index`` with a clean warm-up trace (the tally world has no flawed ones)."""
+        from toyworld.traces import Trace
+
+        record, text = tally.make_trace(self.seed, self.split, index, self.level, self.size)
+        return record, Trace(text, record.answer, True, "clean")
+
+
+def parse_tally(spec: str) -> TallySource:
+    """``tally:<split>[?n=512&seed=0&level=frontier&size=112]`` -> TallySource."""
+    split, params = parse_query(spec, TALLY_PREFIX,
+                                {"n": int, "seed": int, "level": str, "size": int},
+                                "?n=512&seed=0&level=frontier")
+    source = TallySource(split, **params)
+    if source.n < 1 or source.level not in tally.LEVELS or source.size < 8:
+        raise ConfigError(f"{spec!r}: n must be >= 1, level one of {list(tally.LEVELS)} and "
+                          "size >= 8")
     return source
 
 
@@ -78,23 +142,29 @@ def warm_model(name: str, cache_dir: Path) -> Path:
 
     def data(recipe: WarmRecipe) -> TraceDataModule:
         n = recipe.steps * recipe.batch_size
-        return TraceDataModule(train=f"shapes:warmup?n={n}&seed={recipe.seed}", val=None,
-                               batch_size=recipe.batch_size, max_pixels=recipe.max_pixels,
-                               mix=TraceMix(clean=recipe.clean))
+        train = f"tally:warmup?n={n}&seed={recipe.seed}&level=base" if recipe.world == "tally" \
+            else f"shapes:warmup?n={n}&seed={recipe.seed}"
+        return TraceDataModule(train=train, val=None, batch_size=recipe.batch_size,
+                               max_pixels=recipe.max_pixels, mix=TraceMix(clean=recipe.clean))
 
     def vision_data(recipe: WarmRecipe) -> DataLoader:
         n = recipe.vision_steps * recipe.vision_batch_size
         side = int(recipe.max_pixels ** 0.5)
-        return perception_loader(ShapesSource("perception", n=n, size=side, seed=recipe.seed),
-                                 recipe.vision_batch_size)
+        # The frontier's crowded scenes: the most shapes, hence targets, per image.
+        source = TallySource("perception", n=n, seed=recipe.seed, size=side) \
+            if recipe.world == "tally" else ShapesSource("perception", n=n, size=side,
+                                                         seed=recipe.seed)
+        return perception_loader(source, recipe.vision_batch_size)
 
-    return warmup.cached(name, cache_dir, data, data_version=TRACE_VERSION,
-                         vision_data=vision_data)
+    version = tally.TALLY_VERSION if RECIPES[name].world == "tally" else TRACE_VERSION
+    return warmup.cached(name, cache_dir, data, data_version=version, vision_data=vision_data)
 
 
 def register() -> None:
-    """Register ``tiny:``, ``warm:`` and ``shapes:`` (the ``srmcr.sources`` entry point)."""
+    """Register ``tiny:``, ``warm:``, ``shapes:`` and ``tally:`` (the ``srmcr.sources`` entry
+    point)."""
     sources.register_model("tiny", tiny.cached, tuple(tiny.SPECS))
     sources.register_model("warm", warm_model, tuple(RECIPES),
                            architecture=lambda name: f"tiny:{RECIPES[name].base}")
     sources.register_data("shapes", parse_shapes)
+    sources.register_data("tally", parse_tally)

@@ -36,7 +36,7 @@ from datamodules.records import fit_pixels
 from srmcr.errors import ConfigError
 from toyworld.scene import COLOURS, KINDS, Scene, Shape
 from toyworld.shapes import ShapesRecord, make_record
-from toyworld.sources import ShapesSource, parse_shapes
+from toyworld.sources import ShapesSource, TallySource, parse_shapes, parse_tally
 
 Flaw = Literal["loop", "hallucination", "contradiction"]
 Kind = Literal["clean", "loop", "hallucination", "contradiction"]
@@ -307,17 +307,17 @@ class TraceBatch:
 
 
 class TraceDataset(Dataset):
-    """Records of one ``shapes:`` source with their traces; item i is record i of the split."""
+    """Records of one toy-world source (``shapes:``, ``tally:``) with their traces; item i is
+    record i of the split."""
 
-    def __init__(self, source: ShapesSource, mix: TraceMix):
+    def __init__(self, source: ShapesSource | TallySource, mix: TraceMix):
         self.source, self.mix = source, mix
 
     def __len__(self) -> int:
         return self.source.n
 
     def __getitem__(self, index: int) -> tuple[ShapesRecord, Trace]:
-        s = self.source
-        return make_trace(s.seed, s.split, index, self.mix, s.size)
+        return self.source.trace(index, self.mix)
 
 
 def collate(items: list[tuple[ShapesRecord, Trace]], min_pixels: int,
@@ -326,6 +326,16 @@ def collate(items: list[tuple[ShapesRecord, Trace]], min_pixels: int,
                       [r.question for r, _ in items], [t.text for _, t in items],
                       [r.answer for r, _ in items], [r.id for r, _ in items],
                       [t.kind for _, t in items])
+
+
+def _toy_source(spec: str) -> ShapesSource | TallySource:
+    """The toy-world source of a ``shapes:`` or ``tally:`` spec (they write warm-up traces)."""
+    if spec.startswith("tally:"):
+        return parse_tally(spec)
+    if spec.startswith("shapes:"):
+        return parse_shapes(spec)
+    raise ConfigError(f"{spec!r}: the warm-up writes traces for the toy world's shapes: and "
+                      "tally: sources only")
 
 
 class TraceDataModule(L.LightningDataModule):
@@ -351,12 +361,12 @@ class TraceDataModule(L.LightningDataModule):
             raise ConfigError(f"data needs batch_size >= 1, num_workers >= 0 and max_pixels >= "
                               f"min_pixels (got {batch_size}, {num_workers}, {max_pixels} < "
                               f"{min_pixels})")
-        self.train_source = parse_shapes(train)
-        self.val_source = None if val is None else parse_shapes(val)
+        self.train_source = _toy_source(train)
+        self.val_source = None if val is None else _toy_source(val)
         self.batch_size, self.mix, self.num_workers = batch_size, mix, num_workers
         self.min_pixels, self.max_pixels = min_pixels, max_pixels
 
-    def _loader(self, source: ShapesSource) -> DataLoader:
+    def _loader(self, source: ShapesSource | TallySource) -> DataLoader:
         collate_fn = partial(collate, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
         return DataLoader(TraceDataset(source, self.mix), batch_size=self.batch_size,
                           num_workers=self.num_workers, collate_fn=collate_fn)

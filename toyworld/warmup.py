@@ -360,7 +360,7 @@ def cached(name: str, cache_dir: Path, data: Callable[[WarmRecipe], L.LightningD
     if name not in RECIPES:
         raise ValueError(f"unknown warm model {name!r}; choose one of {sorted(RECIPES)}")
     recipe = RECIPES[name]
-    final = cache_dir / f"warm-{recipe.base}-v{recipe.version}.{data_version}"
+    final = cache_dir / f"{recipe.folder}.{data_version}"
     if (final / "config.json").exists():
         return final
     vision = f" after {recipe.vision_steps} of the vision tower" if recipe.vision_steps else ""

@@ -1,5 +1,6 @@
 """A reward function of the user's, named by import path on the command line, trains a run."""
 
+import lightning as L
 import pytest
 
 from main import main
@@ -14,12 +15,22 @@ def shortness(prompts, completions, **fields):
     return [1.0 / (1 + len(c)) for c in completions]
 
 
+class KeepStep(L.Callback):
+    """Keeps the last training step's record (``training_step``'s outputs)."""
+
+    last = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        KeepStep.last = outputs["step"]
+
+
 def test_a_user_function_alone_is_the_training_reward(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cli = main(["fit", "-c", str(ROOT / "configs/tiny.yaml"), *FAST, "--trainer.fast_dev_run=2",
                 "--data.val=shapes:val?n=2&size=56", "--model.reward.cues=[]",
-                f"--model.reward.functions=[{{path: {PATH}, weight: 0.5}}]"])
-    step = cli.model.last_step
+                f"--model.reward.functions=[{{path: {PATH}, weight: 0.5}}]",
+                "--trainer.callbacks+=tests.e2e.test_reward_functions.KeepStep"])
+    step = KeepStep.last
     values = shortness(None, step.rollout.texts, id=None, source=None)
     assert cli.model.reward.names == ["shortness"]
     assert step.reward.scores[:, 0].tolist() == pytest.approx(values)
