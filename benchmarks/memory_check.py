@@ -10,8 +10,10 @@ reports on a GPU. The CPU has no such counter, so the steps after the warm-up ru
 allocator's running total of the bytes allocated since profiling began; each phase of the step
 (generate, log-prob passes, reward, loss pass) is a ``record_function`` range, and its peak is
 the highest running total inside the range. Tensors that were alive before (policy weights and
-LoRA, AdamW state, the sentence encoder) are added from their sizes. Process RSS (Python, the
-libraries, allocator caches) is not counted: it is not what fills a GPU.
+LoRA, AdamW state, the sentence encoder) are added from their sizes, and so are the pixels the
+processor makes for the sampler: numpy memory on CPU, which the profiler does not see, and
+device memory on a GPU. Process RSS (Python, the libraries, allocator caches) is not counted: it
+is not what fills a GPU.
 """
 
 from __future__ import annotations
@@ -83,6 +85,19 @@ def wrap(owner, name: str, phase: str) -> None:
     setattr(owner, name, ranged)
 
 
+def record_pixels(owner) -> list[int]:
+    """Bytes of each sampled rollout's pixel values (``owner.sample``'s processor output)."""
+    sizes: list[int] = []
+    inner = owner.sample
+
+    def sampling(*args, **kwargs):
+        rollout = inner(*args, **kwargs)
+        sizes.append(rollout.pixel_values.numel() * rollout.pixel_values.element_size())
+        return rollout
+    owner.sample = sampling
+    return sizes
+
+
 def tensor_bytes(tensors) -> int:
     """Bytes of distinct storages, with bitsandbytes' quantization constants."""
     seen: dict[int, int] = {}
@@ -103,6 +118,7 @@ def measure(config: Path, overrides: list[str], steps: int, warmup: int) -> dict
                              "--trainer.callbacks=[]", "--trainer.enable_checkpointing=false"])
     module, data = cli.model, cli.datamodule
     module.configure_model()
+    pixels = record_pixels(module_lib)
     for phase, (owner, name) in PHASES.items():
         wrap(owner or module, name, phase)
     wrap(module.reward, "forward", "reward")
@@ -119,6 +135,7 @@ def measure(config: Path, overrides: list[str], steps: int, warmup: int) -> dict
                                                + list(module.model.buffers())),
                 "optimizer state": tensor_bytes(state), "encoder": tensor_bytes(encoders)}
     measured.update(profiler.phase_peaks())
+    measured["generation"] += max(pixels)
     return measured
 
 

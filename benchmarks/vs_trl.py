@@ -4,6 +4,10 @@
     .venv-bench/bin/python -m benchmarks.vs_trl --rewards trivial --rounds 1 --steps 4
     .venv-bench/bin/python -m benchmarks.vs_trl --rewards text --gradient-checkpointing \
         --image-size 224                                # checkpointing, 64 image tokens
+    .venv-bench/bin/python -m benchmarks.vs_trl --rewards text --gradient-checkpointing \
+        --image-size 448                                # 256 image tokens, closer to a real model
+    .venv-bench/bin/python -m benchmarks.vs_trl --rewards text --gradient-checkpointing \
+        --image-size 224 --group-sizes 4 8 16           # step time against G, both trainers
 
 From the repository root, with the ``bench`` extra in its OWN venv (never a dependency of srmcr):
 ``python3 -m venv .venv-bench && . .venv-bench/bin/activate && pip install torch==2.13.0 &&
@@ -22,7 +26,9 @@ it); srmcr still runs each prompt once per group in the loss pass, TRL runs ever
 as it ships, back-propagates through the frozen vision tower, which srmcr's policy skips).
 ``--image-size 224`` renders the shapes at 224 x 224 (64 image tokens instead of 16; prompts of
 206-220 tokens instead of 158-172, for 48 completion tokens): closer to a real model, whose prompt
-is most of each sequence.
+is most of each sequence; ``--image-size 448``, 256 image tokens (prompts of about 400 tokens).
+``--group-sizes`` with several G runs the comparison (first reward) for each and prints a table of
+step time against G.
 
 The random tiny model rarely samples an end token, so most completions run to max_new_tokens
 (the report prints the mean length and the truncated share; srmcr's sampler, asked for top_k=0,
@@ -56,7 +62,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.vs_trl_report import PHASES, machine, report, versions  # noqa: E402
+from benchmarks.vs_trl_report import (  # noqa: E402
+    PHASES,
+    machine,
+    report,
+    report_scaling,
+    versions,
+)
 from srmcr.prompts import SYSTEM_PROMPT  # noqa: E402
 
 CONFIG = "configs/tiny.yaml"
@@ -79,7 +91,7 @@ class Setup:
     lr: float = 5e-4
     lora_r: int = 8
     lora_alpha: int = 16
-    image_size: int = 112  # shapes rendered at 112 x 112 -> 16 image tokens; 224 -> 64
+    image_size: int = 112  # shapes rendered at 112 x 112 -> 16 image tokens; 224 -> 64; 448 -> 256
     min_pixels: int = 3136  # the datamodule's floor
     gradient_checkpointing: bool = False
     seed: int = 0
@@ -311,15 +323,20 @@ class _TRLClock:
 
 
 # ---- orchestration ----------------------------------------------------------------------------
-def spawn(side: str, reward: str, args: argparse.Namespace) -> dict:
+def worker_command(side: str, reward: str, args: argparse.Namespace, group_size: int) -> list[str]:
+    """One fresh process that trains ``side`` and prints its per-step figures."""
     command = [sys.executable, "-m", "benchmarks.vs_trl", "--worker", side, "--rewards", reward,
                f"--steps={args.steps}", f"--warmup={args.warmup}", f"--threads={args.threads}",
-               f"--image-size={args.image_size}"]
-    command += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
+               f"--image-size={args.image_size}", f"--group-sizes={group_size}"]
+    return command + (["--gradient-checkpointing"] if args.gradient_checkpointing else [])
+
+
+def spawn(side: str, reward: str, args: argparse.Namespace, group_size: int) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "OMP_NUM_THREADS": str(args.threads), "TRANSFORMERS_VERBOSITY": "error"}
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    done = subprocess.run(worker_command(side, reward, args, group_size), cwd=ROOT, env=env,
+                          capture_output=True, text=True)
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
     if done.returncode or not lines:
         sys.exit(f"{side} run failed ({done.returncode}):\n{done.stderr[-4000:]}")
@@ -337,9 +354,11 @@ def main() -> None:
     parser.add_argument("--gradient-checkpointing", action="store_true", help="on both sides")
     parser.add_argument("--image-size", type=int, default=Setup.image_size,
                         help="shapes image side in pixels (224: 64 image tokens per prompt)")
+    parser.add_argument("--group-sizes", type=int, nargs="+", default=[Setup.group_size],
+                        help="G; several: step time against G (first reward only)")
     parser.add_argument("--worker", choices=["srmcr", "trl"], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    s = Setup(threads=args.threads, image_size=args.image_size,
+    s = Setup(threads=args.threads, image_size=args.image_size, group_size=args.group_sizes[0],
               gradient_checkpointing=args.gradient_checkpointing)
     if args.worker:
         import torch
@@ -351,19 +370,26 @@ def main() -> None:
     print("command: " + shlex.join([sys.executable, "-m", "benchmarks.vs_trl", *sys.argv[1:]]))
     print(f"machine: {machine()}\nversions: {versions()}\nsetup: {asdict(s)}; "
           f"{args.steps} timed steps after {args.warmup} warm-up, {args.rounds} rounds (ABBA)")
-    results = {reward: compare(reward, args) for reward in args.rewards}
+    if len(args.group_sizes) > 1:
+        reward = args.rewards[0]
+        scaling = {g: compare(reward, args, g) for g in args.group_sizes}
+        print(f"same prompts on both sides: yes; load average now {os.getloadavg()[0]:.1f}")
+        report_scaling(reward, scaling)
+        return
+    results = {reward: compare(reward, args, s.group_size) for reward in args.rewards}
     print(f"same prompts on both sides: yes; load average now {os.getloadavg()[0]:.1f}")
     report(results, s.max_new_tokens)
 
 
-def compare(reward: str, args: argparse.Namespace) -> dict[str, list[dict]]:
+def compare(reward: str, args: argparse.Namespace, group_size: int) -> dict[str, list[dict]]:
     """``args.rounds`` runs of each trainer, in ABBA order."""
     runs: dict[str, list[dict]] = {"srmcr": [], "trl": []}
     for r in range(args.rounds):
         for side in ("srmcr", "trl") if r % 2 == 0 else ("trl", "srmcr"):
-            runs[side].append(spawn(side, reward, args))
+            runs[side].append(spawn(side, reward, args, group_size))
             median = statistics.median(x["step"] for x in runs[side][-1]["steps"])
-            print(f"  {reward} round {r + 1} {side}: median step {median:.3f} s", flush=True)
+            print(f"  {reward} G={group_size} round {r + 1} {side}: median step {median:.3f} s",
+                  flush=True)
     if runs["srmcr"][0]["questions"] != runs["trl"][0]["questions"]:
         sys.exit("the two trainers did not see the same prompts: the comparison is void")
     return runs

@@ -63,3 +63,17 @@ def report(results: dict[str, dict[str, list[dict]]], max_new_tokens: int) -> No
     for reward, sides in stats.items():
         print(f"\n{reward}: completions without an end token: srmcr "
               f"{sides['srmcr']['truncated']:.0%}, TRL {sides['trl']['truncated']:.0%}")
+
+
+def report_scaling(reward: str, results: dict[int, dict[str, list[dict]]]) -> None:
+    """Step time against G (``--group-sizes``): one row per G, both trainers."""
+    print(f"\nStep time against G ({reward} reward; median over steps, runs in brackets):\n")
+    print("| G | srmcr s | TRL s | srmcr / TRL | srmcr CPU s | TRL CPU s | srmcr / TRL (CPU) |")
+    print("|---|---|---|---|---|---|---|")
+    for g, sides in results.items():
+        st = {side: summary(runs) for side, runs in sides.items()}
+        runs = {side: ", ".join(f"{m:.2f}" for m in s["run_medians"]) for side, s in st.items()}
+        print(f"| {g} | {st['srmcr']['step']:.3f} ({runs['srmcr']}) | {st['trl']['step']:.3f} "
+              f"({runs['trl']}) | **{st['srmcr']['step'] / st['trl']['step']:.2f}x** | "
+              f"{st['srmcr']['cpu']:.3f} | {st['trl']['cpu']:.3f} | "
+              f"{st['srmcr']['cpu'] / st['trl']['cpu']:.2f}x |")

@@ -61,16 +61,16 @@ def completion_logits(model, rollout: Rollout, rows: slice,
     mm_types = torch.cat([rollout.mm_token_type_ids[rows], torch.zeros_like(completion)], dim=1)
     width = completion.shape[1]
     source = rollout.pixel_values if pixel_values is None else pixel_values
+    # Rope positions of the whole sequences (mrope: the image's tokens have 3-D positions, the
+    # text after it continues from their maximum): the sampler's, else as the model numbers them.
+    positions = rollout.position_ids[:, rows] if rollout.position_ids is not None else \
+        language_core(model).get_rope_index(ids, mm_token_type_ids=mm_types, attention_mask=mask,
+                                            image_grid_thw=rollout.image_grid_thw[prompt_of])[0]
     if not share_prompt:
         images = image_inputs(source, rollout.image_grid_thw, prompt_of, rollout.image_features)
         out = model(input_ids=ids, attention_mask=mask, mm_token_type_ids=mm_types, **images,
-                    logits_to_keep=width + 1, use_cache=False)
+                    position_ids=positions, logits_to_keep=width + 1, use_cache=False)
         return out.logits[:, :-1].float()
-    # Rope positions of the whole sequences, as the unshared forward computes them (mrope: the
-    # image's tokens have 3-D positions, the text after it continues from their maximum).
-    positions, _ = language_core(model).get_rope_index(
-        ids, mm_token_type_ids=mm_types, attention_mask=mask,
-        image_grid_thw=rollout.image_grid_thw[prompt_of])
     P = rollout.prompt_ids.shape[1]
     images = image_inputs(source, rollout.image_grid_thw, prompts, rollout.image_features)
     core, cache = language_core(model), prompt_record()
@@ -79,7 +79,7 @@ def completion_logits(model, rollout: Rollout, rows: slice,
                       mm_token_type_ids=mm_types[heads, :P], **images,
                       position_ids=positions[:, heads, :P], cache=cache, use_cache=True)
         out = core(input_ids=completion, attention_mask=mask, position_ids=positions[:, :, P:],
-                   cache=repeated(cache, counts, read_only=True), use_cache=True)
+                   cache=repeated(cache, counts), use_cache=True)
     # The prompt's last position predicts the first completion token. One head call for both:
     # under autocast each call keeps its own half-precision copy of the head's weight (V x H).
     hidden = torch.cat([prefix.last_hidden_state[:, -1:].repeat_interleave(counts, dim=0),
@@ -96,10 +96,11 @@ def token_logprobs(logits: Tensor, ids: Tensor, temperature: float = 1.0) -> Ten
 @torch.no_grad()
 def rollout_logprobs(model, rollout: Rollout, micro_batch_size: int,
                      pixel_values: Tensor | None = None, *, at_temperature: bool = True,
-                     at_t1: bool = True) -> TokenLogProbs:
-    """One no-grad pass over the rollout: log-probs at its temperature and/or, with the max
-    probability, at T = 1. Each costs a log-softmax over the vocabulary: ask only for what is
-    used (the reference pass needs only the first, the blank-image pass only the second).
+                     at_t1: bool = True, max_prob: bool = False) -> TokenLogProbs:
+    """One no-grad pass over the rollout: log-probs at its temperature and/or at T = 1, and
+    with ``max_prob`` the max probability at T = 1. Each costs a pass over the vocabulary: ask
+    only for what is used (the reference pass needs the first two, the blank-image pass only
+    the second; the sampler already recorded the rollout's own confidence).
 
     The T = 1 values exclude the tokens the sampler suppresses, as the sampler's own
     ``rollout.logp`` does, so the two compare token by token (visual grounding).
@@ -115,10 +116,12 @@ def rollout_logprobs(model, rollout: Rollout, micro_batch_size: int,
             ids = rollout.completion_ids[rows]
             if at_temperature:
                 parts["logp"].append(token_logprobs(logits, ids, rollout.temperature))
-            if at_t1:
+            if at_t1 or max_prob:
                 logp1 = torch.log_softmax(logits.index_fill(-1, suppressed, float("-inf")), dim=-1)
-                parts["logp_t1"].append(logp1.gather(-1, ids.unsqueeze(-1)).squeeze(-1))
-                parts["max_prob"].append(logp1.max(dim=-1).values.exp())
+                if at_t1:
+                    parts["logp_t1"].append(logp1.gather(-1, ids.unsqueeze(-1)).squeeze(-1))
+                if max_prob:
+                    parts["max_prob"].append(logp1.max(dim=-1).values.exp())
                 del logp1
             del logits
     return TokenLogProbs(**{k: torch.cat(v) if v else None for k, v in parts.items()})

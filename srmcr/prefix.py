@@ -2,8 +2,9 @@
 
 A rollout's G rows of one prompt share the prompt's tokens (on the shapes world ~170 of ~220
 per row) and its image. Instead of G copies through the vision tower and the decoder, the
-prompt runs once and its keys and values are repeated for the G rows: in generation (the
-prefill) and in every log-prob and loss pass. Exact up to float rounding, gradients included.
+prompt runs once: in generation (the prefill, then ``srmcr.group_attention`` reads its keys and
+values once per group at every new token) and in every log-prob and loss pass, where its keys
+and values are repeated for the G rows. Exact up to float rounding, gradients included.
 
 Under gradient checkpointing transformers drops the cache inside checkpointed layers (a layer
 that writes it would write again when backward recomputes it). The loss pass keeps it there
@@ -64,52 +65,13 @@ class SharedPrefix(DynamicLayer):
                 torch.cat([self.values, value_states], dim=-2))
 
 
-class ReservedLayer(DynamicLayer):
-    """A growing cache layer that writes each step's keys and values into buffers reserved for
-    the whole generation, instead of concatenating: ``DynamicLayer`` copies its entire cache at
-    every token. ``keys``/``values`` are views of the filled part, so attention reads the same
-    values in the same shapes (the same samples, bit for bit, on the shapes world); past the
-    reservation the buffers double."""
-
-    def __init__(self, keys: Tensor, values: Tensor, capacity: int) -> None:
-        super().__init__()
-        self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
-        self._reserve(keys, values, capacity)
-
-    def _reserve(self, keys: Tensor, values: Tensor, capacity: int) -> None:
-        n, h, length, d = keys.shape
-        capacity = max(capacity, length)
-        self._keys = keys.new_empty(n, h, capacity, d)
-        self._values = values.new_empty(n, values.shape[1], capacity, values.shape[-1])
-        self._keys[:, :, :length], self._values[:, :, :length] = keys, values
-        self.keys, self.values = self._keys[:, :, :length], self._values[:, :, :length]
-        self._views = (self.keys, self.values)
-
-    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs):
-        if self.keys is not self._views[0] or self.values is not self._views[1]:
-            # replaced from outside (crop, beam reorder): reserve again around the new ones
-            self._reserve(self.keys, self.values, self._keys.shape[-2])
-        start = self.keys.shape[-2]
-        end = start + key_states.shape[-2]
-        if end > self._keys.shape[-2]:
-            self._reserve(self.keys, self.values, 2 * end)
-        self._keys[:, :, start:end], self._values[:, :, start:end] = key_states, value_states
-        self.keys, self.values = self._keys[:, :, :end], self._values[:, :, :end]
-        self._views = (self.keys, self.values)
-        return self.keys, self.values
-
-
-def repeated(cache: Cache, counts: Tensor, read_only: bool, reserve: int = 0) -> Cache:
-    """``cache`` with each batch row repeated ``counts`` times (differentiable): read-only
-    (``SharedPrefix``) for teacher-forced passes, a growing ``ReservedLayer`` with room for
-    ``reserve`` positions for generation."""
-    layers = []
-    for layer in cache.layers:
-        keys = layer.keys.repeat_interleave(counts, dim=0)
-        values = layer.values.repeat_interleave(counts, dim=0)
-        layers.append(SharedPrefix(keys, values) if read_only
-                      else ReservedLayer(keys, values, reserve))
-    return Cache(layers=layers)
+def repeated(cache: Cache, counts: Tensor) -> Cache:
+    """``cache`` with each batch row repeated ``counts`` times (differentiable), read-only
+    (``SharedPrefix``), for the teacher-forced passes. Generation reads the prompt part once per
+    group instead (``srmcr.group_attention``)."""
+    return Cache(layers=[SharedPrefix(layer.keys.repeat_interleave(counts, dim=0),
+                                      layer.values.repeat_interleave(counts, dim=0))
+                         for layer in cache.layers])
 
 
 def _unwrapped(model):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -21,9 +21,10 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from srmcr import prompts
 from srmcr.errors import require
+from srmcr.group_attention import group_cache, group_decoding, supports_group_decoding
 from srmcr.lora_forward import plain_lora
 from srmcr.parsing import Parsed, parse
-from srmcr.prefix import language_core, prompt_groups, repeated
+from srmcr.prefix import language_core, prompt_groups
 
 # A group's statistics (the reward's answer votes, the validation's within-group AUC) compare
 # every pair of its completions, so a step costs B x G^2 (10^8 pairs per prompt at G = 10^4) on
@@ -124,6 +125,8 @@ class Rollout:
     answer_mask: Tensor | None = None  # (N, T)
     # The sampler's vision-tower output, for the passes over the same images (None: recompute):
     image_features: ImageFeatures | None = None
+    # mrope positions of prompt + completion, as the model numbers them (None: each pass does):
+    position_ids: Tensor | None = None  # (3, N, P + T)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -265,11 +268,28 @@ def _generation_config(args: SamplingArgs, temperature: float, tokenizer,
                             suppress_tokens=suppress, use_cache=True)
 
 
+def prompt_positions(model, enc) -> tuple[Tensor, Tensor]:
+    """(3, B, P) mrope positions of the prompts and (B, 1) their ``rope_deltas``: the model's
+    own ``get_rope_index``, once per rollout."""
+    return language_core(model).get_rope_index(
+        enc["input_ids"], mm_token_type_ids=enc["mm_token_type_ids"],
+        attention_mask=enc["attention_mask"], image_grid_thw=enc["image_grid_thw"])
+
+
+def sequence_positions(prompt: Tensor, completion_mask: Tensor) -> Tensor:
+    """(3, N, P + T) positions of whole sequences from their prompts' (3, N, P), as
+    ``get_rope_index`` numbers them: completion tokens are text, one step each after the
+    prompt's last (text) position; masked ones are 0."""
+    steps = torch.cumsum(completion_mask, dim=1) * completion_mask  # (N, T)
+    return torch.cat([prompt, (prompt[..., -1:] + steps) * completion_mask], dim=-1)
+
+
 def _shared_prefill(model, enc, prompts: Tensor, counts: Tensor, new_tokens: int,
-                    features: ImageFeatures | None) -> Cache:
-    """Each prompt but its last token through the model once (image included); the cache
-    repeated ``counts`` times per prompt, with room for ``new_tokens`` more, for ``generate`` to
-    continue from.
+                    features: ImageFeatures | None, positions: tuple[Tensor, Tensor]) -> Cache:
+    """Each prompt but its last token through the model once (image included), into a cache
+    that keeps those keys and values once per prompt for its ``counts`` rows, with room for
+    ``new_tokens`` more positions per row (``group_attention.group_cache``), for ``generate``
+    to continue from inside ``group_decoding``. ``positions``: ``prompt_positions``.
 
     ``generate`` then runs the last prompt token of every row and samples; it places the rows'
     text positions after the image's with the model's stored ``rope_deltas`` (continuing from a
@@ -279,11 +299,11 @@ def _shared_prefill(model, enc, prompts: Tensor, counts: Tensor, new_tokens: int
     images = image_inputs(enc["pixel_values"], enc["image_grid_thw"], prompts, features)
     cache = DynamicCache()
     head = {k: enc[k][prompts, :-1] for k in ("input_ids", "attention_mask", "mm_token_type_ids")}
-    model(**head, **images, cache=cache, use_cache=True, logits_to_keep=1)
-    core = language_core(model)
-    core.rope_deltas = core.rope_deltas.repeat_interleave(counts, dim=0)
-    reserve = enc["input_ids"].shape[1] + new_tokens  # the last prompt token, then the samples
-    return repeated(cache, counts, read_only=False, reserve=reserve)
+    model(**head, **images, position_ids=positions[0][:, prompts, :-1], cache=cache,
+          use_cache=True, logits_to_keep=1)
+    # The prompt's last token is text: the delta of the whole prompt is that of its head.
+    language_core(model).rope_deltas = positions[1][prompts].repeat_interleave(counts, dim=0)
+    return group_cache(cache, counts, capacity=1 + new_tokens)  # the last prompt token, samples
 
 
 @torch.no_grad()
@@ -293,8 +313,10 @@ def sample(model, processor, images: Sequence[Image.Image], questions: Sequence[
     """Sample ``args.group_size`` completions for each (image, question) pair, or with
     ``greedy`` one deterministic completion (G = 1; evaluation).
 
-    ``share_prompt``: prefill each prompt once for its G rows (``_shared_prefill``) rather than
-    once per row; the same samples, to float rounding."""
+    ``share_prompt``: prefill each prompt once for its G rows (``_shared_prefill``) and read
+    its keys and values once per group at every new token (``group_attention``), rather than
+    once per row; the same samples, to float rounding. Off where the model has sliding-window
+    layers."""
     G, B = 1 if greedy else args.group_size, len(questions)
     device = next(model.parameters()).device
     enc = processor(text=prompts.render(processor, questions, args.system_prompt),
@@ -309,6 +331,8 @@ def sample(model, processor, images: Sequence[Image.Image], questions: Sequence[
     # Suppressed by SuppressTokens, first of our processors: where generate puts its own.
     suppressed, config.suppress_tokens = list(config.suppress_tokens), None
     pieces, features = [], None
+    positions = prompt_positions(model, enc)
+    share_prompt = share_prompt and supports_group_decoding(model)
     if share_prompt and G > 1:  # the tower once for the prefill, reference and loss passes
         features = image_features(model, enc["pixel_values"], enc["image_grid_thw"])
     # No dropout while sampling; PEFT's LoRA forward without its per-token bookkeeping.
@@ -318,18 +342,21 @@ def sample(model, processor, images: Sequence[Image.Image], questions: Sequence[
             distinct, counts, _ = prompt_groups(torch.arange(B * G, device=device)[part], G)
             if share_prompt and len(distinct) < len(rows[part]):  # each prompt prefilled once
                 cache = _shared_prefill(model, enc, distinct, counts, config.max_new_tokens,
-                                        features)
-                inputs = {"cache": cache}
+                                        features, positions)
+                inputs, decoding = {"cache": cache}, group_decoding(model, cache)
             else:
                 pixels, grid = select_images(enc["pixel_values"], enc["image_grid_thw"], rows[part])
-                inputs = {"pixel_values": pixels, "image_grid_thw": grid}
+                inputs, decoding = {"pixel_values": pixels, "image_grid_thw": grid}, nullcontext()
             stats = SampledTokenStats()
             processors = [SuppressTokens(suppressed, vocab_size, device), stats]
-            out = model.generate(input_ids=prompt_ids[part], attention_mask=prompt_mask[part],
-                                 mm_token_type_ids=mm_types[part], **inputs,
-                                 generation_config=config,
-                                 logits_processor=LogitsProcessorList(processors))
+            with decoding:
+                out = model.generate(input_ids=prompt_ids[part], attention_mask=prompt_mask[part],
+                                     mm_token_type_ids=mm_types[part], **inputs,
+                                     generation_config=config,
+                                     logits_processor=LogitsProcessorList(processors))
             pieces.append((out[:, prompt_ids.shape[1]:], *stats.finish(out[:, -1])))
+            # The chunk's cache goes before the next chunk's prefill, not after it.
+            cache = pixels = inputs = decoding = None
     pad = config.pad_token_id
     width = max(p[0].shape[1] for p in pieces)
     completion_ids, logp, max_prob = (
@@ -347,4 +374,4 @@ def sample(model, processor, images: Sequence[Image.Image], questions: Sequence[
         ids=[i for i in (ids or [str(b) for b in range(B)]) for _ in range(G)],
         logp=logp * mask, max_prob=max_prob * mask, suppressed=suppressed,
         answer_mask=answer_token_mask(processor.tokenizer, completion_ids, mask),
-        image_features=features)
+        image_features=features, position_ids=sequence_positions(positions[0][:, rows], mask))

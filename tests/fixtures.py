@@ -74,12 +74,14 @@ class _EndBonus:
 
 
 def sample_with_logits(model, processor, args: SamplingArgs, temperature: float,
-                       seed: int = 0, end_bonus: float = 0.0) -> tuple[Rollout, torch.Tensor]:
+                       seed: int = 0, end_bonus: float = 0.0,
+                       **sample_kwargs) -> tuple[Rollout, torch.Tensor]:
     """``rollout.sample`` on ``two_images()``, also returning generate's raw logits (N, T, V).
 
     The raw logits are those of the sampler's own forward (KV cache, decode-time positions), before
     any logits processor, temperature or token suppression: the reference the training forward
     must reproduce. ``end_bonus`` only changes which tokens get sampled, not the raw logits.
+    ``sample_kwargs`` go to ``sample`` (``greedy``, ``share_prompt``).
     """
     chunks: list[torch.Tensor] = []
     generate = model.generate
@@ -97,7 +99,8 @@ def sample_with_logits(model, processor, args: SamplingArgs, temperature: float,
     model.generate = recording_generate
     try:
         torch.manual_seed(seed)
-        rollout = sample(model, processor, two_images(), QUESTIONS, args, temperature)
+        rollout = sample(model, processor, two_images(), QUESTIONS, args, temperature,
+                         **sample_kwargs)
     finally:
         del model.generate  # back to the class's method
     width = rollout.completion_ids.shape[1]

@@ -1,5 +1,6 @@
 """The side-by-side benchmark's parity claims, checked without TRL (benchmarks/vs_trl.py)."""
 
+import argparse
 import random
 import re
 from itertools import islice
@@ -9,7 +10,15 @@ from PIL import Image
 
 from benchmarks.reward_cost import make_rollout
 from benchmarks.scaling import FIXED_G, FIXED_TOKENS, points
-from benchmarks.vs_trl import REWARDS, Setup, shapes_examples, srmcr_overrides, trl_reward
+from benchmarks.vs_trl import (
+    REWARDS,
+    Setup,
+    shapes_examples,
+    srmcr_overrides,
+    trl_reward,
+    worker_command,
+)
+from benchmarks.vs_trl_report import PHASES, report_scaling
 from datamodules.image_question import ImageQuestionDataModule
 from srmcr.reward import SelfReward
 
@@ -27,7 +36,9 @@ def test_trl_reward_wrapper_returns_srmcrs_own_reward():
 
 
 SETUPS = [pytest.param(Setup(), id="default"),
-          pytest.param(Setup(image_size=224, gradient_checkpointing=True), id="prompt-heavy")]
+          pytest.param(Setup(image_size=224, gradient_checkpointing=True), id="prompt-heavy"),
+          pytest.param(Setup(image_size=448, gradient_checkpointing=True, group_size=8),
+                       id="256-image-tokens-G8")]
 
 
 @pytest.mark.parametrize("s", SETUPS)
@@ -57,6 +68,30 @@ def test_srmcr_overrides_pin_the_shared_settings(s):
     assert module.policy_args.gradient_checkpointing == s.gradient_checkpointing
     assert (module.policy_args.max_pixels, data.decode_args.max_pixels) == (s.max_pixels,) * 2
     assert data.specs["train"] == [s.train]
+
+
+def test_each_worker_runs_the_setting_and_group_size_it_is_given():
+    args = argparse.Namespace(steps=3, warmup=1, threads=1, image_size=448,
+                              gradient_checkpointing=True)
+    command = worker_command("trl", "text", args, group_size=16)
+    assert command[command.index("--worker") + 1] == "trl"
+    assert {"--rewards", "text", "--steps=3", "--warmup=1", "--threads=1", "--image-size=448",
+            "--group-sizes=16", "--gradient-checkpointing"} <= set(command)
+
+
+def test_scaling_report_has_one_row_per_group_size(capsys):
+    def run(step: float, cpu: float) -> dict:
+        record = {"step": step, "cpu": cpu, "tokens": 48, "completions": 1, "truncated": 1,
+                  "phases": dict.fromkeys(PHASES, 0.0)}
+        return {"steps": [record], "peak_rss_mb": 1.0}
+
+    report_scaling("text", {4: {"srmcr": [run(1.0, 0.9)], "trl": [run(2.5, 2.4)]},
+                            16: {"srmcr": [run(2.0, 1.8)], "trl": [run(8.0, 7.2)]}})
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| 4 ")
+            or ln.startswith("| 16 ")]
+    assert len(rows) == 2
+    assert "**0.40x**" in rows[0] and "0.38x" in rows[0]
+    assert "**0.25x**" in rows[1] and "0.25x |" in rows[1]
 
 
 def test_scaling_points_cover_both_sweeps_once():

@@ -48,7 +48,7 @@ def sampled(policy):
 
 @pytest.fixture(scope="module")
 def logprobs(policy, sampled):
-    return rollout_logprobs(policy[0], sampled[0], micro_batch_size=6)
+    return rollout_logprobs(policy[0], sampled[0], micro_batch_size=6, max_prob=True)
 
 
 def test_training_forward_reproduces_the_sampler(sampled, logprobs):
@@ -71,7 +71,7 @@ def test_training_forward_reproduces_the_sampler(sampled, logprobs):
 def test_micro_batches_give_the_same_logprobs(policy, sampled, logprobs):
     # Micro-batches of 1 and of 4 (not dividing N = 6) must pick each row's own image patches.
     for micro in (1, 4):
-        other = rollout_logprobs(policy[0], sampled[0], micro_batch_size=micro)
+        other = rollout_logprobs(policy[0], sampled[0], micro_batch_size=micro, max_prob=True)
         for a, b in ((other.logp, logprobs.logp), (other.logp_t1, logprobs.logp_t1),
                      (other.max_prob, logprobs.max_prob)):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
@@ -84,6 +84,19 @@ def test_logp_at_temperature_one_equals_logp_t1_up_to_the_suppressed_tokens(poli
     # Excluding the suppressed tokens renormalizes over fewer tokens: every log-prob rises.
     suppressed = rollout_logprobs(policy[0], sampled[0], micro_batch_size=6, at_temperature=False)
     assert (suppressed.logp_t1 > out.logp_t1).all()
+
+
+def test_each_pass_computes_only_what_it_is_asked_for(policy, sampled, logprobs):
+    # The reference pass (log-probs at the temperature and at T = 1) and the blank-image pass
+    # (T = 1 only) need no max probability: the sampler recorded the rollout's confidence.
+    model, rollout = policy[0], sampled[0]
+    reference = rollout_logprobs(model, rollout, 6)
+    assert reference.max_prob is None
+    assert torch.equal(reference.logp, logprobs.logp)
+    assert torch.equal(reference.logp_t1, logprobs.logp_t1)
+    blank = rollout_logprobs(model, rollout, 6, at_temperature=False)
+    assert blank.logp is None and blank.max_prob is None
+    assert torch.equal(blank.logp_t1, logprobs.logp_t1)
 
 
 def test_max_prob_bounds_the_token_prob(logprobs):
@@ -133,7 +146,8 @@ def test_sampler_records_the_teacher_forced_t1_logprobs_and_confidence(policy, s
     # blank-image pass must be comparable token by token, so the teacher-forced T=1 values
     # (suppressed tokens excluded, as in the sampler) must equal them.
     rollout, _ = sampled
-    ref = rollout_logprobs(policy[0], rollout, micro_batch_size=4, at_temperature=False)
+    ref = rollout_logprobs(policy[0], rollout, micro_batch_size=4, at_temperature=False,
+                           max_prob=True)
     mask = rollout.completion_mask.bool()
     torch.testing.assert_close(rollout.logp[mask], ref.logp_t1[mask], rtol=0, atol=1e-4)
     torch.testing.assert_close(rollout.max_prob[mask], ref.max_prob[mask], rtol=0, atol=1e-5)
@@ -220,3 +234,22 @@ def test_passes_reuse_the_samplers_image_features(policy, sampled, share):
         hook.remove()
     mask = rollout.completion_mask[rows].bool()
     torch.testing.assert_close(reused[mask], fresh[mask], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("share", [True, False], ids=["shared", "whole-rows"])
+def test_passes_reuse_the_samplers_rope_positions(policy, sampled, share, monkeypatch):
+    # The rollout carries its sequences' mrope positions: the passes compute none of their own
+    # (get_rope_index is a Python loop over every row's tokens) and give the same logits.
+    model, rollout = policy[0], sampled[0]
+    core = model.get_base_model().model
+    calls: list[int] = []
+    rope = core.get_rope_index
+    monkeypatch.setattr(core, "get_rope_index", lambda *a, **k: calls.append(1) or rope(*a, **k))
+    rows = slice(1, 5)
+    with torch.no_grad():
+        reused = completion_logits(model, rollout, rows, share_prompt=share)
+        assert not calls
+        fresh = completion_logits(model, dataclasses.replace(rollout, position_ids=None), rows,
+                                  share_prompt=share)
+        assert calls == [1]
+    assert torch.equal(reused, fresh)

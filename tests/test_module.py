@@ -6,6 +6,7 @@ from dataclasses import replace
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.loggers.logger import Logger
 
 from datamodules.image_question import ImageQuestionDataModule
 from srmcr.errors import ConfigError
@@ -141,6 +142,86 @@ def test_without_grounding_there_is_no_extra_pass_and_confidence_comes_from_the_
     _fit(module, 1, tmp_path, [outputs])
     assert calls == []  # beta = 0, no grounding, mu = 1: generate + loss pass only
     assert 0.0 < outputs.seen[0]["confidence"] <= 1.0
+
+
+def test_a_step_logs_every_key_with_the_values_of_its_tensors(tmp_path):
+    # The step's values reach the logger exactly as one float() per tensor would give them
+    # (Lightning keeps each as a float32 tensor), through one copy to the host.
+    module, outputs = _module(beta=0.04), Outputs()
+    trainer = _fit(module, 1, tmp_path, [outputs])
+    out = outputs.seen[0]
+    rollout, reward = out["step"].rollout, out["step"].reward
+    mask, G = rollout.completion_mask, rollout.group_size
+    ids = rollout.completion_ids.view(-1, G, mask.shape[1])
+    want = {"loss": out["loss"], "temperature": rollout.temperature,
+            "confidence": (rollout.max_prob * mask).sum() / mask.sum(),
+            "collapse": (ids == ids[:, :1]).all(-1).all(-1).float().mean(),
+            "frac_zero_std_groups": (reward.rewards.view(-1, G).std(1) < 1e-6).float().mean(),
+            "completion_len": mask.sum(1).float().mean(),
+            "truncated": rollout.truncated.float().mean(), "skipped_updates": 0.0,
+            **reward.stats}
+    logged = trainer.callback_metrics
+    for key, value in want.items():
+        assert logged[f"train/{key}"].item() == torch.tensor(float(value)).item(), key
+    assert out["confidence"] == float(want["confidence"])
+    assert out["collapse"] == float(want["collapse"])
+    design = ["loss", "kl", "kl_t", "clip_frac", "reward", "reward_raw", "format_rate",
+              "frac_zero_std_groups", "completion_len", "temperature", "confidence", "collapse"]
+    cues = [f"{kind}/{cue}" for kind in ("reward", "weight") for cue in module.reward.names]
+    assert {f"train/{k}" for k in design + cues} <= set(logged)
+    assert {"reward", "T", "data/skipped/bad_image"} <= set(logged)
+
+
+class Recorder(Logger):
+    """Every row of metrics a logger receives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[tuple[int, dict]] = []
+
+    name, version = "recorder", 0
+
+    def log_hyperparams(self, *args, **kwargs) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        self.rows.append((step, dict(metrics)))
+
+
+def test_unchanged_values_are_not_logged_again_yet_every_step_has_every_key(tmp_path,
+                                                                             monkeypatch):
+    # log_changed skips a self.log whose value Lightning already holds for the epoch: the logger,
+    # the progress bar and callback_metrics get the same rows as logging every key every step,
+    # across epochs too (Lightning forgets the step values at an epoch's start).
+    def run(log_every_key: bool) -> tuple[list, list[int], dict, dict]:
+        calls: list[int] = []
+        log_dict = SRMCRModule.log_dict
+        monkeypatch.setattr(SRMCRModule, "log_dict", lambda self, d, **kw: calls.append(
+            len(d)) or log_dict(self, d, **kw))
+        if log_every_key:
+            monkeypatch.setattr(SRMCRModule, "log_changed",
+                                lambda self, d, **kw: SRMCRModule.log_dict(self, d, **kw))
+        L.seed_everything(0)
+        recorder = Recorder()
+        trainer = L.Trainer(max_steps=18, limit_train_batches=8, accelerator="cpu",
+                            logger=recorder, log_every_n_steps=1, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False,
+                            default_root_dir=tmp_path)
+        module = _module(cues=("lexical_fidelity",), beta=0.0)
+        module.sampling = replace(module.sampling, max_new_tokens=2)
+        trainer.fit(module, datamodule=ImageQuestionDataModule(
+            train="shapes:train?n=32&size=56", batch_size=2, min_pixels=28 * 28,
+            max_pixels=56 * 56, shuffle_buffer=0))
+        monkeypatch.undo()
+        return (recorder.rows, calls, dict(trainer.callback_metrics),
+                dict(trainer.progress_bar_metrics))
+
+    rows, calls, callback, bar = run(log_every_key=False)
+    all_rows, all_calls, all_callback, all_bar = run(log_every_key=True)
+    assert rows == all_rows and len(rows) == 18 and {r[1]["epoch"] for r in rows} == {0, 1, 2}
+    assert callback.keys() == all_callback.keys() and bar == all_bar
+    assert all(torch.equal(callback[k], all_callback[k]) for k in callback)
+    assert sum(calls) < 0.8 * sum(all_calls)  # the data/skipped counters, T, ... not again
 
 
 def test_checkpoint_of_another_lora_configuration_is_rejected(tmp_path):

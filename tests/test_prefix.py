@@ -6,13 +6,11 @@ from functools import partial
 import pytest
 import torch
 from torch.utils.checkpoint import checkpoint
-from transformers.cache_utils import DynamicLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from srmcr.logprobs import completion_logits, token_logprobs
 from srmcr.prefix import (
     PromptRecord,
-    ReservedLayer,
     SharedPrefix,
     cache_through_checkpoints,
     language_core,
@@ -35,24 +33,6 @@ def test_prompt_record_keeps_the_first_write_and_returns_every_write():
     assert torch.equal(keys, torch.cat([k1, k2], -2))
     assert torch.equal(values, torch.cat([v1, v2], -2))
     assert shared.keys is k1  # read-only: a second read sees the same prefix
-
-
-def test_reserved_layer_returns_what_a_growing_layer_returns():
-    # Generation's cache writes into reserved buffers instead of concatenating: every update
-    # must return the same keys and values as DynamicLayer's, past the reservation (it grows)
-    # and after the cache was replaced from outside (crop) too.
-    torch.manual_seed(0)
-    prompt = torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4)
-    reserved, growing = ReservedLayer(*prompt, capacity=7), DynamicLayer()
-    growing.update(*prompt)
-    for step, length in enumerate([1, 1, 2, 1, 1, 3, 1]):  # 5 + 10 > 7: grows once
-        if step == 4:
-            reserved.crop(-2), growing.crop(-2)
-        new = torch.randn(3, 2, length, 4), torch.randn(3, 2, length, 4)
-        for got, want in zip(reserved.update(*new), growing.update(*new)):
-            assert torch.equal(got, want)
-        assert reserved.get_seq_length() == growing.get_seq_length()
-    assert reserved._keys.shape[-2] >= 13  # grew past the 7 reserved positions
 
 
 @pytest.fixture(scope="module", params=["fp32", pytest.param("4bit", marks=needs_bnb_4bit)])

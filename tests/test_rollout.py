@@ -6,10 +6,27 @@ import pytest
 import torch
 from transformers.generation.logits_process import SuppressTokensLogitsProcessor
 
-from srmcr.parsing import parse
+from srmcr import group_attention
 from srmcr.errors import ConfigError
-from srmcr.rollout import SamplingArgs, SuppressTokens, completion_mask, sample, select_images
-from tests.fixtures import GRIDS, IMAGE_TOKENS, QUESTIONS, tiny_policy, two_images
+from srmcr.parsing import parse
+from srmcr.prefix import language_core
+from srmcr.rollout import (
+    SamplingArgs,
+    SuppressTokens,
+    completion_mask,
+    sample,
+    select_images,
+)
+from tests.fixtures import (
+    GRIDS,
+    IMAGE_TOKENS,
+    QUESTIONS,
+    needs_bnb_4bit,
+    randomize_lora,
+    sample_with_logits,
+    tiny_policy,
+    two_images,
+)
 
 END = (2, 0)  # <|im_end|>, <|endoftext|> in the tiny tokenizer (the sampler's end tokens)
 
@@ -97,6 +114,26 @@ def test_shapes_and_contiguous_groups(hot_rollout, policy):
     assert [im.size for im in r.images] == [(112, 112), (168, 112)]
 
 
+@pytest.mark.parametrize("how", ["grouped-chunks", "whole-rows", "greedy"])
+def test_rollout_positions_are_the_models_own(policy, how):
+    # The sampler numbers the whole sequences' mrope positions once (from the prompts' own
+    # get_rope_index), for every later pass: exactly what the model computes over them, left
+    # padding and the masked tails of completions that ended early included.
+    model, processor = policy
+    args = SamplingArgs(group_size=3, max_new_tokens=24, generation_batch_size=4)
+    greedy = how == "greedy"
+    r, _ = sample_with_logits(model, processor, args, 1.5, end_bonus=0.0 if greedy else 3.0,
+                              greedy=greedy, share_prompt=how != "whole-rows")
+    assert greedy or not r.completion_mask.all()
+    ids = torch.cat([r.prompt_ids, r.completion_ids], 1)
+    want, _ = language_core(model).get_rope_index(
+        ids, mm_token_type_ids=torch.cat([r.mm_token_type_ids,
+                                          torch.zeros_like(r.completion_ids)], 1),
+        attention_mask=torch.cat([r.prompt_mask, r.completion_mask], 1),
+        image_grid_thw=r.image_grid_thw[torch.arange(len(r)) // r.group_size])
+    assert torch.equal(r.position_ids, want)
+
+
 def test_a_sampled_rollout_is_immutable(hot_rollout):
     # What the reward needs beyond the completions comes as explicit inputs, never as fields
     # set on the rollout after sampling.
@@ -153,24 +190,51 @@ def test_sampling_is_reproducible_with_a_seed(policy):
     assert not torch.equal(a.completion_ids, c.completion_ids)
 
 
-@pytest.mark.parametrize("chunk", [64, 4], ids=["one-call", "chunks-across-groups"])
-def test_prefilling_each_prompt_once_samples_what_row_by_row_prefill_does(policy, chunk):
-    # Same seed, same logits (to rounding) -> the same tokens; the prompts have two lengths
-    # (left padding) and mrope positions after the image must continue as in a full prefill.
-    model, processor = policy
+PRECISIONS = {"fp32": {}, "bf16": {"dtype": "bfloat16"},
+              "4bit": {"quantization": "4bit"}}
+# Logit tolerance against the row-by-row path: float32 rounding; a few units in the last place
+# of bf16 logits of about 0.6 (the grouped attention runs in float32, bf16 SDPA rounds inside);
+# nf4 weights compute in float32.
+TOLERANCE = {"fp32": 1e-5, "bf16": 0.02, "4bit": 1e-5}
+
+
+@pytest.mark.parametrize(
+    ("precision", "chunk"),
+    [("fp32", 64), ("fp32", 4), ("bf16", 64), pytest.param("4bit", 4, marks=needs_bnb_4bit)],
+    ids=["fp32-one-call", "fp32-chunks-cut-groups", "bf16", "4bit-chunks-cut-groups"])
+def test_grouped_decoding_samples_what_row_by_row_decoding_does(precision, chunk, monkeypatch):
+    # Each prompt prefilled once and its keys and values read once per group at every token
+    # (group_attention), against each row prefilled and decoded whole: the same logits to float
+    # rounding at every step, hence the same tokens for the same seed. The prompts have two
+    # lengths (left padding), the heads are grouped (4 query heads on 2 key heads), mrope
+    # positions after the image must continue as in a full prefill, and with chunks of 4 rows
+    # for G = 3 the first chunk cuts the second group (3 + 1 rows), the second holds 2 of its
+    # rows.
+    model, processor = tiny_policy(**PRECISIONS[precision])
+    randomize_lora(model)
     args = SamplingArgs(group_size=3, max_new_tokens=16, generation_batch_size=chunk)
-
-    def run(share):
-        torch.manual_seed(3)
-        return sample(model, processor, two_images(), QUESTIONS, args, temperature=2.0,
-                      share_prompt=share)
-
-    shared, whole = run(True), run(False)
+    grouped_calls = []
+    inner = group_attention.group_attention
+    monkeypatch.setattr(group_attention, "group_attention",
+                        lambda *a, **k: grouped_calls.append(a[3].shape) or inner(*a, **k))
+    shared, shared_logits = sample_with_logits(model, processor, args, 2.0, seed=3)
+    assert grouped_calls and {s[0] for s in grouped_calls} == ({6} if chunk == 64 else {6, 2})
+    grouped_calls.clear()
+    whole, whole_logits = sample_with_logits(model, processor, args, 2.0, seed=3,
+                                             share_prompt=False)
+    assert not grouped_calls
     assert shared.prompt_mask.sum(1).unique().numel() == 2
     assert torch.equal(shared.completion_ids, whole.completion_ids)
     mask = whole.completion_mask.bool()
-    torch.testing.assert_close(shared.logp[mask], whole.logp[mask], atol=1e-5, rtol=0)
-    torch.testing.assert_close(shared.max_prob[mask], whole.max_prob[mask], atol=1e-5, rtol=0)
+    torch.testing.assert_close(shared_logits[mask], whole_logits[mask],
+                               atol=TOLERANCE[precision], rtol=0)
+    atol = TOLERANCE[precision]
+    torch.testing.assert_close(shared.logp[mask], whole.logp[mask], atol=atol, rtol=0)
+    torch.testing.assert_close(shared.max_prob[mask], whole.max_prob[mask], atol=atol, rtol=0)
+    # The model's own attention is back for every other pass.
+    text = language_core(model).language_model
+    assert text.config._attn_implementation == "sdpa"
+    assert not any(hasattr(layer.self_attn, "group_cache") for layer in text.layers)
 
 
 @pytest.mark.parametrize("training", [True, False])

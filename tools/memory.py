@@ -72,6 +72,7 @@ from tools.memory_rows import (  # noqa: F401 (re-exported: the public API)
     TEXTS_PER_COMPLETION,
     VOTE_BYTES,
     embeddings_bytes,
+    generation_chunks,
     pairwise_bytes,
     rollout_bytes,
     sampled_tokens_bytes,

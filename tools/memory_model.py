@@ -8,6 +8,7 @@ from tools.memory_rows import (
     AUC_BYTES,
     VOTE_BYTES,
     embeddings_bytes,
+    generation_chunks,
     pairwise_bytes,
     rollout_bytes,
     sampled_tokens_bytes,
@@ -313,23 +314,23 @@ def reward_phase(s: StepSettings, rows: int, group_size: int) -> Phase:
 
 
 def generation_phase(s: StepSettings) -> Phase:
-    """Sampling the step's N = B * G completions, ``generation_batch_size`` rows at a time."""
+    """Sampling the step's N = B * G completions in chunks of ``generation_batch_size`` rows:
+    each prompt prefilled once, its keys and values kept once for its rows (fp32,
+    ``group_attention``), each row's own in slots reserved for all its tokens; decoding
+    attention holds scores, not repeated keys. The step's B images' pixels live throughout."""
     d, w = s.dims, widths(s.dtype_bytes, s.quantization != "none", s.autocast)
     n = s.batch_size * s.group_size
     rows, p, t = min(s.generation_batch_size, n), s.prompt_tokens, s.max_new_tokens
-    seq = p + t
-    kv_prompt = kv_cache_bytes(d, w, rows, p)
-    prefilled = shared_prompts(rows, s.group_size)  # each prompt prefilled once
-    held = {"KV cache, prompt part (repeated per row)": kv_prompt,
-            "pixels of each prompt's image": pixel_bytes(prefilled, s.image_tokens),
-            "sampled tokens of every chunk (N rows)": sampled_tokens_bytes(n, p, t)}
-    return Phase(held, {
-        "prefill, one layer": prefilled * p * no_grad_layer_bytes(d, w, p)
-        + kv_cache_bytes(d, w, prefilled, p),
-        "vision tower (each prompt's image)": vision_bytes(d, prefilled, s.image_tokens),
-        "decode: rest of the KV cache + attention": kv_cache_bytes(d, w, rows, seq) - kv_prompt
-        + rows * seq * 2 * (d.hidden + d.kv_dim) * w.attention  # k, v repeated per head
-        + 3 * rows * d.vocab * 4})  # sampling: last-token logits, processed
+    (prompts, slots), fp32 = generation_chunks(n, rows, s.group_size), replace(w, linear=4)
+    prefill_cache = kv_cache_bytes(d, w, prompts, p) if w.linear != 4 else 0.0  # before fp32
+    return Phase({"sampled tokens of every chunk (N rows)": sampled_tokens_bytes(n, p, t),
+                  "KV cache, prompt part (once per prompt, fp32)":
+                  kv_cache_bytes(d, fp32, prompts, p),
+                  "pixels of the step's images": pixel_bytes(s.batch_size, s.image_tokens)}, {
+        "prefill, one layer": prompts * p * no_grad_layer_bytes(d, w, p) + prefill_cache,
+        "vision tower (each prompt's image)": vision_bytes(d, s.batch_size, s.image_tokens),
+        "decode: each row's KV cache + attention": kv_cache_bytes(d, fp32, slots, t + 1)
+        + 4 * slots * d.heads * (p + t) * 4 + 3 * rows * d.vocab * 4})  # scores; sampling
 
 
 def validation_phase(s: StepSettings) -> Phase:

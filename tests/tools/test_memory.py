@@ -137,6 +137,33 @@ def test_saved_activations_match_the_formula(quantization, dtype, autocast, chec
     assert estimate == pytest.approx(measured, rel=0.10)
 
 
+# (rows, chunk, G, most prompts in a chunk, most row slots, reason)
+CHUNK_CASES = [
+    (16, 64, 4, 4, 16, "one chunk: every prompt once, G slots each"),
+    (16, 8, 4, 2, 8, "chunks aligned with the groups"),
+    (16, 6, 4, 2, 8, "chunks cut groups: 2 + 4 rows take 2 x 4 slots"),
+    (16, 2, 4, 1, 2, "chunks inside a group: its rows only"),
+    (12, 5, 3, 3, 9, "a chunk of 1 + 3 + 1 rows of 3 prompts: 3 x 3 slots"),
+]
+
+
+@pytest.mark.parametrize(("rows", "chunk", "G", "prompts", "slots", "reason"), CHUNK_CASES,
+                         ids=[c[-1] for c in CHUNK_CASES])
+def test_generation_chunks(rows, chunk, G, prompts, slots, reason):
+    assert memory.generation_chunks(rows, chunk, G) == (prompts, slots)
+
+
+def test_generation_keeps_each_prompts_keys_once():
+    # The prompt part of the generation cache does not grow with G; each row's own part does.
+    s = _settings("qwen2_5_vl_7b_qlora.yaml")
+    parts = {g: memory.plan(replace(s, group_size=g, generation_batch_size=64)).phases[
+        "generation"] for g in (4, 8)}
+    key = "KV cache, prompt part (once per prompt, fp32)"
+    assert parts[4].held[key] == parts[8].held[key] > 0
+    own = "decode: each row's KV cache + attention"
+    assert parts[8].transient[own] > 1.9 * parts[4].transient[own]
+
+
 def test_no_full_vocabulary_logits_in_generation_or_the_loss_pass():
     model, processor = tiny_policy()
     lengths: list[tuple[bool, int]] = []
@@ -249,7 +276,7 @@ def test_rollout_formula_counts_a_real_rollouts_tensors():
     n, p, t = len(rollout), rollout.prompt_ids.shape[1], rollout.completion_ids.shape[1]
     kept = sum(getattr(rollout, name).nbytes for name in (
         "prompt_ids", "prompt_mask", "mm_token_type_ids", "completion_ids", "completion_mask",
-        "answer_mask", "logp", "max_prob"))
+        "answer_mask", "logp", "max_prob", "position_ids"))
     passes = 4 * n * t * 4  # blank image, reference at T and at 1, old policy: (N, T) fp32
     assert memory.rollout_bytes(n, p, t) == kept + passes
 
