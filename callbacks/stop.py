@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -66,7 +67,12 @@ def stop_message(trainer: L.Trainer, signum: signal.Signals) -> str:
 
 @contextmanager
 def stopping_on_signals(trainer: L.Trainer) -> Iterator[None]:
-    """SIGTERM and SIGINT inside end in ``Stopped`` (see the module's docstring)."""
+    """SIGTERM and SIGINT inside end in ``Stopped`` (see the module's docstring). Outside the
+    main thread (a run started from another thread, e.g. an experiment's worker) Python allows
+    no signal handler: the run goes on without them, as Lightning's own handlers do."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     received: list[signal.Signals] = []
 
     def on_sigterm(signum: int, frame) -> None:

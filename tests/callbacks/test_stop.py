@@ -80,3 +80,20 @@ def test_stop_message_outside_fit():
     trainer.state.fn = TrainerFn.PREDICTING
     assert stop_message(trainer, signal.SIGTERM) == \
         "stopped by SIGTERM during predict: nothing saved"
+
+
+def test_a_run_outside_the_main_thread_goes_on_without_handlers():
+    """Python refuses signal handlers off the main thread; an experiment's worker thread
+    still runs the command, with the handlers left as they were."""
+    import threading
+    outcome = []
+
+    def work():
+        with stopping_on_signals(_trainer()):
+            outcome.append(signal.getsignal(signal.SIGTERM))
+
+    before = signal.getsignal(signal.SIGTERM)
+    worker = threading.Thread(target=work)
+    worker.start()
+    worker.join()
+    assert outcome == [before]
