@@ -224,8 +224,10 @@ class SRMCRModule(L.LightningModule):
         self.log_dict({f"data/skipped/{reason}": float(n) for reason, n in
                        self.skipped_records.items()}, on_step=True, batch_size=len(batch))
         if self.on_any_rank(rollout is None):  # no record left (on some rank): every rank skips
-            return self.skip_update("batch", batch.ids, "no record of the batch that sampling "
-                                    "can take", "Check the records named in the warnings above.")
+            skipped = self.skip_update("batch", batch.ids, "no record of the batch that sampling "
+                                       "can take", "Check the records named in the warnings above.")
+            nan = torch.tensor(float("nan"))  # no completion: callbacks keep their state
+            return {**skipped, "confidence": nan, "collapse": nan}
         inputs, old_logp = self.score_passes(rollout)
         ref = self.reference_logp(rollout) if self.grpo_args.beta > 0 else None
         out = self.reward(rollout, inputs, self.records(batch, rows))

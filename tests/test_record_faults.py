@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import srmcr.module
+from callbacks.cooling import ConfidenceCooling
 from srmcr.record_faults import failing_records, refill, sample_skipping
 from tests.test_module import Outputs, _fit, _module
 
@@ -86,7 +87,9 @@ def test_a_batch_without_a_good_record_is_skipped_without_losing_state(tmp_path,
             if trainer.global_step == 1:
                 assert all(torch.equal(p, before[n]) for n, p in
                            pl_module.model.named_parameters())
-    trainer = _fit(module, 2, tmp_path, callbacks=[outputs, Untouched()])
+    cooling = ConfidenceCooling()  # in every shipped config: it copes with a step without data
+    trainer = _fit(module, 2, tmp_path, callbacks=[outputs, Untouched(), cooling])
     assert trainer.global_step == 2 and module.guard.skipped == 1 and module.guard.consecutive == 0
+    assert cooling.auto_count == 1  # only step 2 had completions to observe
     assert module.skipped_records == {"unprocessable": 2}
     assert "step" not in outputs.seen[0] and "step" in outputs.seen[1]  # step 2 trained
