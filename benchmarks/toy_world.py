@@ -20,13 +20,15 @@ the sides of the shapes of one colour (toyworld/tally.py) from ``warm:tally``, w
 base level: every ``main.py`` call adds ``-c configs/tally.yaml``, selection on the frontier's
 ``tally:val?level=frontier``, the report on ``tally:heldout?level=frontier``, and a retention
 split, ``tally:heldout?level=base`` (the warm-up's difficulty: does training on the frontier
-forget it?), evaluated for the warm start and every checkpoint. Each world keeps its results
-under its own ``--out`` (``lightning_logs/toy_world``, ``lightning_logs/toy_world_tally``), and
-the world keys the cache, so one world's runs are never reused for the other.
+forget it?), evaluated for the warm start and every checkpoint. ``--level base`` trains, selects
+and reports on the base level instead (the warm start's own difficulty; no retention split).
+Each world keeps its results under its own ``--out`` (``lightning_logs/toy_world``,
+``lightning_logs/toy_world_tally``, ``lightning_logs/toy_world_tally_base``), and the world keys
+the cache, so one world's runs are never reused for the other.
 
-Every run trains from the warm start (built and cached on first use) through the real entry
-point, ``main.py fit -c configs/tiny.yaml [-c configs/tally.yaml] -c <overlays> ...`` in a
-subprocess, with its seed (``seed_everything`` and the data shuffle) and its log folder under
+Every run trains from the warm start (shipped, or built and cached on first use) through the
+real entry point, ``main.py fit -c configs/tiny.yaml [-c configs/tally.yaml] -c <overlays> ...``
+in a subprocess, with its seed (``seed_everything`` and the data shuffle) and its log folder under
 ``--out``, validating every quarter of the run on a labelled selection split (``--select``, the
 curves, and ``best.ckpt``, which is what a user's ``adapter/`` is exported from). The evaluation
 is ``main.py predict`` on a held-out split that nothing else uses (``--split heldout``), greedy:
@@ -96,6 +98,7 @@ from benchmarks.toy_worlds import (  # noqa: E402
     summarize,
 )
 from callbacks.best import checkpoint_record  # noqa: E402
+from toyworld import tally  # noqa: E402
 
 BASE, SRMCR = "configs/tiny.yaml", "configs/recipes/srmcr.yaml"
 _REWARD = yaml.safe_load((ROOT / SRMCR).read_text())["model"]["reward"]
@@ -398,7 +401,7 @@ def dry_run(argv: list[str], a: argparse.Namespace) -> dict:
     """The plan of ``argv`` in every world, run by run, and both worlds' total against the
     issue's budget."""
     worlds = {}
-    for name in WORLDS:
+    for name in [a.world.name] if a.level else WORLDS:  # a level is the tally world's alone
         b = a if name == a.world.name else parse_args([*argv, "--world", name])
         _, plan, costs, planned = schedule(b)
         print(plan_line(b, [v.name for v, _ in plan], planned))
@@ -406,7 +409,7 @@ def dry_run(argv: list[str], a: argparse.Namespace) -> dict:
             print(f"  {variant} seed {seed}: ~{cost / 60:.1f} min")
         worlds[name] = planned
     both = sum(worlds.values())
-    print(f"both worlds: ~{both / 60:.0f} min planned, against the issue's budget of "
+    print(f"{'both worlds' if len(worlds) > 1 else 'all'}: ~{both / 60:.0f} min planned, against the issue's budget of "
           f"{BUDGET_MIN} min"
           + ("" if both <= 60 * BUDGET_MIN else f": OVER by ~{both / 60 - BUDGET_MIN:.0f} min")
           + " (adapters kept at step 0 reuse the warm start's evaluation: less)")
@@ -424,6 +427,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--preset", choices=list(PRESETS), help="issue: " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in PRESETS["issue"].items())
         + " (options given beside it win)")
+    p.add_argument("--level", choices=tally.LEVELS, help="tally only: the level trained on, "
+                   "selected and reported on (default frontier, with base as retention split)")
     p.add_argument("--model", help="the warm start (a policy.model spec; default the world's: "
                    + ", ".join(f"{w.model} ({n})" for n, w in WORLDS.items()) + ")")
     p.add_argument("--steps", type=int, default=150, help="SR-MCR optimizer steps per run")
@@ -459,6 +464,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "unless --variants says otherwise")
     a = p.parse_args(argv)
     a.world = WORLDS[a.world]
+    if a.level and a.world.name != "tally":
+        p.error("--level is the tally world's: add --world tally")
+    if a.level == "base":  # train on the warm-up's own level, report there, nothing to retain
+        a.world = replace(a.world, spec=a.world.spec.replace("frontier", "base"), retention=None)
+        a.set = [*a.set, "data.train=tally:train?level=base"]
     for key, value in PRESETS.get(a.preset, {}).items():
         if getattr(a, key) is None:
             setattr(a, key, value)
@@ -493,7 +503,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         a.settings["retention"] = a.retention
     if a.set:  # keys the cached results: runs under other overrides are not reused
         a.settings["set"] = a.set
-    suffix = "" if a.world.name == "shapes" else f"_{a.world.name}"
+    suffix = ("" if a.world.name == "shapes" else f"_{a.world.name}") \
+        + ("_base" if a.level == "base" else "")
     a.out = a.out or ROOT / "lightning_logs" / f"toy_world{suffix}"
     a.png = a.png or (a.out / "toy_world.png" if a.quick
                       else ROOT / "docs" / f"toy_world{suffix}.png")

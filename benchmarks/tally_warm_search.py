@@ -1,0 +1,204 @@
+"""Search for the tally world's warm start: build a candidate with the given knobs, then measure
+what label-free training could gain from it on the dev split of both levels.
+
+    .venv/bin/python -m benchmarks.tally_warm_search --out lightning_logs/tally_warm/e \
+        --vision-steps 1000 --lm-steps 6000 --no-align --vision-scale 4   # ~75 min on 2 cores
+    .venv/bin/python -m benchmarks.tally_warm_search --out lightning_logs/tally_warm/e --probe-only
+
+A build is ``toyworld.vision_pretrain`` on each image token's cell, colour and kind
+(``tally.token_targets``; ``--no-align``: without pulling the tokens toward the words' embeddings),
+then ``toyworld.warmup.WarmupModule`` on clean base-level traces, seeded, written to
+``<out>/model`` (a model folder ``--model.policy.model`` loads). The probe reads ``--n`` dev
+questions per level: greedy accuracy, the mean accuracy of ``--group`` samples at
+``--temperature``, their majority's accuracy, and the majority's paired lead over greedy with its
+standard error: the premise of label-free training (errors that vary between samples) holds
+where the lead is clearly positive. docs/warm_starts.md records the candidates tried.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections import Counter
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from srmcr import prompts  # noqa: E402
+from srmcr.answers import is_correct  # noqa: E402
+from srmcr.cues.answer_agreement import answer_key  # noqa: E402
+from srmcr.evaluation import generate_greedy  # noqa: E402
+from srmcr.policy import PolicyArgs, load_policy  # noqa: E402
+from srmcr.rollout import SamplingArgs, sample  # noqa: E402
+from srmcr.sources import DEFAULT_CACHE  # noqa: E402
+from toyworld import tally, tiny  # noqa: E402
+from toyworld.perception import PerceptionBatch  # noqa: E402
+from toyworld.traces import TraceBatch  # noqa: E402
+from toyworld.vision_pretrain import VisionPretrain  # noqa: E402
+from toyworld.warmup import WarmupModule  # noqa: E402
+
+PIXELS = 112 * 112
+
+
+class VisionData(Dataset):
+    def __init__(self, n, seed=0):
+        self.n, self.seed = n, seed
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        level = "base" if i % 2 else "frontier"
+        r = tally.make_record(self.seed, "perception", i, level)
+        return r.image, tally.token_targets(r)
+
+
+def vcollate(items):
+    return PerceptionBatch([a for a, _ in items], torch.cat([b for _, b in items]))
+
+
+class TraceData(Dataset):
+    def __init__(self, n, seed=0, level="base"):
+        self.n, self.seed, self.level = n, seed, level
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return tally.make_trace(self.seed, "warmup", i, self.level)
+
+
+def tcollate(items):
+    return TraceBatch([r.image for r, _ in items], [r.question for r, _ in items],
+                      [t for _, t in items], [r.answer for r, _ in items],
+                      [r.id for r, _ in items], ["clean"] * len(items))
+
+
+class TraceDM(L.LightningDataModule):
+    def __init__(self, n, batch_size, seed=0):
+        super().__init__()
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+
+    def train_dataloader(self):
+        return DataLoader(TraceData(self.n, self.seed), batch_size=self.batch_size,
+                          collate_fn=tcollate)
+
+    def val_dataloader(self):
+        return []
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        return batch
+
+
+def build(out: Path, vision_steps: int, lm_steps: int, batch: int, lr: float, base: str,
+          vision_batch: int = 32, vision_lr: float = 3e-3, align: bool = True,
+          vision_scale: float | None = 4.0) -> Path:
+    torch.manual_seed(0)
+    random.seed(0)
+    folder = str(tiny.cached(base, DEFAULT_CACHE))
+    if vision_steps:
+        loader = DataLoader(VisionData(vision_steps * vision_batch), batch_size=vision_batch,
+                            collate_fn=vcollate)
+        words = {"words": tally.TOKEN_WORDS} if align else {}
+        module = VisionPretrain(folder, loader.dataset[0][1].shape[-1], PIXELS, vision_lr,
+                                **words)
+        L.Trainer(accelerator="cpu", max_steps=vision_steps, logger=False,
+                  enable_checkpointing=False, enable_model_summary=False).fit(module, loader)
+        folder = str(module.save(out / "vision"))
+    module = WarmupModule(policy=PolicyArgs(model=folder, max_pixels=PIXELS),
+                          sampling=SamplingArgs(system_prompt=prompts.TINY_SYSTEM_PROMPT),
+                          vision_scale=vision_scale, warmup_steps=30, export=out / "model",
+                          optimizer=partial(torch.optim.AdamW, lr=lr, betas=(0.9, 0.95),
+                                            weight_decay=0.0))
+    L.Trainer(accelerator="cpu", max_steps=lm_steps, logger=False, enable_checkpointing=False,
+              enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0
+              ).fit(module, datamodule=TraceDM(lm_steps * batch, batch))
+    return out / "model"
+
+
+def majority(answers):
+    keys = [answer_key(a) for a in answers]
+    votes = Counter(k for k in keys if k is not None)
+    if not votes:
+        return None
+    top = max(votes.values())
+    return next(a for a, k in zip(answers, keys) if k is not None and votes[k] == top)
+
+
+def probe(model_dir: str, level: str, split: str, n: int, group: int, temperature: float,
+          max_new: int, batch: int = 16, top_p: float = 1.0) -> dict:
+    model, processor = load_policy(PolicyArgs(model=model_dir, max_pixels=PIXELS,
+                                              min_pixels=56 * 56))
+    model.eval()
+    args = SamplingArgs(group_size=group, max_new_tokens=max_new, top_p=top_p,
+                        system_prompt=prompts.TINY_SYSTEM_PROMPT)
+    rows = []
+    for start in range(0, n, batch):
+        recs = [tally.make_record(0, split, i, level) for i in range(start, min(n, start + batch))]
+        images, questions = [r.image for r in recs], [r.question for r in recs]
+        with torch.no_grad():
+            greedy = generate_greedy(model, processor, images, questions, args)
+            sampled = sample(model, processor, images, questions, args, temperature)
+        for b, r in enumerate(recs):
+            answers = [p.answer for p in sampled.parsed[b * group:(b + 1) * group]]
+            rows.append({"greedy": float(is_correct(greedy.parsed[b].answer, r.answer)),
+                         "mean": sum(is_correct(a, r.answer) for a in answers) / group,
+                         "maj": float(is_correct(majority(answers), r.answer)),
+                         "wf": float(greedy.parsed[b].well_formed),
+                         "trunc": float(greedy.truncated[b])})
+            if start == 0 and b < 2:
+                print("Q:", r.question, "A:", r.answer, "\nG:", greedy.texts[b],
+                      "\nS:", sampled.texts[b * group], flush=True)
+    out = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+    lead = [r["maj"] - r["greedy"] for r in rows]
+    m = sum(lead) / len(lead)
+    sd = (sum((x - m) ** 2 for x in lead) / (len(lead) - 1)) ** 0.5
+    out |= {"lead": m, "lead_se": sd / len(lead) ** 0.5, "n": n}
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, required=True, help="folder of the build (<out>/model)")
+    p.add_argument("--vision-steps", type=int, default=800, help="vision tower steps (0: none)")
+    p.add_argument("--lm-steps", type=int, default=1500, help="language-model warm-up steps")
+    p.add_argument("--batch", type=int, default=8, help="traces per warm-up step")
+    p.add_argument("--lr", type=float, default=7e-4, help="warm-up learning rate")
+    p.add_argument("--base", default="small", help="the tiny:<base> it starts from")
+    p.add_argument("--no-align", action="store_true", help="do not align the vision tokens "
+                   "with the words' embeddings")
+    p.add_argument("--vision-scale", type=float, default=None, help="standardize the vision "
+                   "features to this many times the text embeddings' std (default: leave them)")
+    p.add_argument("--n", type=int, default=256, help="dev questions per level")
+    p.add_argument("--group", type=int, default=8, help="samples per question")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new", type=int, default=96, help="new tokens per completion")
+    p.add_argument("--probe-only", action="store_true", help="probe <out>/model, build nothing")
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    t0 = time.time()
+    model = a.out / "model"
+    if not a.probe_only:
+        model = build(a.out, a.vision_steps, a.lm_steps, a.batch, a.lr, a.base,
+                      align=not a.no_align, vision_scale=a.vision_scale)
+    print(f"build {time.time() - t0:.0f}s", flush=True)
+    for level in ("base", "frontier"):
+        t1 = time.time()
+        r = probe(str(model), level, "dev", a.n, a.group, a.temperature, a.max_new,
+                  top_p=a.top_p)
+        print(level, json.dumps({k: round(v, 3) for k, v in r.items()}),
+              f"{time.time() - t1:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
