@@ -1,6 +1,6 @@
 """``ImageQuestionDataModule``: streamed (image, question[, answer]) records for SR-MCR.
 
-See DESIGN.md, "Data". The train stream is infinite (passes reshuffled each time, so DDP ranks
+See docs/design.md, "Data". The train stream is infinite (passes reshuffled each time, so DDP ranks
 never run out at different steps; ``max_steps`` sets the length); val/test/predict are one
 finite pass in file order. Workers report skip counts and stream positions through the batches;
 the main process folds them in ``on_after_batch_transfer``, which makes ``skipped`` and

@@ -1,4 +1,4 @@
-"""The shared sentence encoder behind the text cues: ``E(x)`` of DESIGN.md.
+"""The shared sentence encoder behind the text cues: ``E(x)`` of docs/design.md.
 
 One ``TextEncoder`` serves every cue of a step, and each distinct text is encoded once per step:
 the reward calls ``with encoder.step(texts):`` with the union of the texts all cues will need,

@@ -31,7 +31,7 @@ class Parsed:
 
 
 def parse(text: str) -> Parsed:
-    """Parse one completion (see DESIGN.md, "Output format")."""
+    """Parse one completion (docs/design.md, "Output format")."""
     think = _THINK.findall(text)
     answers = _ANSWER.findall(text)
     answer = (answers[0].strip() or None) if answers else None  # "<answer></answer>": none

@@ -72,7 +72,8 @@ class PolicyArgs:
     model: str = "tiny:small"
     """Hub id, local folder, or a registered ``<kind>:<name>`` source built on this machine (the
     toy world's ``tiny:<tiny|small>``, random weights, and ``warm:<name>``, a tiny model after a
-    one-time supervised warm-up on shapes traces: ``warm:small``, ``warm:small-v3``)."""
+    supervised warm-up on its world's traces: ``warm:small`` (shipped), ``warm:small-v3``,
+    ``warm:tally``; ``toyworld.recipes`` lists them)."""
     quantization: Quantization = "none"
     """Load the frozen base in 4-bit nf4 (QLoRA, double quantization) or 8-bit."""
     dtype: DType = "float32"

@@ -211,6 +211,32 @@ def test_toy_world_tally_sets_the_overlay_the_splits_and_the_retention_evaluatio
     assert tw.parse_args(["--quick", "--world", "tally"]).model == "warm:tally-tiny"
 
 
+def test_toy_world_tally_base_level_trains_selects_and_reports_on_the_base(tmp_path, capsys,
+                                                                          monkeypatch):
+    """--level base: the warm start's own level for training data, selection and the report,
+    no retention split, results kept apart from the frontier's; a level is the tally world's."""
+    import yaml
+
+    monkeypatch.setattr("sys.argv", ["main.py"])
+    import benchmarks.toy_world as tw
+    from main import main
+
+    a = tw.parse_args(["--world", "tally", "--level", "base", "--val-n", "64"])
+    assert a.select == "tally:val?level=base&n=128"
+    assert a.split == a.preflight_split == "tally:heldout?level=base&n=64"
+    assert a.retention is None and a.out.name == "toy_world_tally_base"
+    a.out = tmp_path
+    fit = tw.fit_args(tw.all_variants()["oracle"], 0, a, tmp_path / "runs" / "oracle" / "s0")
+    with pytest.raises(SystemExit):
+        main([*fit, "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["data"]["init_args"]["train"] == "tally:train?level=base"
+    assert config["data"]["init_args"]["val"] == a.select
+    with pytest.raises(SystemExit):
+        tw.parse_args(["--level", "base"])  # the shapes world has no levels
+    assert "--level is the tally world's" in capsys.readouterr().err
+
+
 def test_toy_world_the_world_keys_the_cache(tmp_path, monkeypatch):
     """A run trained in one world is never reused in the other (even under one --out); one
     cached before worlds existed is the shapes world's."""

@@ -5,7 +5,7 @@ initialised ``tiny:<size>`` never writes ``<answer>``. ``WarmupModule`` fine-tun
 language model by teacher forcing on reasoning traces, with the very prompt that rollouts use, and
 saves a full model folder (weights + processor) that ``load_policy`` loads like any other.
 ``cached`` runs a fixed recipe once and caches the result, which is what the model spec
-``warm:<size>`` names (see ``policy.register_builder``).
+``warm:<name>`` names (registered in ``toyworld.sources``; shipped ones in ``toyworld.ship``).
 
 The traces come from a DataModule whose batches have ``images``, ``questions``, ``completions``
 (the target text after the assistant header) and, for validation, ``answers``. srmcr/ knows
