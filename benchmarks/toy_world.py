@@ -409,7 +409,8 @@ def dry_run(argv: list[str], a: argparse.Namespace) -> dict:
             print(f"  {variant} seed {seed}: ~{cost / 60:.1f} min")
         worlds[name] = planned
     both = sum(worlds.values())
-    print(f"{'both worlds' if len(worlds) > 1 else 'all'}: ~{both / 60:.0f} min planned, against the issue's budget of "
+    print(f"{'both worlds' if len(worlds) > 1 else 'all'}: ~{both / 60:.0f} min planned, "
+          f"against the issue's budget of "
           f"{BUDGET_MIN} min"
           + ("" if both <= 60 * BUDGET_MIN else f": OVER by ~{both / 60 - BUDGET_MIN:.0f} min")
           + " (adapters kept at step 0 reuse the warm start's evaluation: less)")

@@ -28,7 +28,12 @@ import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
-from srmcr.errors import MissingFileError, UnreadableCheckpointError, UnwritableError, UserError
+from srmcr.errors import (
+    MissingFileError,
+    UnreadableCheckpointError,
+    UnwritableError,
+    UserError,
+)
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,14 @@ from torch.utils.data import DataLoader
 
 from datamodules.batch import BatchProgress, ImageQuestionBatch, Stage, collate
 from datamodules.images import FACTOR
-from datamodules.records import REASONS, ColumnArgs, DecodeArgs, Source, registered, resolve
+from datamodules.records import (
+    REASONS,
+    ColumnArgs,
+    DecodeArgs,
+    Source,
+    registered,
+    resolve,
+)
 from datamodules.stream import RecordStream, StreamStart, probe
 from srmcr.errors import DataError, MissingFileError, require
 

@@ -134,7 +134,8 @@ def mean_colour_blank(image: Image.Image) -> Image.Image:
 
 
 def blank_pixel_values(processor, rollout: Rollout) -> Tensor:
-    """Pixel values of blank images: same size as each prompt's image, filled with its mean colour."""
+    """Pixel values of blank images: same size as each prompt's image, filled with its mean
+    colour."""
     blanks = [mean_colour_blank(im) for im in rollout.images]
     out = processor.image_processor(images=blanks, return_tensors="pt")
     if not torch.equal(out["image_grid_thw"].to(rollout.image_grid_thw.device),

@@ -1,4 +1,5 @@
-"""The system prompt and chat messages that ask for ``<think>Step k: ...</think><answer>...</answer>``."""
+"""The system prompt and chat messages that ask for
+``<think>Step k: ...</think><answer>...</answer>``."""
 
 from __future__ import annotations
 

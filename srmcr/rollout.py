@@ -155,7 +155,8 @@ def select_images(pixel_values: Tensor, grid: Tensor, images: Tensor) -> tuple[T
     """Patches and grids of the given image indices (any order, repeats allowed)."""
     counts = grid.prod(-1)  # (B,) patches per image
     starts = torch.cumsum(counts, 0) - counts
-    parts = [pixel_values[s:s + c] for s, c in zip(starts[images].tolist(), counts[images].tolist())]
+    parts = [pixel_values[s:s + c]
+             for s, c in zip(starts[images].tolist(), counts[images].tolist())]
     return torch.cat(parts), grid[images]
 
 

@@ -1,4 +1,5 @@
-"""Named sources: ``<kind>:<name>`` specs for models (``policy.model``) and data (``data.train``...).
+"""Named sources: ``<kind>:<name>`` specs for models (``policy.model``) and data
+(``data.train``...).
 
 A package that provides such sources registers them here, from Python (``register_model``,
 ``register_data``) or through the ``srmcr.sources`` entry-point group: each entry point names a

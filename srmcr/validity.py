@@ -39,7 +39,8 @@ def group_auc(scores: Tensor, correct: Tensor, group_size: int) -> Tensor:  # (N
     where the group has no such pair with finite scores (all right, all wrong, or abstentions)."""
     s = scores.detach().double().view(-1, group_size)  # (B, G)
     ok = ~s.isnan()
-    right, wrong = correct.bool().view(-1, group_size) & ok, ~correct.bool().view(-1, group_size) & ok
+    right = correct.bool().view(-1, group_size) & ok
+    wrong = ~correct.bool().view(-1, group_size) & ok
     diff = s[:, :, None] - s[:, None, :]  # (B, G, G): row i right, column j wrong
     pairs = right[:, :, None] & wrong[:, None, :]
     wins = torch.where(diff > 0, 1.0, torch.where(diff == 0, 0.5, 0.0)).double()

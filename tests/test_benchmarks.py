@@ -343,8 +343,8 @@ def test_toy_world_set_overrides_every_run_and_keys_its_results(tmp_path, capsys
 
 def test_toy_world_aggregates_seeds_and_schedules_longest_first():
     from benchmarks.toy_world import CUES, makespan
-    from toyworld.flaws import DETECTORS
     from benchmarks.toy_world_report import aggregate, table
+    from toyworld.flaws import DETECTORS
 
     def run(variant, seed, acc):
         kl = [(step, seed + step / 10) for step in range(20)]  # last 10%: steps 18, 19
@@ -728,7 +728,13 @@ def test_contrastive_greedy_is_greedy_without_contrast_or_under_a_full_cut():
     from srmcr.evaluation import generate_greedy
     from srmcr.logprobs import mean_colour_blank
     from srmcr.rollout import SamplingArgs
-    from tests.fixtures import MEAN_COLOURS, QUESTIONS, randomize_lora, tiny_policy, two_images
+    from tests.fixtures import (
+        MEAN_COLOURS,
+        QUESTIONS,
+        randomize_lora,
+        tiny_policy,
+        two_images,
+    )
 
     model, processor = tiny_policy()
     randomize_lora(model)

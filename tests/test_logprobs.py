@@ -6,9 +6,20 @@ import math
 import pytest
 import torch
 
-from srmcr.logprobs import blank_pixel_values, completion_logits, rollout_logprobs, token_logprobs
+from srmcr.logprobs import (
+    blank_pixel_values,
+    completion_logits,
+    rollout_logprobs,
+    token_logprobs,
+)
 from srmcr.rollout import SamplingArgs
-from tests.fixtures import GRIDS, MEAN_COLOURS, randomize_lora, sample_with_logits, tiny_policy
+from tests.fixtures import (
+    GRIDS,
+    MEAN_COLOURS,
+    randomize_lora,
+    sample_with_logits,
+    tiny_policy,
+)
 
 TEMPERATURE = 1.5
 

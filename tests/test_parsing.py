@@ -1,4 +1,5 @@
-"""The output-format contract (docs/design.md, "Output format"): text -> steps, answer, well_formed."""
+"""The output-format contract (docs/design.md, "Output format"): text -> steps, answer,
+well_formed."""
 
 import pytest
 

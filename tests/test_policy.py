@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from srmcr.logprobs import completion_logits
 from srmcr.errors import ConfigError
+from srmcr.logprobs import completion_logits
 from srmcr.policy import LoraArgs, PolicyArgs, resolve_model
 from srmcr.rollout import SamplingArgs, sample
 from tests.fixtures import QUESTIONS, tiny_policy, two_images

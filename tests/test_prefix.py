@@ -17,7 +17,12 @@ from srmcr.prefix import (
     shares_under_checkpointing,
 )
 from srmcr.rollout import SamplingArgs
-from tests.fixtures import needs_bnb_4bit, randomize_lora, sample_with_logits, tiny_policy
+from tests.fixtures import (
+    needs_bnb_4bit,
+    randomize_lora,
+    sample_with_logits,
+    tiny_policy,
+)
 
 
 def test_prompt_record_keeps_the_first_write_and_returns_every_write():

@@ -7,8 +7,8 @@ import lightning as L
 import pytest
 import torch
 
-from callbacks.cooling import ConfidenceCooling
 import srmcr.module
+from callbacks.cooling import ConfidenceCooling
 from srmcr.record_faults import failing_records, refill, sample_skipping
 from tests.test_module import Outputs, _fit, _module
 

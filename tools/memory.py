@@ -25,9 +25,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from tools.memory_model import (  # noqa: F401 (re-exported: the public API)
-    generation_phase,
-    reward_phase,
-    validation_phase,
     ALLOCATOR_SLACK,
     CUDA_CONTEXT_BYTES,
     ENCODER_BYTES,
@@ -47,6 +44,7 @@ from tools.memory_model import (  # noqa: F401 (re-exported: the public API)
     Widths,
     checkpointed_loss_pass,
     decoder_linear_params,
+    generation_phase,
     head_copy_bytes,
     kv_cache_bytes,
     layer_activation_bytes,
@@ -57,15 +55,15 @@ from tools.memory_model import (  # noqa: F401 (re-exported: the public API)
     pixel_bytes,
     plan,
     projection_shapes,
+    reward_phase,
     shared_layer_bytes,
     shared_prompts,
+    validation_phase,
     vision_bytes,
     vision_params,
     weight_bytes,
     widths,
 )
-
-
 from tools.memory_rows import (  # noqa: F401 (re-exported: the public API)
     AUC_BYTES,
     ENCODER_DIM,

@@ -22,9 +22,9 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from toyworld import tally
 from toyworld.scene import BACKGROUND, COLOURS, KINDS, Scene, render
 from toyworld.shapes import make_record
-from toyworld import tally
 from toyworld.sources import ShapesSource, TallySource
 
 NAMES = [*sorted(COLOURS), *KINDS]  # 10 attributes: a shape has one colour and one kind

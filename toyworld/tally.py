@@ -27,8 +27,8 @@ in the shapes world. A clean trace, e.g. for "How many sides do the red shapes h
 from __future__ import annotations
 
 import argparse
-import re
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args

@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from srmcr.cues.base import TextCue, cos_pos, embed_steps, multi_step, run_text_cue, step_texts
+from srmcr.cues.base import (
+    TextCue,
+    cos_pos,
+    embed_steps,
+    multi_step,
+    run_text_cue,
+    step_texts,
+)
 from srmcr.encoder import TextEncoder
 from srmcr.parsing import Parsed
 

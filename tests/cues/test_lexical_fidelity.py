@@ -4,7 +4,11 @@
 import pytest
 import torch
 
-from srmcr.cues.lexical_fidelity import LexicalFidelity, content_tokens, lexical_fidelity
+from srmcr.cues.lexical_fidelity import (
+    LexicalFidelity,
+    content_tokens,
+    lexical_fidelity,
+)
 from tests.cues.fakes import make_rollout
 
 Q = "How many red circles are in the image?"  # C(q) = {red, circles, image}

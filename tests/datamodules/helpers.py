@@ -36,7 +36,8 @@ def png_bytes(size: tuple[int, int] = (16, 16), colour=(200, 30, 30)) -> bytes:
 def hf_dataset(rows: list[dict], image_column: str = "image"):
     """A ``datasets.Dataset`` of ``rows`` whose ``image_column`` holds encoded bytes (or None),
     cast to the ``datasets`` ``Image`` feature, as users build theirs."""
-    from datasets import Dataset, Image as ImageFeature, disable_progress_bars
+    from datasets import Dataset, disable_progress_bars
+    from datasets import Image as ImageFeature
     disable_progress_bars()
     names = list(dict.fromkeys(key for row in rows for key in row))
     columns = {name: [row.get(name) for row in rows] for name in names}

@@ -11,7 +11,13 @@ import pytest
 from PIL import Image
 
 from datamodules.image_question import ImageQuestionDataModule
-from datamodules.images import BACKGROUND, FACTOR, ImageError, fit_processor, processor_size
+from datamodules.images import (
+    BACKGROUND,
+    FACTOR,
+    ImageError,
+    fit_processor,
+    processor_size,
+)
 from datamodules.records import REASONS
 from tests.datamodules.helpers import write_jsonl, write_table
 from tests.datamodules.test_image_question import take

@@ -120,6 +120,7 @@ def test_globs_datasetdicts_and_plain_folders(tmp_path: Path):
         write_table(tmp_path / f"{part}.parquet", _rows(2))
     assert [s.path.name for s in resolve(str(tmp_path / "*.parquet"))] == ["a.parquet", "b.parquet"]
     from datasets import DatasetDict
+
     from tests.datamodules.helpers import hf_dataset
     DatasetDict({"train": hf_dataset(_rows(2)), "test": hf_dataset(_rows(1))}).save_to_disk(
         str(tmp_path / "dd"))
@@ -206,6 +207,7 @@ def _png(image) -> bytes:
 
 
 def test_the_streaming_benchmark_reads_every_row(tmp_path: Path):
-    from benchmarks.data_stream import stream, write_table as write_bench
+    from benchmarks.data_stream import stream
+    from benchmarks.data_stream import write_table as write_bench
     result = stream(write_bench(tmp_path / "b.parquet", rows=40, side=16), first=20)
     assert result["records"] == result["read"] == 40

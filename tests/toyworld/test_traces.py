@@ -12,7 +12,14 @@ from srmcr.parsing import parse
 from toyworld import tiny
 from toyworld.scene import COLOURS, KINDS
 from toyworld.shapes_questions import TEMPLATES
-from toyworld.traces import TraceBatch, TraceDataModule, TraceMix, main, make_trace, render_trace
+from toyworld.traces import (
+    TraceBatch,
+    TraceDataModule,
+    TraceMix,
+    main,
+    make_trace,
+    render_trace,
+)
 
 N = 600
 # A shape named positively: "red circle", not "no red circle" (a denial names what is absent).
