@@ -1,13 +1,16 @@
 """Control rewards for experiments, as reward functions named in a run's config: never defaults.
 
-An oracle (trained on labels: the ceiling a label-free reward is compared with) and a random
+An oracle (trained on labels: the ceiling a label-free reward is compared with), a random
 reward (no signal at all: what the rest of the recipe does on its own, e.g. through the KL
-term, the format gate or the temperature schedule):
+term, the format gate or the temperature schedule) and brevity (a reward any policy can climb by
+writing fewer steps: does the optimizer move the policy toward what it is rewarded for?):
 
     python main.py fit -c configs/tiny.yaml --model.reward.cues=[] \\
         --model.reward.functions='[{path: benchmarks.rewards:oracle, uses_labels: true}]'
     python main.py fit -c configs/tiny.yaml --model.reward.cues=[] \\
         --model.reward.functions='[{path: benchmarks.rewards:random_reward}]'
+    python main.py fit -c configs/tiny.yaml --model.reward.cues=[] \
+        --model.reward.functions='[{path: benchmarks.rewards:brevity}]'
 
 Both keep the signature of ``srmcr.reward_functions``: ``fn(prompts, completions, **fields)``.
 """
@@ -34,3 +37,10 @@ def random_reward(prompts: Sequence[str], completions: Sequence[str], **fields) 
     """1 or 0 with probability ½ each, independent of the completion. Drawn from Python's
     ``random``, whose state the training checkpoints keep, so a resumed run draws the same."""
     return [float(random.random() < 0.5) for _ in completions]
+
+
+def brevity(prompts: Sequence[str], completions: Sequence[str], **fields) -> list[float]:
+    """Minus the number of reasoning steps: the fewer, the better, whatever the answer. A
+    positive control for the optimizer: a policy trained on it should write fewer steps within
+    tens of updates (``train/completion_len`` falls); if it does not, the update is broken."""
+    return [-float(len(parse(text).steps)) for text in completions]

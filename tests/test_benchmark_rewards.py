@@ -1,10 +1,11 @@
-"""The control rewards of benchmarks/rewards.py: an oracle on the labels and a random reward."""
+"""The control rewards of benchmarks/rewards.py: an oracle on the labels, a random reward and
+brevity (the optimizer's positive control)."""
 
 import random
 
 import pytest
 
-from benchmarks.rewards import oracle, random_reward
+from benchmarks.rewards import brevity, oracle, random_reward
 from srmcr.reward import SelfReward
 from srmcr.reward_functions import Records, RewardFunctionArgs
 from tests.cues.fakes import make_rollout
@@ -49,3 +50,11 @@ def test_random_reward_is_a_fair_coin_independent_of_the_completions():
     first = random_reward(["q"] * 8, [_completion("3")] * 8)
     random.seed(1)
     assert random_reward(["q"] * 8, [_completion(str(i)) for i in range(8)]) == first
+
+
+def test_brevity_rewards_fewer_steps_whatever_the_answer():
+    one = "<think>Step 1: A1 square 4, total 4</think><answer>4</answer>"
+    three = ("<think>Step 1: A1 square 4, total 4\nStep 2: B2 circle 0, total 4\n"
+             "Step 3: C3 triangle 3, total 7</think><answer>7</answer>")
+    # text without step markers is one step (srmcr.parsing.split_steps)
+    assert brevity(["q"] * 3, [one, three, "no format at all"]) == [-1.0, -3.0, -1.0]
