@@ -184,6 +184,7 @@ def plan_line(a: argparse.Namespace, runs: list[str], planned: float) -> str:
     total = {k: sum(p[k] for p in parts) / 60 for k in parts[0]}
     w = a.world
     build = RECIPES.get(a.model.removeprefix("warm:")) if a.model.startswith("warm:") else None
+    build = None if build is not None and build.sha256 else build  # shipped: nothing to build
     retention = f", retention {a.retention}" if a.retention else ""
     return (f"toy world {w.name}: {a.model}, {len(runs)} training runs of {a.steps} steps + the "
             f"warm baseline, held-out {a.split}{retention}, validation on {a.select} every "
