@@ -35,6 +35,21 @@ class Outputs(L.Callback):
         self.seen.append(outputs)
 
 
+def answering(monkeypatch) -> None:
+    """The module's sampler, with an answer (0, 1 or 2 by row) appended to every completion: the
+    random tiny model never answers, and every answer-reading cue scores an unanswered
+    completion 0, so the rewards (and advantages) would not vary."""
+    import srmcr.module as module_lib
+    from srmcr.parsing import parse
+    real = module_lib.sample
+
+    def sample(*args, **kwargs):
+        rollout = real(*args, **kwargs)
+        texts = [f"<think>{t}</think><answer>{i % 3}</answer>" for i, t in enumerate(rollout.texts)]
+        return replace(rollout, texts=texts, parsed=[parse(t) for t in texts])
+    monkeypatch.setattr(module_lib, "sample", sample)
+
+
 def _fit(module: SRMCRModule, steps: int, tmp_path, callbacks=()) -> L.Trainer:
     data = ImageQuestionDataModule(train="shapes:train?n=32&size=56", batch_size=2,
                                    min_pixels=28 * 28, max_pixels=56 * 56)
@@ -51,15 +66,7 @@ def _fit(module: SRMCRModule, steps: int, tmp_path, callbacks=()) -> L.Trainer:
 def test_one_step_changes_every_lora_weight_and_nothing_frozen(tmp_path, monkeypatch, grpo):
     # The random tiny model never answers, and every answer-reading cue scores an unanswered
     # completion 0: give each completion an answer so the rewards (and advantages) vary.
-    import srmcr.module as module_lib
-    from srmcr.parsing import parse
-    real = module_lib.sample
-
-    def answering(*args, **kwargs):
-        rollout = real(*args, **kwargs)
-        texts = [f"<think>{t}</think><answer>{i % 3}</answer>" for i, t in enumerate(rollout.texts)]
-        return replace(rollout, texts=texts, parsed=[parse(t) for t in texts])
-    monkeypatch.setattr(module_lib, "sample", answering)
+    answering(monkeypatch)
     module = _module(**grpo)
     module.configure_model()
     # LoRA B starts at zero, so A gets no gradient in the first step: start B non-zero.
@@ -298,17 +305,9 @@ def first_of_group(prompts, completions, **fields):
 def test_an_update_raises_the_completions_the_reward_prefers(tmp_path, monkeypatch):
     """The direction of the step: after one update, the rewarded completion of each group has
     gained log-probability against its group's others (advantages, rows and loss line up)."""
-    import srmcr.module as module_lib
     from srmcr.logprobs import rollout_logprobs
-    from srmcr.parsing import parse
     from srmcr.reward_functions import RewardFunctionArgs
-    real = module_lib.sample
-
-    def answering(*args, **kwargs):
-        rollout = real(*args, **kwargs)
-        texts = [f"<think>{t}</think><answer>{i % 3}</answer>" for i, t in enumerate(rollout.texts)]
-        return replace(rollout, texts=texts, parsed=[parse(t) for t in texts])
-    monkeypatch.setattr(module_lib, "sample", answering)
+    answering(monkeypatch)
     module = _module(beta=0.0)
     module.reward = SelfReward(cues=[], functions=[
         RewardFunctionArgs("tests.test_module:first_of_group")])
