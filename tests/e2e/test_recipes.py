@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import srmcr.eval_steps
 import srmcr.evaluation
 import srmcr.module
 from callbacks.cooling import ConfidenceCooling
@@ -67,7 +68,8 @@ def _counting(owner, name: str, counts: dict, monkeypatch) -> None:
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_recipe_fast_dev_run(recipe, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(srmcr.module, "sample", _answering(srmcr.module.sample))
+    monkeypatch.setattr(srmcr.module, "sample", _answering(srmcr.module.sample))  # training
+    monkeypatch.setattr(srmcr.eval_steps, "sample", _answering(srmcr.eval_steps.sample))  # val
     monkeypatch.setattr(srmcr.evaluation, "generate_greedy",
                         _answering(srmcr.evaluation.generate_greedy))
     counts: dict[str, int] = {}
