@@ -23,9 +23,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-# bitsandbytes warns at import on CPUs with AVX512-BF16 that an optional hub kernel is missing;
-# its own CPU kernels are used instead, so the warning only confuses.
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+# bitsandbytes looks up an optional hub kernel at import on CPUs with AVX512-BF16 (through the
+# `kernels` package, which transformers >= 5.25 installs, and which notes that offline mode skips
+# its trust check); on failure it uses its own CPU kernels, so both messages only confuse.
+for _name in ("bitsandbytes.backends.cpu.ops", "kernels"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
 # Lightning 2.6 builds the pytree leaf spec that torch 2.13 deprecates, at every fit.
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                         category=FutureWarning)
