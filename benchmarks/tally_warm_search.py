@@ -12,7 +12,7 @@ then ``toyworld.warmup.WarmupModule`` on clean base-level traces, seeded, writte
 questions per level: greedy accuracy, the mean accuracy of ``--group`` samples at
 ``--temperature``, their majority's accuracy, and the majority's paired lead over greedy with its
 standard error: the premise of label-free training (errors that vary between samples) holds
-where the lead is clearly positive. docs/warm_starts.md records the candidates tried.
+where the lead is clearly positive. docs/tally_world.md records the candidates tried.
 """
 
 from __future__ import annotations
