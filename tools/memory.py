@@ -64,17 +64,6 @@ from tools.memory_model import (  # noqa: F401 (re-exported: the public API)
     weight_bytes,
     widths,
 )
-from tools.memory_rows import (  # noqa: F401 (re-exported: the public API)
-    AUC_BYTES,
-    ENCODER_DIM,
-    TEXTS_PER_COMPLETION,
-    VOTE_BYTES,
-    embeddings_bytes,
-    generation_chunks,
-    pairwise_bytes,
-    rollout_bytes,
-    sampled_tokens_bytes,
-)
 
 
 def largest_fitting(s: StepSettings, knob: str, budget: float) -> int | None:

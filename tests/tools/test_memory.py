@@ -20,7 +20,7 @@ from srmcr.logprobs import completion_logits, token_logprobs
 from srmcr.policy import LoraArgs, resolve_model
 from srmcr.rollout import SamplingArgs, sample
 from tests.fixtures import QUESTIONS, needs_bnb_4bit, tiny_policy, two_images
-from tools import memory
+from tools import memory, memory_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
@@ -150,7 +150,7 @@ CHUNK_CASES = [
 @pytest.mark.parametrize(("rows", "chunk", "G", "prompts", "slots", "reason"), CHUNK_CASES,
                          ids=[c[-1] for c in CHUNK_CASES])
 def test_generation_chunks(rows, chunk, G, prompts, slots, reason):
-    assert memory.generation_chunks(rows, chunk, G) == (prompts, slots)
+    assert memory_rows.generation_chunks(rows, chunk, G) == (prompts, slots)
 
 
 def test_generation_keeps_each_prompts_keys_once():
@@ -278,7 +278,7 @@ def test_rollout_formula_counts_a_real_rollouts_tensors():
         "prompt_ids", "prompt_mask", "mm_token_type_ids", "completion_ids", "completion_mask",
         "answer_mask", "logp", "max_prob", "position_ids"))
     passes = 4 * n * t * 4  # blank image, reference at T and at 1, old policy: (N, T) fp32
-    assert memory.rollout_bytes(n, p, t) == kept + passes
+    assert memory_rows.rollout_bytes(n, p, t) == kept + passes
 
 
 @pytest.mark.parametrize("group_size", [200, 400])
@@ -289,11 +289,11 @@ def test_pairwise_statistics_cost_what_the_plan_says_per_pair(group_size):
     groups, n = 2, 2 * group_size
     keys = [None if i % 5 == 0 else str(i % 7) for i in range(n)]
     votes = _peak_allocated(lambda: group_votes(keys, group_size))
-    assert votes == pytest.approx(memory.pairwise_bytes(groups, group_size, memory.VOTE_BYTES),
+    assert votes == pytest.approx(memory_rows.pairwise_bytes(groups, group_size, memory_rows.VOTE_BYTES),
                                   rel=0.05)
     scores, correct = torch.rand(n), torch.rand(n) > 0.5
     auc = _peak_allocated(lambda: group_auc(scores, correct, group_size))
-    assert auc == pytest.approx(memory.pairwise_bytes(groups, group_size, memory.AUC_BYTES),
+    assert auc == pytest.approx(memory_rows.pairwise_bytes(groups, group_size, memory_rows.AUC_BYTES),
                                 rel=0.05)
 
 
@@ -302,9 +302,9 @@ def test_the_plan_counts_the_rows_and_pairs_of_a_large_group():
     p = memory.plan(s)
     n = s.batch_size * s.group_size
     reward = p.phases["reward"]
-    assert reward.held["the rollout (N rows)"] == memory.rollout_bytes(
+    assert reward.held["the rollout (N rows)"] == memory_rows.rollout_bytes(
         n, s.prompt_tokens, s.max_new_tokens)
-    assert reward.transient["sentence embeddings of the texts"] == memory.embeddings_bytes(n)
+    assert reward.transient["sentence embeddings of the texts"] == memory_rows.embeddings_bytes(n)
     assert reward.transient["answer votes, (B, G, G)"] == 9 * s.batch_size * 10_000 ** 2
     validation = p.phases["sampled validation"]
     pairs = validation.transient["within-group AUC pairs, (B, G, G)"]
