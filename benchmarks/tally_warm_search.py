@@ -5,9 +5,10 @@ what label-free training could gain from it on the dev split of both levels.
         --vision-steps 1000 --lm-steps 6000 --no-align --vision-scale 4   # ~75 min on 2 cores
     .venv/bin/python -m benchmarks.tally_warm_search --out lightning_logs/tally_warm/e --probe-only
 
-A build is ``toyworld.vision_pretrain`` on each image token's cell, colour and kind
-(``tally.token_targets``; ``--no-align``: without pulling the tokens toward the words' embeddings),
-then ``toyworld.warmup.WarmupModule`` on clean base-level traces, seeded, written to
+A build is what ``warm:<name>`` builds from a recipe with these knobs (``toyworld.warmup.build``
+on ``toyworld.sources.warm_data`` and ``warm_vision_data``): the vision tower on each image
+token's cell, colour and kind (``--no-align``: without pulling the tokens toward the words'
+embeddings), then the language model on clean base-level traces, seeded, written to
 ``<out>/model`` (a model folder ``--model.policy.model`` loads). The probe reads ``--n`` dev
 questions per level: greedy accuracy, the mean accuracy of ``--group`` samples at
 ``--temperature``, their majority's accuracy, and the majority's paired lead over greedy with its
@@ -19,119 +20,42 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
-from collections import Counter
-from functools import partial
 from pathlib import Path
 
-import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from srmcr import prompts  # noqa: E402
 from srmcr.answers import is_correct  # noqa: E402
-from srmcr.cues.answer_agreement import answer_key  # noqa: E402
+from srmcr.cues.answer_agreement import answer_key, majority_agreement  # noqa: E402
 from srmcr.evaluation import generate_greedy  # noqa: E402
 from srmcr.policy import PolicyArgs, load_policy  # noqa: E402
 from srmcr.rollout import SamplingArgs, sample  # noqa: E402
 from srmcr.sources import DEFAULT_CACHE  # noqa: E402
-from toyworld import tally, tiny  # noqa: E402
-from toyworld.perception import PerceptionBatch  # noqa: E402
-from toyworld.traces import TraceBatch  # noqa: E402
-from toyworld.vision_pretrain import VisionPretrain  # noqa: E402
-from toyworld.warmup import WarmupModule  # noqa: E402
+from srmcr.validity import majority_correct  # noqa: E402
+from toyworld import tally, warmup  # noqa: E402
+from toyworld.recipes import WarmRecipe  # noqa: E402
+from toyworld.sources import warm_data, warm_vision_data  # noqa: E402
 
 PIXELS = 112 * 112
 
 
-class VisionData(Dataset):
-    def __init__(self, n, seed=0):
-        self.n, self.seed = n, seed
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        level = "base" if i % 2 else "frontier"
-        r = tally.make_record(self.seed, "perception", i, level)
-        return r.image, tally.token_targets(r)
-
-
-def vcollate(items):
-    return PerceptionBatch([a for a, _ in items], torch.cat([b for _, b in items]))
-
-
-class TraceData(Dataset):
-    def __init__(self, n, seed=0, level="base"):
-        self.n, self.seed, self.level = n, seed, level
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        return tally.make_trace(self.seed, "warmup", i, self.level)
-
-
-def tcollate(items):
-    return TraceBatch([r.image for r, _ in items], [r.question for r, _ in items],
-                      [t for _, t in items], [r.answer for r, _ in items],
-                      [r.id for r, _ in items], ["clean"] * len(items))
-
-
-class TraceDM(L.LightningDataModule):
-    def __init__(self, n, batch_size, seed=0):
-        super().__init__()
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-
-    def train_dataloader(self):
-        return DataLoader(TraceData(self.n, self.seed), batch_size=self.batch_size,
-                          collate_fn=tcollate)
-
-    def val_dataloader(self):
-        return []
-
-    def transfer_batch_to_device(self, batch, device, dataloader_idx):
-        return batch
-
-
 def build(out: Path, vision_steps: int, lm_steps: int, batch: int, lr: float, base: str,
-          vision_batch: int = 32, vision_lr: float = 3e-3, align: bool = True,
-          vision_scale: float | None = 4.0) -> Path:
-    torch.manual_seed(0)
-    random.seed(0)
-    folder = str(tiny.cached(base, DEFAULT_CACHE))
-    if vision_steps:
-        loader = DataLoader(VisionData(vision_steps * vision_batch), batch_size=vision_batch,
-                            collate_fn=vcollate)
-        words = {"words": tally.TOKEN_WORDS} if align else {}
-        module = VisionPretrain(folder, loader.dataset[0][1].shape[-1], PIXELS, vision_lr,
-                                **words)
-        L.Trainer(accelerator="cpu", max_steps=vision_steps, logger=False,
-                  enable_checkpointing=False, enable_model_summary=False).fit(module, loader)
-        folder = str(module.save(out / "vision"))
-    module = WarmupModule(policy=PolicyArgs(model=folder, max_pixels=PIXELS),
-                          sampling=SamplingArgs(system_prompt=prompts.TINY_SYSTEM_PROMPT),
-                          vision_scale=vision_scale, warmup_steps=30, export=out / "model",
-                          optimizer=partial(torch.optim.AdamW, lr=lr, betas=(0.9, 0.95),
-                                            weight_decay=0.0))
-    L.Trainer(accelerator="cpu", max_steps=lm_steps, logger=False, enable_checkpointing=False,
-              enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0
-              ).fit(module, datamodule=TraceDM(lm_steps * batch, batch))
-    return out / "model"
-
-
-def majority(answers):
-    keys = [answer_key(a) for a in answers]
-    votes = Counter(k for k in keys if k is not None)
-    if not votes:
-        return None
-    top = max(votes.values())
-    return next(a for a, k in zip(answers, keys) if k is not None and votes[k] == top)
+          align: bool, vision_scale: float | None) -> Path:
+    """The candidate as ``warm:<name>`` would build it from a recipe with these knobs (its
+    world's traces and perception targets, ``toyworld.sources``), written to ``<out>/model``:
+    a candidate worth keeping becomes a recipe in ``toyworld/recipes.py`` as it is."""
+    recipe = WarmRecipe(steps=lm_steps, batch_size=batch, lr=lr, warmup_steps=30, minutes=0,
+                        base=base, vision_steps=vision_steps, vision_align=align,
+                        vision_scale=vision_scale, clean=1.0, world="tally")
+    vision = warm_vision_data(recipe) if vision_steps else None
+    out.mkdir(parents=True, exist_ok=True)
+    return warmup.build("tally-search", out / "model", warm_data(recipe), DEFAULT_CACHE,
+                        recipe=recipe, vision_data=vision)
 
 
 def probe(model_dir: str, level: str, split: str, n: int, group: int, temperature: float,
@@ -148,11 +72,14 @@ def probe(model_dir: str, level: str, split: str, n: int, group: int, temperatur
         with torch.no_grad():
             greedy = generate_greedy(model, processor, images, questions, args)
             sampled = sample(model, processor, images, questions, args, temperature)
+        keys = [answer_key(p.answer) for p in sampled.parsed]
+        right = torch.tensor([bool(is_correct(p.answer, recs[i // group].answer))
+                              for i, p in enumerate(sampled.parsed)])
+        maj = majority_correct(majority_agreement(keys, group), right, group)
         for b, r in enumerate(recs):
-            answers = [p.answer for p in sampled.parsed[b * group:(b + 1) * group]]
             rows.append({"greedy": float(is_correct(greedy.parsed[b].answer, r.answer)),
-                         "mean": sum(is_correct(a, r.answer) for a in answers) / group,
-                         "maj": float(is_correct(majority(answers), r.answer)),
+                         "mean": right[b * group:(b + 1) * group].float().mean().item(),
+                         "maj": float(maj[b]),
                          "wf": float(greedy.parsed[b].well_formed),
                          "trunc": float(greedy.truncated[b])})
             if start == 0 and b < 2:

@@ -142,27 +142,37 @@ def warm_model(name: str, cache_dir: Path, use_shipped: bool = True) -> Path:
 
         return ship.shipped(name)
     from toyworld import warmup  # here: the model stack, only when a build is needed
-    from toyworld.perception import perception_loader
-    from toyworld.traces import TRACE_VERSION, TraceDataModule, TraceMix
-
-    def data(recipe: WarmRecipe) -> TraceDataModule:
-        n = recipe.steps * recipe.batch_size
-        train = f"tally:warmup?n={n}&seed={recipe.seed}&level=base" if recipe.world == "tally" \
-            else f"shapes:warmup?n={n}&seed={recipe.seed}"
-        return TraceDataModule(train=train, val=None, batch_size=recipe.batch_size,
-                               max_pixels=recipe.max_pixels, mix=TraceMix(clean=recipe.clean))
-
-    def vision_data(recipe: WarmRecipe) -> DataLoader:
-        n = recipe.vision_steps * recipe.vision_batch_size
-        side = int(recipe.max_pixels ** 0.5)
-        # The frontier's crowded scenes: the most shapes, hence targets, per image.
-        source = TallySource("perception", n=n, seed=recipe.seed, size=side) \
-            if recipe.world == "tally" else ShapesSource("perception", n=n, size=side,
-                                                         seed=recipe.seed)
-        return perception_loader(source, recipe.vision_batch_size)
+    from toyworld.traces import TRACE_VERSION
 
     version = tally.TALLY_VERSION if RECIPES[name].world == "tally" else TRACE_VERSION
-    return warmup.cached(name, cache_dir, data, data_version=version, vision_data=vision_data)
+    return warmup.cached(name, cache_dir, warm_data, data_version=version,
+                         vision_data=warm_vision_data)
+
+
+def warm_data(recipe: WarmRecipe) -> TraceDataModule:
+    """The traces ``recipe`` warms the language model up on: ``steps x batch_size`` of its
+    world's ``warmup`` split (the tally world's base level), with its share of clean ones."""
+    from toyworld.traces import TraceDataModule, TraceMix
+
+    n = recipe.steps * recipe.batch_size
+    train = f"tally:warmup?n={n}&seed={recipe.seed}&level=base" if recipe.world == "tally" \
+        else f"shapes:warmup?n={n}&seed={recipe.seed}"
+    return TraceDataModule(train=train, val=None, batch_size=recipe.batch_size,
+                           max_pixels=recipe.max_pixels, mix=TraceMix(clean=recipe.clean))
+
+
+def warm_vision_data(recipe: WarmRecipe) -> DataLoader:
+    """The loader ``recipe`` pre-trains the vision tower on: ``vision_steps`` batches of its
+    world's ``perception`` split, each image with its tokens' targets."""
+    from toyworld.perception import perception_loader
+
+    n = recipe.vision_steps * recipe.vision_batch_size
+    side = int(recipe.max_pixels ** 0.5)
+    # The frontier's crowded scenes: the most shapes, hence targets, per image.
+    source = TallySource("perception", n=n, seed=recipe.seed, size=side) \
+        if recipe.world == "tally" else ShapesSource("perception", n=n, size=side,
+                                                     seed=recipe.seed)
+    return perception_loader(source, recipe.vision_batch_size)
 
 
 def register() -> None:
