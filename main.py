@@ -154,16 +154,23 @@ def _drop_progress_bars(trainer: Namespace) -> None:
         trainer.callbacks = [c for c in callbacks if not is_bar(c)]
 
 
+def _logger_args(trainer: Namespace) -> Iterator[Namespace]:
+    """The ``init_args`` of each logger the config names (one, or a list)."""
+    loggers = trainer.get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        args = getattr(logger, "init_args", None)
+        if isinstance(args, Namespace):
+            yield args
+
+
 def _default_save_dir(trainer: Namespace) -> None:
     """A logger without ``save_dir`` logs where Lightning's own default logger would: under
     ``<trainer.default_root_dir>/lightning_logs``, in a folder of its name if it has one
     (``lightning_logs/tiny/version_0``); its checkpoints and the adapter follow the logger's
     folder. An explicit ``save_dir`` wins."""
     root = Path(trainer.get("default_root_dir") or ".")
-    loggers = trainer.get("logger")
-    for logger in loggers if isinstance(loggers, list) else [loggers]:
-        args = getattr(logger, "init_args", None)
-        if isinstance(args, Namespace) and args.get("save_dir") == DEFAULT_SAVE_DIR:
+    for args in _logger_args(trainer):
+        if args.get("save_dir") == DEFAULT_SAVE_DIR:
             unnamed = args.get("name") in (None, "", "lightning_logs")
             args.save_dir = str(root if unnamed else root / "lightning_logs")
 
@@ -171,10 +178,8 @@ def _default_save_dir(trainer: Namespace) -> None:
 def _output_folder(trainer: Namespace) -> Path:
     """The folder the run writes under: its logger's (its run folder once ``--ckpt_path last``
     has chosen one), else the trainer's root."""
-    loggers = trainer.get("logger")
-    for logger in loggers if isinstance(loggers, list) else [loggers]:
-        args = getattr(logger, "init_args", None)
-        if isinstance(args, Namespace) and args.get("save_dir"):
+    for args in _logger_args(trainer):
+        if args.get("save_dir"):
             run = Path(args.save_dir)
             if args.get("version") is not None:
                 run = run / (args.get("name") or "lightning_logs") / str(args.version)
