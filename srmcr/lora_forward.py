@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -30,10 +31,18 @@ def _plain_forward(x: Tensor, layer: nn.Module, weight: Tensor, bias: Tensor | N
     return out.to(result.dtype)
 
 
-def plain_forward(layer: nn.Module) -> Callable[[Tensor], Tensor] | None:
+def _merged_forward(x: Tensor, layer: nn.Module, merged: Tensor, bias: Tensor | None) -> Tensor:
+    """The plain path with the adapter merged: ``x @ (W + B A * scaling)^T + bias``."""
+    if layer.disable_adapters or layer.merged:  # switched inside the block: PEFT's own path
+        return type(layer).forward(layer, x)
+    return F.linear(x, merged, bias)
+
+
+def plain_forward(layer: nn.Module, merge: bool = False) -> Callable[[Tensor], Tensor] | None:
     """The plain forward of a PEFT LoRA ``Linear`` right now, or None where it is not a plain
     case (another layer type, a quantized base, DoRA or another variant, several adapters,
-    dropout in training mode, adapters disabled or merged)."""
+    dropout in training mode, adapters disabled or merged). With ``merge``, where the base and
+    the adapter are float32, the merged forward (its weight computed now, without a graph)."""
     base = getattr(layer, "base_layer", None)
     active = getattr(layer, "active_adapters", None)
     if type(base) is not nn.Linear or not hasattr(layer, "lora_A") or not active:
@@ -49,17 +58,25 @@ def plain_forward(layer: nn.Module) -> Callable[[Tensor], Tensor] | None:
         return None
     if not getattr(layer, "cast_input_dtype_enabled", True):
         return None
+    a, b = layer.lora_A[name], layer.lora_B[name]
+    if merge and base.weight.dtype == a.weight.dtype == b.weight.dtype == torch.float32:
+        with torch.no_grad():
+            merged = base.weight + layer.get_delta_weight(name)
+        return partial(_merged_forward, layer=layer, merged=merged, bias=base.bias)
     return partial(_plain_forward, layer=layer, weight=base.weight, bias=base.bias,
-                   a=layer.lora_A[name], b=layer.lora_B[name], scaling=layer.scaling[name])
+                   a=a, b=b, scaling=layer.scaling[name])
 
 
 @contextmanager
-def plain_lora(model: nn.Module) -> Iterator[int]:
-    """Inside: the plain LoRA layers of ``model`` run ``_plain_forward``; yields their number.
-    The modules' own forwards come back on exit."""
+def plain_lora(model: nn.Module, merge: bool = False) -> Iterator[int]:
+    """Inside: the plain LoRA layers of ``model`` run ``_plain_forward`` (with ``merge``, the
+    float32 ones ``_merged_forward``, unless autocast is on); yields their number. The modules'
+    own forwards come back on exit, and the merged weights are freed."""
+    device = next(model.parameters()).device
+    merge = merge and not torch.is_autocast_enabled(device.type)
     swapped = []
     for module in model.modules():
-        forward = plain_forward(module)
+        forward = plain_forward(module, merge)
         if forward is not None and "forward" not in vars(module):
             module.forward = forward
             swapped.append(module)

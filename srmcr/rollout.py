@@ -52,6 +52,10 @@ class SamplingArgs:
     """Top-k sampling (0 = off)."""
     generation_batch_size: int = 64
     """Sequences per generate call; lower it if generation runs out of memory."""
+    merge_lora: bool = True
+    """Decode with each float32 adapted projection's adapter merged into a copy of its weight
+    (one matrix product per projection and token instead of three; the same samples to float
+    rounding, at the memory of that copy). Half-precision, autocast and 4-bit bases never merge."""
     system_prompt: str = prompts.SYSTEM_PROMPT
     """System prompt asking for the <think>/<answer> format."""
     val_group_size: int | None = None
@@ -337,7 +341,7 @@ def sample(model, processor, images: Sequence[Image.Image], questions: Sequence[
     if share_prompt and G > 1:  # the tower once for the prefill, reference and loss passes
         features = image_features(model, enc["pixel_values"], enc["image_grid_thw"])
     # No dropout while sampling; PEFT's LoRA forward without its per-token bookkeeping.
-    with eval_mode(model), plain_lora(model):
+    with eval_mode(model), plain_lora(model, merge=args.merge_lora):
         for start in range(0, B * G, args.generation_batch_size):
             part = slice(start, start + args.generation_batch_size)
             distinct, counts, _ = prompt_groups(torch.arange(B * G, device=device)[part], G)

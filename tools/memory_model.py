@@ -76,6 +76,7 @@ class StepSettings:
     group_size: int = 4  # G
     max_new_tokens: int = 64  # T
     generation_batch_size: int = 64
+    merge_lora: bool = True  # sampling.merge_lora: float32 bases decode with merged copies
     micro_batch_size: int = 8
     max_pixels: int = 448 * 448
     prompt_text_tokens: int = 100  # P without the image tokens
@@ -185,6 +186,15 @@ def weight_bytes(d: ModelDims, quantization: str, dtype_bytes: int) -> float:
 
 def lora_params(d: ModelDims, r: int, targets: tuple[str, ...]) -> int:
     return d.layers * sum(r * sum(projection_shapes(d)[t]) for t in set(targets))
+
+
+def merged_weight_bytes(s: StepSettings) -> float:
+    """The copies of the adapted projections' weights with the adapter merged in, which decoding
+    holds where ``sampling.merge_lora`` merges (float32 unquantized bases, no autocast)."""
+    if not s.merge_lora or s.quantization != "none" or s.dtype_bytes != 4 or s.autocast:
+        return 0.0
+    shapes = projection_shapes(s.dims)
+    return s.dims.layers * sum(i * o for i, o in (shapes[t] for t in set(s.lora_targets))) * 4
 
 
 # ---- activations -----------------------------------------------------------------------------
@@ -317,16 +327,19 @@ def generation_phase(s: StepSettings) -> Phase:
     """Sampling the step's N = B * G completions in chunks of ``generation_batch_size`` rows:
     each prompt prefilled once, its keys and values kept once for its rows (fp32,
     ``group_attention``), each row's own in slots reserved for all its tokens; decoding
-    attention holds scores, not repeated keys. The step's B images' pixels live throughout."""
+    attention holds scores, not repeated keys. The step's B images' pixels live throughout, and
+    on float32 bases the merged adapter weights (``merged_weight_bytes``)."""
     d, w = s.dims, widths(s.dtype_bytes, s.quantization != "none", s.autocast)
     n = s.batch_size * s.group_size
     rows, p, t = min(s.generation_batch_size, n), s.prompt_tokens, s.max_new_tokens
     (prompts, slots), fp32 = generation_chunks(n, rows, s.group_size), replace(w, linear=4)
     prefill_cache = kv_cache_bytes(d, w, prompts, p) if w.linear != 4 else 0.0  # before fp32
-    return Phase({"sampled tokens of every chunk (N rows)": sampled_tokens_bytes(n, p, t),
-                  "KV cache, prompt part (once per prompt, fp32)":
-                  kv_cache_bytes(d, fp32, prompts, p),
-                  "pixels of the step's images": pixel_bytes(s.batch_size, s.image_tokens)}, {
+    live = {"sampled tokens of every chunk (N rows)": sampled_tokens_bytes(n, p, t),
+            "KV cache, prompt part (once per prompt, fp32)": kv_cache_bytes(d, fp32, prompts, p),
+            "pixels of the step's images": pixel_bytes(s.batch_size, s.image_tokens)}
+    if merged_weight_bytes(s):
+        live["merged adapter weights (float32 bases)"] = merged_weight_bytes(s)
+    return Phase(live, {
         "prefill, one layer": prompts * p * no_grad_layer_bytes(d, w, p) + prefill_cache,
         "vision tower (each prompt's image)": vision_bytes(d, s.batch_size, s.image_tokens),
         "decode: each row's KV cache + attention": kv_cache_bytes(d, fp32, slots, t + 1)

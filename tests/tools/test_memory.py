@@ -20,7 +20,8 @@ from srmcr.logprobs import completion_logits, token_logprobs
 from srmcr.policy import LoraArgs, resolve_model
 from srmcr.rollout import SamplingArgs, sample
 from tests.fixtures import QUESTIONS, needs_bnb_4bit, tiny_policy, two_images
-from tools import memory, memory_rows
+from srmcr.lora_forward import plain_lora
+from tools import memory, memory_model, memory_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
@@ -162,6 +163,22 @@ def test_generation_keeps_each_prompts_keys_once():
     assert parts[4].held[key] == parts[8].held[key] > 0
     own = "decode: each row's KV cache + attention"
     assert parts[8].transient[own] > 1.9 * parts[4].transient[own]
+
+
+def test_merged_adapter_weights_are_the_tensors_the_sampler_merges():
+    model, _ = tiny_policy()
+    with plain_lora(model, merge=True):
+        merged = sum(m.forward.keywords["merged"].numel() * 4 for m in model.modules()
+                     if "forward" in vars(m))
+    s = memory.StepSettings(dims=memory.model_dims("tiny:tiny")[0],
+                            lora_targets=tuple(LoraArgs().target_modules))
+    assert merged > 0 and memory_model.merged_weight_bytes(s) == merged
+    key = "merged adapter weights (float32 bases)"
+    assert memory.plan(s).phases["generation"].held[key] == merged
+    # Nothing is merged, nor planned, off float32 or with merging off.
+    for off in (dict(merge_lora=False), dict(dtype_bytes=2), dict(autocast=True),
+                dict(quantization="4bit")):
+        assert key not in memory.plan(replace(s, **off)).phases["generation"].held, off
 
 
 def test_no_full_vocabulary_logits_in_generation_or_the_loss_pass():
