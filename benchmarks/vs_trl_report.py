@@ -63,6 +63,17 @@ def report(results: dict[str, dict[str, list[dict]]], max_new_tokens: int) -> No
     for reward, sides in stats.items():
         print(f"\n{reward}: completions without an end token: srmcr "
               f"{sides['srmcr']['truncated']:.0%}, TRL {sides['trl']['truncated']:.0%}")
+        ratios = round_ratios(sides)
+        if len(ratios) > 1:
+            print(f"{reward}: srmcr / TRL round by round: {', '.join(f'{r:.2f}' for r in ratios)}"
+                  f" (range {min(ratios):.2f}-{max(ratios):.2f}; a change smaller than that range "
+                  "needs more rounds to show)")
+
+
+def round_ratios(sides: dict[str, dict]) -> list[float]:
+    """srmcr's run median over TRL's, for each ABBA round (its two runs ran back to back, so
+    a drift of the machine's load hits both): the spread of these is the comparison's noise."""
+    return [a / b for a, b in zip(sides["srmcr"]["run_medians"], sides["trl"]["run_medians"])]
 
 
 def report_scaling(reward: str, results: dict[int, dict[str, list[dict]]]) -> None:

@@ -18,7 +18,7 @@ from benchmarks.vs_trl import (
     trl_reward,
     worker_command,
 )
-from benchmarks.vs_trl_report import PHASES, report_scaling
+from benchmarks.vs_trl_report import PHASES, report, report_scaling
 from datamodules.image_question import ImageQuestionDataModule
 from srmcr.reward import SelfReward
 
@@ -79,14 +79,24 @@ def test_each_worker_runs_the_setting_and_group_size_it_is_given():
             "--group-sizes=16", "--gradient-checkpointing"} <= set(command)
 
 
-def test_scaling_report_has_one_row_per_group_size(capsys):
-    def run(step: float, cpu: float) -> dict:
-        record = {"step": step, "cpu": cpu, "tokens": 48, "completions": 1, "truncated": 1,
-                  "phases": dict.fromkeys(PHASES, 0.0)}
-        return {"steps": [record], "peak_rss_mb": 1.0}
+def _run(step: float, cpu: float) -> dict:
+    record = {"step": step, "cpu": cpu, "tokens": 48, "completions": 1, "truncated": 1,
+              "phases": dict.fromkeys(PHASES, 0.0)}
+    return {"steps": [record], "peak_rss_mb": 1.0}
 
-    report_scaling("text", {4: {"srmcr": [run(1.0, 0.9)], "trl": [run(2.5, 2.4)]},
-                            16: {"srmcr": [run(2.0, 1.8)], "trl": [run(8.0, 7.2)]}})
+
+def test_report_pairs_the_runs_of_each_round(capsys):
+    # Round 1: 1.0 / 2.0; round 2: 1.2 / 2.0. The pooled medians (1.1 / 2.0) hide that spread.
+    report({"text": {"srmcr": [_run(1.0, 1.0), _run(1.2, 1.2)],
+                     "trl": [_run(2.0, 2.0), _run(2.0, 2.0)]}}, 48)
+    text = capsys.readouterr().out
+    assert "**0.55x**" in text
+    assert "text: srmcr / TRL round by round: 0.50, 0.60 (range 0.50-0.60;" in text
+
+
+def test_scaling_report_has_one_row_per_group_size(capsys):
+    report_scaling("text", {4: {"srmcr": [_run(1.0, 0.9)], "trl": [_run(2.5, 2.4)]},
+                            16: {"srmcr": [_run(2.0, 1.8)], "trl": [_run(8.0, 7.2)]}})
     rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| 4 ")
             or ln.startswith("| 16 ")]
     assert len(rows) == 2
