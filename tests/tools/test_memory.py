@@ -17,10 +17,10 @@ import torch
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from srmcr.logprobs import completion_logits, token_logprobs
+from srmcr.lora_forward import plain_lora
 from srmcr.policy import LoraArgs, resolve_model
 from srmcr.rollout import SamplingArgs, sample
 from tests.fixtures import QUESTIONS, needs_bnb_4bit, tiny_policy, two_images
-from srmcr.lora_forward import plain_lora
 from tools import memory, memory_model, memory_rows
 
 ROOT = Path(__file__).resolve().parents[2]
