@@ -50,6 +50,7 @@ from tools.memory_model import (  # noqa: F401 (re-exported: the public API)
     layer_activation_bytes,
     logits_bytes,
     lora_params,
+    merged_weight_bytes,
     no_grad_layer_bytes,
     other_params,
     pixel_bytes,
@@ -228,7 +229,15 @@ def advice(s: StepSettings, gpu_gb: float) -> str:
         value = largest_fitting(s, knob, gpu_gb * GB)
         lines.append(f"  {knob:<24}{'no value: not this knob' if value is None else value}"
                      f"{'' if value is None else f'  (now {getattr(s, knob)})'}")
+    if unmerged_fits(s, gpu_gb * GB):
+        lines.append(f"  {'merge_lora':<24}false  (now true: decoding keeps merged weight copies)")
     return "\n".join(lines)
+
+
+def unmerged_fits(s: StepSettings, budget: float) -> bool:
+    """Whether decoding without the merged adapter copies (``sampling.merge_lora=false``) would
+    fit ``budget`` bytes where the configured plan does not."""
+    return merged_weight_bytes(s) > 0 and plan(replace(s, merge_lora=False)).device_bytes <= budget
 
 
 # ---- refusing a config that cannot fit, before anything loads --------------------------------
@@ -267,6 +276,8 @@ def check_fits(config: dict, budget: float, where: str) -> MemoryPlan | None:
         return result
     fits = [f"{KNOB_KEYS[k]} to {v}" for k in KNOBS
             if (v := largest_fitting(settings, k, budget)) is not None]
+    if unmerged_fits(settings, budget):
+        fits.append("model.sampling.merge_lora to false")
     instead = f"set {' or '.join(fits)}" if fits else "use a smaller model or quantize it"
     raise ConfigError(
         f"this config's memory plan needs {result.device_bytes / GB:.1f} GB (peak in the "

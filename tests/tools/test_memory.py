@@ -364,3 +364,26 @@ def test_check_fits_names_the_plan_the_budget_and_what_fits():
     for knob, value in advised:  # each the boundary, the others as configured
         settings = replace(planned.settings, **{knob: int(value)})
         assert memory.plan(settings).device_bytes <= needed - 1
+
+
+def test_a_plan_that_fits_without_the_merged_copies_says_so():
+    from srmcr.errors import ConfigError
+
+    # 3B in float32: decoding's merged copies (~11 GB) make generation the peak phase.
+    config = memory.load_config(
+        [CONFIGS / "tiny.yaml", CONFIGS / "qwen2_5_vl_3b_lora_bf16.yaml"],
+        ["--model.policy.dtype=float32", "--trainer.precision=32-true",
+         "--model.grpo.micro_batch_size=1"])
+    settings = memory.settings_from_config(config)
+    merged = memory.plan(settings).device_bytes
+    unmerged = memory.plan(replace(settings, merge_lora=False)).device_bytes
+    assert memory.plan(settings).peak_phase == "generation" and unmerged < merged
+    with pytest.raises(ConfigError) as refused:
+        memory.check_fits(config, unmerged, "a test machine's RAM")
+    assert "model.sampling.merge_lora to false" in str(refused.value)
+    assert re.search(r"merge_lora +false", memory.advice(settings, unmerged / memory.GB))
+    # Too small even without them: not offered. Half precision merges nothing: never offered.
+    with pytest.raises(ConfigError) as refused:
+        memory.check_fits(config, unmerged - 1, "a test machine's RAM")
+    assert "merge_lora" not in str(refused.value)
+    assert not memory.unmerged_fits(replace(settings, dtype_bytes=2), unmerged)
