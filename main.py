@@ -124,8 +124,10 @@ class SRMCRCLI(LightningCLI):
         # Every class has checked its own values; no weights are loaded yet (configure_model).
         if self.subcommand == "fit" and isinstance(self.model, SRMCRModule):
             config = self.config[self.subcommand]
-            memory.check_fits(config.as_dict(), *memory.machine_budget(
+            planned = memory.check_fits(config.as_dict(), *memory.machine_budget(
                 config["trainer"].get("accelerator")))
+            if planned is not None and not planned.settings.merge_lora:  # fits only unmerged
+                self.model.sampling.merge_lora = False
         strategy = self.trainer.strategy
         if type(strategy.checkpoint_io) is TorchCheckpointIO:  # not one the config chose
             strategy.checkpoint_io = AtomicCheckpointIO()

@@ -55,7 +55,8 @@ class SamplingArgs:
     merge_lora: bool = True
     """Decode with each float32 adapted projection's adapter merged into a copy of its weight
     (one matrix product per projection and token instead of three; the same samples to float
-    rounding, at the memory of that copy). Half-precision, autocast and 4-bit bases never merge."""
+    rounding, at the memory of that copy). Half-precision, autocast and 4-bit bases never merge;
+    ``main.py fit`` turns it off, with a warning, where the memory plan fits only without it."""
     system_prompt: str = prompts.SYSTEM_PROMPT
     """System prompt asking for the <think>/<answer> format."""
     val_group_size: int | None = None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -241,6 +242,7 @@ def unmerged_fits(s: StepSettings, budget: float) -> bool:
 
 
 # ---- refusing a config that cannot fit, before anything loads --------------------------------
+log = logging.getLogger(__name__)
 KNOB_KEYS = {"micro_batch_size": "model.grpo.micro_batch_size",
              "generation_batch_size": "model.sampling.generation_batch_size",
              "group_size": "model.sampling.group_size",
@@ -264,7 +266,9 @@ def machine_budget(accelerator: str) -> tuple[float, str]:
 def check_fits(config: dict, budget: float, where: str) -> MemoryPlan | None:
     """The plan of a parsed config (``main.py fit``), or a ``ConfigError`` naming its figure,
     the budget and the largest value of each knob that fits; None when the model's dimensions
-    are not known here (a hub model neither in ``QWEN2_5_VL`` nor downloaded)."""
+    are not known here (a hub model neither in ``QWEN2_5_VL`` nor downloaded). A config that
+    fits only without decoding's merged adapter copies gets that plan (``settings.merge_lora``
+    false), with a warning: the caller turns merging off."""
     from srmcr.errors import ConfigError
 
     try:
@@ -274,10 +278,15 @@ def check_fits(config: dict, budget: float, where: str) -> MemoryPlan | None:
     result = plan(settings)
     if result.device_bytes <= budget:
         return result
+    if unmerged_fits(settings, budget):  # the run fits, but not its faster decoding
+        unmerged = plan(replace(settings, merge_lora=False))
+        log.warning("warning: model.sampling.merge_lora is off for this run: decoding's merged "
+                    "weight copies (%.1f GB) would not fit %s (%.1f GB planned with them, %.1f "
+                    "without); set it to false to silence this", merged_weight_bytes(settings) / GB,
+                    where, result.device_bytes / GB, unmerged.device_bytes / GB)
+        return unmerged
     fits = [f"{KNOB_KEYS[k]} to {v}" for k in KNOBS
             if (v := largest_fitting(settings, k, budget)) is not None]
-    if unmerged_fits(settings, budget):
-        fits.append("model.sampling.merge_lora to false")
     instead = f"set {' or '.join(fits)}" if fits else "use a smaller model or quantize it"
     raise ConfigError(
         f"this config's memory plan needs {result.device_bytes / GB:.1f} GB (peak in the "

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -200,3 +201,28 @@ def test_a_config_the_memory_plan_cannot_fit_is_refused_before_loading(monkeypat
                            f"{planned.device_bytes / 1e9:.1f} GB (peak in the sampled validation "
                            "phase), more than this test machine's 1.0 GB of RAM: set ")
     assert "model.sampling.val_group_size to " in line
+
+
+def test_a_config_that_fits_only_without_merged_decoding_trains_without_it(monkeypatch, caplog):
+    from tools import memory
+
+    class Loaded(Exception):
+        pass
+
+    seen = []
+
+    def load(self):
+        seen.append(self.sampling.merge_lora)
+        raise Loaded
+
+    monkeypatch.setattr(SRMCRModule, "configure_model", load)
+    small = ["--model.grpo.micro_batch_size=1", "--model.sampling.val_group_size=0"]
+    settings = memory.settings_from_config(memory.load_config([ROOT / "configs/tiny.yaml"], small))
+    unmerged = memory.plan(replace(settings, merge_lora=False)).device_bytes
+    assert memory.plan(settings).device_bytes > unmerged  # generation peaks with the copies
+    monkeypatch.setattr(memory, "machine_budget", lambda accelerator: (unmerged, "this RAM"))
+    with caplog.at_level("WARNING", logger="tools.memory"), pytest.raises(Loaded):
+        main([*TINY, *small])
+    assert seen == [False]
+    assert [m.split(":")[0] for m in caplog.messages] == ["warning"]
+    assert "model.sampling.merge_lora is off for this run" in caplog.messages[0]

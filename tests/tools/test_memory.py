@@ -366,7 +366,7 @@ def test_check_fits_names_the_plan_the_budget_and_what_fits():
         assert memory.plan(settings).device_bytes <= needed - 1
 
 
-def test_a_plan_that_fits_without_the_merged_copies_says_so():
+def test_a_plan_that_fits_only_without_the_merged_copies_turns_them_off(caplog):
     from srmcr.errors import ConfigError
 
     # 3B in float32: decoding's merged copies (~11 GB) make generation the peak phase.
@@ -378,12 +378,17 @@ def test_a_plan_that_fits_without_the_merged_copies_says_so():
     merged = memory.plan(settings).device_bytes
     unmerged = memory.plan(replace(settings, merge_lora=False)).device_bytes
     assert memory.plan(settings).peak_phase == "generation" and unmerged < merged
-    with pytest.raises(ConfigError) as refused:
-        memory.check_fits(config, unmerged, "a test machine's RAM")
-    assert "model.sampling.merge_lora to false" in str(refused.value)
+    assert memory.check_fits(config, merged, "enough").settings.merge_lora  # room: merged
+    with caplog.at_level("WARNING", logger="tools.memory"):
+        planned = memory.check_fits(config, unmerged, "a test GPU")
+    assert not planned.settings.merge_lora and planned.device_bytes == unmerged
+    assert caplog.messages == [
+        f"warning: model.sampling.merge_lora is off for this run: decoding's merged weight "
+        f"copies ({memory.merged_weight_bytes(settings) / memory.GB:.1f} GB) would not fit a "
+        f"test GPU ({merged / memory.GB:.1f} GB planned with them, {unmerged / memory.GB:.1f} "
+        "without); set it to false to silence this"]
     assert re.search(r"merge_lora +false", memory.advice(settings, unmerged / memory.GB))
-    # Too small even without them: not offered. Half precision merges nothing: never offered.
-    with pytest.raises(ConfigError) as refused:
-        memory.check_fits(config, unmerged - 1, "a test machine's RAM")
-    assert "merge_lora" not in str(refused.value)
+    # Too small even without them: refused as before. Half precision merges nothing.
+    with pytest.raises(ConfigError):
+        memory.check_fits(config, unmerged - 1, "a test GPU")
     assert not memory.unmerged_fits(replace(settings, dtype_bytes=2), unmerged)
