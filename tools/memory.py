@@ -278,8 +278,8 @@ def check_fits(config: dict, budget: float, where: str) -> MemoryPlan | None:
     result = plan(settings)
     if result.device_bytes <= budget:
         return result
-    if unmerged_fits(settings, budget):  # the run fits, but not its faster decoding
-        unmerged = plan(replace(settings, merge_lora=False))
+    unmerged = plan(replace(settings, merge_lora=False)) if merged_weight_bytes(settings) else None
+    if unmerged is not None and unmerged.device_bytes <= budget:  # fits, not its faster decoding
         log.warning("warning: model.sampling.merge_lora is off for this run: decoding's merged "
                     "weight copies (%.1f GB) would not fit %s (%.1f GB planned with them, %.1f "
                     "without); set it to false to silence this", merged_weight_bytes(settings) / GB,
