@@ -6,10 +6,13 @@ the adapter's weights never leaks into another module).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from PIL import Image
 
+from srmcr.parsing import parse
 from srmcr.policy import PolicyArgs, load_policy
 from srmcr.rollout import Rollout, SamplingArgs, sample
 
@@ -106,3 +109,16 @@ def sample_with_logits(model, processor, args: SamplingArgs, temperature: float,
     width = rollout.completion_ids.shape[1]
     logits = torch.cat([torch.nn.functional.pad(c, (0, 0, 0, width - c.shape[1])) for c in chunks])
     return rollout, logits.float()
+
+
+def with_answers(generate, think: bool = True):
+    """``generate`` (a sampler returning a Rollout) with an answer, 0, 1 or 2 by row, appended to
+    every completion (``think``: the completion wrapped in <think></think> first). A random tiny
+    model never writes <answer>, and every answer-reading cue scores an unanswered completion 0:
+    with answers the rewards vary, and the cues that need an answer, and their passes, run."""
+    def wrapped(*args, **kwargs):
+        rollout = generate(*args, **kwargs)
+        texts = [(f"<think>{t}</think>" if think else t) + f"<answer>{i % 3}</answer>"
+                 for i, t in enumerate(rollout.texts)]
+        return replace(rollout, texts=texts, parsed=[parse(t) for t in texts])
+    return wrapped

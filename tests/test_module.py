@@ -14,6 +14,7 @@ from srmcr.module import GRPOArgs, SRMCRModule, StepRecord
 from srmcr.policy import LoraArgs, PolicyArgs
 from srmcr.reward import SelfReward
 from srmcr.rollout import SamplingArgs
+from tests.fixtures import with_answers
 
 
 def _module(cues=("lexical_fidelity", "non_redundancy", "visual_grounding"), **grpo) -> SRMCRModule:
@@ -36,18 +37,9 @@ class Outputs(L.Callback):
 
 
 def answering(monkeypatch) -> None:
-    """The module's sampler, with an answer (0, 1 or 2 by row) appended to every completion: the
-    random tiny model never answers, and every answer-reading cue scores an unanswered
-    completion 0, so the rewards (and advantages) would not vary."""
+    """The module's sampler with an answer in every completion (``with_answers``)."""
     import srmcr.module as module_lib
-    from srmcr.parsing import parse
-    real = module_lib.sample
-
-    def sample(*args, **kwargs):
-        rollout = real(*args, **kwargs)
-        texts = [f"<think>{t}</think><answer>{i % 3}</answer>" for i, t in enumerate(rollout.texts)]
-        return replace(rollout, texts=texts, parsed=[parse(t) for t in texts])
-    monkeypatch.setattr(module_lib, "sample", sample)
+    monkeypatch.setattr(module_lib, "sample", with_answers(module_lib.sample))
 
 
 def _fit(module: SRMCRModule, steps: int, tmp_path, callbacks=()) -> L.Trainer:

@@ -1,7 +1,6 @@
 """Every recipe overlay trains through main.py, and its extra policy passes run once per step."""
 
 import math
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,10 +11,10 @@ import srmcr.evaluation
 import srmcr.module
 from callbacks.cooling import ConfidenceCooling
 from main import main
-from srmcr.parsing import parse
 from srmcr.policy_view import PolicyView
 from srmcr.reward import SelfReward
 from tests.e2e.test_main import FAST, ROOT
+from tests.fixtures import with_answers
 
 RECIPE_DIR = ROOT / "configs" / "recipes"
 SRMCR = ["semantic_alignment", "lexical_fidelity", "non_redundancy", "visual_grounding",
@@ -46,16 +45,6 @@ def test_mm_upt_keeps_tiny_callbacks_but_cooling():
     assert mm_upt == [c for c in tiny if c["class_path"] != "callbacks.cooling.ConfidenceCooling"]
 
 
-def _answering(generate):
-    """A random tiny model never writes <answer>: give every completion one ("0", "1", "2" in
-    turn), so the cues that need an answer, and their extra passes, do run."""
-    def wrapped(*args, **kwargs):
-        rollout = generate(*args, **kwargs)
-        texts = [f"{t}<answer>{i % 3}</answer>" for i, t in enumerate(rollout.texts)]
-        return replace(rollout, texts=texts, parsed=[parse(t) for t in texts])
-    return wrapped
-
-
 def _counting(owner, name: str, counts: dict, monkeypatch) -> None:
     inner = getattr(owner, name)
 
@@ -68,10 +57,9 @@ def _counting(owner, name: str, counts: dict, monkeypatch) -> None:
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_recipe_fast_dev_run(recipe, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(srmcr.module, "sample", _answering(srmcr.module.sample))  # training
-    monkeypatch.setattr(srmcr.eval_steps, "sample", _answering(srmcr.eval_steps.sample))  # val
-    monkeypatch.setattr(srmcr.evaluation, "generate_greedy",
-                        _answering(srmcr.evaluation.generate_greedy))
+    for owner, name in [(srmcr.module, "sample"), (srmcr.eval_steps, "sample"),  # train, val
+                        (srmcr.evaluation, "generate_greedy")]:
+        monkeypatch.setattr(owner, name, with_answers(getattr(owner, name), think=False))
     counts: dict[str, int] = {}
     for owner, name in [(SelfReward, "score"), *((PolicyView, m) for m in EXTRA_PASSES.values())]:
         _counting(owner, name, counts, monkeypatch)
